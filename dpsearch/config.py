@@ -1,0 +1,177 @@
+"""Typed configs for every pipeline step, validated at the edge (CLI or YAML) before any work starts."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message says which and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The small class-conditional LDM used on the embedded defaults (28×28 grey, 10 classes)."""
+
+    image_size: int = Field(28, gt=0)
+    channels: int = Field(1, gt=0)
+    num_classes: int = Field(10, gt=1)
+    padded_size: int = Field(32, gt=0)  # the autoencoder wants a multiple of its downsampling
+    ae_channels: tuple[int, ...] = (16, 32, 32)
+    latent_channels: int = 4
+    unet_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    cross_attention_dim: int = 64
+    attention_heads: int = 2
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        down = 2 ** (len(self.ae_channels) - 1)
+        if self.padded_size < self.image_size or self.padded_size % down:
+            raise ValueError(f"padded_size {self.padded_size} must be ≥ image_size and a multiple of {down}")
+        return self
+
+
+class PretrainConfig(_Strict):
+    public: str = "printed-digits"
+    n_public: int = Field(20000, gt=0)
+    ae_epochs: int = Field(2, gt=0)
+    ae_batch: int = Field(128, gt=0)
+    ae_lr: float = Field(1e-3, gt=0)
+    ldm_epochs: int = Field(15, gt=0)
+    ldm_batch: int = Field(256, gt=0)
+    ldm_lr: float = Field(1e-3, gt=0)
+    label_dropout: float = Field(0.1, ge=0, lt=1)  # for classifier-free guidance
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+
+
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+def parse_layers(spec: str | tuple[int, int] | None, n_layers: int) -> tuple[int, int]:
+    """`a-b` (inclusive, 1-based) or `all` → (a, b), checked against the model's L."""
+    if spec is None or spec == "all":
+        return (1, n_layers)
+    if isinstance(spec, tuple):
+        a, b = spec
+    else:
+        m = _RANGE.match(spec)
+        if not m:
+            raise ConfigError(f"layer range {spec!r} is not of the form a-b (e.g. 3-7) or 'all'")
+        a, b = int(m.group(1)), int(m.group(2))
+    if not (1 <= a <= b <= n_layers):
+        raise ConfigError(f"layer range {a}-{b} is outside this model's attention modules 1-{n_layers} "
+                          f"(need 1 ≤ a ≤ b ≤ {n_layers}); run `dpsearch layers MODEL` to see them")
+    return a, b
+
+
+class FinetuneConfig(_Strict):
+    eps: float
+    delta: Optional[float] = None  # default: 1/N rounded down to a power of ten, strictly below 1/N
+    layers: str = "all"
+    clip: float = 0.01
+    batch: int = 512
+    epochs: int = 10
+    lr: float = 1e-3
+    physical_batch: int = Field(128, gt=0)
+    label_dropout: float = Field(0.1, ge=0, lt=1)
+    n_private: Optional[int] = None  # use a random subset of the private set (tests, quick looks)
+    accountant: Literal["prv", "rdp"] = "prv"
+    seed: int = 0
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"ε must be a positive finite number, got {v}")
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, v):
+        if v is not None and not (0 < v < 1):
+            raise ValueError(f"δ must be in (0, 1), got {v}")
+        return v
+
+    @field_validator("clip", "lr")
+    @classmethod
+    def _positive(cls, v: float, info) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{info.field_name} must be > 0, got {v}")
+        return v
+
+    @field_validator("batch", "epochs")
+    @classmethod
+    def _positive_int(cls, v: int, info) -> int:
+        if v <= 0:
+            raise ValueError(f"{info.field_name} must be ≥ 1, got {v}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: str) -> str:
+        if v != "all" and not _RANGE.match(v):
+            raise ValueError(f"layer range {v!r} is not of the form a-b (e.g. 3-7) or 'all'")
+        return v.replace(" ", "")
+
+    def check_against_data(self, n: int) -> None:
+        """The checks that need N: batch ≤ N and δ < 1/N."""
+        if self.batch > n:
+            raise ConfigError(f"batch size {self.batch} is larger than the private set ({n} images); use --batch ≤ {n}")
+        if self.delta is not None and self.delta >= 1.0 / n:
+            raise ConfigError(f"δ = {self.delta:g} is not below 1/N = {1.0 / n:.3g} (N = {n}); such a δ allows "
+                              f"releasing a whole record. Use δ < 1/N, e.g. {default_delta(n):g}")
+
+
+def default_delta(n: int) -> float:
+    """1/N rounded down to a power of ten, and strictly below 1/N (DESIGN.md)."""
+    k = math.ceil(math.log10(n))
+    d = 10.0 ** (-k)
+    return d if d < 1.0 / n else 10.0 ** (-(k + 1))
+
+
+class SampleConfig(_Strict):
+    per_class: int = Field(500, gt=0)
+    ddim_steps: int = Field(25, gt=0)
+    guidance: float = Field(2.0, ge=0)
+    batch: int = Field(500, gt=0)
+    seed: int = 0
+
+
+class EvaluateConfig(_Strict):
+    classifier_epochs: int = Field(10, gt=0)
+    classifier_batch: int = Field(128, gt=0)
+    classifier_lr: float = Field(1e-3, gt=0)
+    holdout: float = Field(0.1, gt=0, lt=1)  # part of the synthetic set kept for early stopping
+    fid_extractor: Literal["auto", "inception", "public-cnn"] = "auto"
+    seed: int = 0
+
+
+def validate(model_cls: type[BaseModel], **values):
+    """Build a config, turning pydantic's errors into one readable ConfigError."""
+    try:
+        return model_cls(**values)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"]) or model_cls.__name__
+            msgs.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid " + model_cls.__name__ + ": " + "; ".join(msgs)) from None
+
+
+def load_yaml(path: Path, model_cls: type[BaseModel]):
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    return validate(model_cls, **data)
