@@ -65,12 +65,15 @@ def train_autoencoder(model: LDM, data: torch.Tensor, cfg: PretrainConfig, gen: 
     return losses
 
 
-def diffusion_loss(unet, embedder, scheduler, latents, labels, label_dropout: float, gen=None) -> torch.Tensor:
-    """Per-example ε-prediction loss, shape [B]: the per-sample criterion DP-SGD clips."""
+def diffusion_loss(unet, embedder, scheduler, latents, labels, label_dropout: float,
+                   noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example ε-prediction loss, shape [B]: the per-sample criterion DP-SGD clips.
+
+    noise and t are drawn here unless given (tests pass them to compare against a reference).
+    """
     b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=gen, device=latents.device) if gen is None or gen.device == latents.device \
-        else torch.randn(latents.shape, generator=gen).to(latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=latents.device)
+    noise = torch.randn_like(latents) if noise is None else noise
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=latents.device) if t is None else t
     if label_dropout > 0:
         drop = torch.rand(b, device=latents.device) < label_dropout
         labels = torch.where(drop, torch.full_like(labels, embedder.null_class), labels)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import zipfile
+
 import numpy as np
 import torch
 
@@ -69,5 +71,5 @@ class ImageSet:
             with np.load(path, allow_pickle=False) as z:
                 return ImageSet(torch.from_numpy(z["images"].copy()), torch.from_numpy(z["labels"].astype(np.int64)),
                                 int(z["num_classes"]), str(z["name"]))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{path}: not a readable dataset file ({e}). Delete it and let dpsearch recreate it.") from e

@@ -1,0 +1,243 @@
+"""The `dpsearch` command. Thin: parse, validate, call one pipeline function per verb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from dpsearch.config import (ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, load_yaml,
+                             validate)
+from dpsearch.data import DataError, ImageSet
+from dpsearch.models.ldm import ModelError
+from dpsearch.outputs import OutputExists
+
+DEFAULT_FT = FinetuneConfig(eps=5.0)
+DEFAULT_SAMPLE = SampleConfig()
+
+
+def _float(name):
+    def conv(s):
+        try:
+            return float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}") from None
+    return conv
+
+
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eps", type=_float("--eps"), required=True, help="target ε of this DP fine-tune")
+    p.add_argument("--delta", type=_float("--delta"), default=None, help="δ (default: 1/N rounded down to a power of 10, < 1/N)")
+    p.add_argument("--layers", default=DEFAULT_FT.layers, help="attention modules a-b to train (1-based, inclusive) or 'all'")
+    p.add_argument("--clip", type=_float("--clip"), default=DEFAULT_FT.clip, help="per-sample clip norm C")
+    p.add_argument("--batch", type=int, default=DEFAULT_FT.batch, help="expected logical batch size B (q = B/N)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_FT.epochs)
+    p.add_argument("--lr", type=_float("--lr"), default=DEFAULT_FT.lr)
+    p.add_argument("--physical-batch", type=int, default=DEFAULT_FT.physical_batch, help="memory-bound micro-batch")
+    p.add_argument("--accountant", choices=["prv", "rdp"], default=DEFAULT_FT.accountant)
+    p.add_argument("--n-private", type=int, default=None, help="use a random subset of N private images")
+    p.add_argument("--private", default="mnist", help="private dataset: mnist, folder:PATH, torchvision:NAME")
+
+
+def _add_sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--per-class", type=int, default=DEFAULT_SAMPLE.per_class)
+    p.add_argument("--ddim-steps", type=int, default=DEFAULT_SAMPLE.ddim_steps)
+    p.add_argument("--guidance", type=_float("--guidance"), default=DEFAULT_SAMPLE.guidance)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:i]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _ft_config(a) -> FinetuneConfig:
+    return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, clip=a.clip, batch=a.batch,
+                    epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
+                    n_private=a.n_private, seed=a.seed)
+
+
+def _sample_config(a) -> SampleConfig:
+    return validate(SampleConfig, per_class=a.per_class, ddim_steps=a.ddim_steps, guidance=a.guidance, seed=a.seed)
+
+
+def _pretrain_config(a) -> PretrainConfig:
+    return load_yaml(Path(a.config), PretrainConfig) if getattr(a, "config", None) else PretrainConfig()
+
+
+def _private(spec: str, n: int | None, seed: int) -> tuple[ImageSet, ImageSet | None]:
+    from dpsearch.data import load_dataset
+
+    train, test = load_dataset(spec)
+    return train.subset(n, seed=seed), test
+
+
+def cmd_pretrain(a) -> int:
+    from dpsearch.baseline import public_baseline
+    from dpsearch.device import pick_device
+    from dpsearch.pretrain import pretrain
+
+    t = time.time()
+    path = pretrain(_pretrain_config(a), out=a.out, overwrite=a.overwrite, device=a.device)
+    print(f"pretrained model: {path} ({time.time() - t:.0f}s)")
+    if not a.no_baseline:
+        res = public_baseline(path, _sample_config(a), EvaluateConfig(seed=a.seed), device=str(pick_device(a.device)),
+                              progress=not a.quiet)
+        print(f"public-only baseline: oracle accuracy {100 * res['oracle/accuracy']:.2f}% on real MNIST test "
+              f"(not DP; a CNN trained on {res['n_synthetic']} samples of the pretrained model), "
+              f"oracle FID {res['oracle/fid']:.2f} [{res['fid_extractor']}]")
+    return 0
+
+
+def cmd_layers(a) -> int:
+    from dpsearch.models import layer_table, load_ldm
+
+    model = load_ldm(a.model)
+    print(layer_table(model.unet, model.embedder, a.range))
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    from dpsearch.device import pick_device
+    from dpsearch.finetune import dp_finetune, plan_privacy
+    from dpsearch.models import load_ldm, save_ldm
+    from dpsearch.outputs import atomic_dir, check_output, write_json
+
+    cfg = _ft_config(a)
+    check_output(Path(a.out), a.overwrite)
+    private, _ = _private(a.private, cfg.n_private, a.seed)
+    plan_privacy(cfg, len(private))
+    model = load_ldm(a.model, pick_device(a.device))
+    res = dp_finetune(model, private, cfg, progress=not a.quiet)
+    with atomic_dir(Path(a.out), a.overwrite) as tmp:
+        save_ldm(res.model.to("cpu"), tmp, extra={"privacy": res.privacy.to_dict()})
+        write_json(tmp / "privacy.json", res.privacy.to_dict())
+        write_json(tmp / "history.json", {"epochs": res.history})
+    print(res.privacy.summary())
+    print(f"model and privacy.json written to {a.out}")
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from dpsearch.device import pick_device
+    from dpsearch.models import load_ldm
+    from dpsearch.outputs import atomic_dir
+    from dpsearch.sample import sample, save_grid
+
+    cfg = _sample_config(a)
+    out = Path(a.out)
+    model = load_ldm(a.model, pick_device(a.device))
+    with atomic_dir(out, a.overwrite) as tmp:
+        synth = sample(model, cfg, progress=not a.quiet)
+        synth.save(tmp / "synthetic.npz")
+        save_grid(synth, tmp / "samples.png")
+    print(f"{len(synth)} synthetic images {synth.class_counts()} per class → {out}/synthetic.npz, grid {out}/samples.png")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from dpsearch.data import load_dataset
+    from dpsearch.evaluate import evaluate
+
+    path = Path(a.synthetic)
+    synth = ImageSet.load(path / "synthetic.npz" if path.is_dir() else path)
+    _, test = load_dataset(a.test)
+    res = evaluate(synth, test, EvaluateConfig(seed=a.seed, fid_extractor=a.fid_extractor), progress=not a.quiet)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_run(a) -> int:
+    """The main job until the sweep exists: one full trial on the embedded defaults."""
+    from dpsearch.device import pick_device
+    from dpsearch.pretrain import pretrain
+    from dpsearch.trial import run_trial
+
+    ft = _ft_config(a)
+    out = Path(a.out or f"runs/trial-eps{a.eps:g}-layers{ft.layers}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from dpsearch.outputs import check_output
+
+    check_output(out, a.overwrite)
+    private, test = _private(a.private, ft.n_private, a.seed)
+    ft.check_against_data(len(private))
+    t = time.time()
+    model = a.model or pretrain(_pretrain_config(a), device=a.device)
+    summary = run_trial(model, private, test, ft, _sample_config(a), EvaluateConfig(seed=a.seed), out, a.overwrite,
+                        str(pick_device(a.device)), progress=not a.quiet)
+    p, m = summary["privacy"], summary["metrics"]
+    print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:g}) by {p['accountant'].upper()} "
+          f"[PLD check {p['eps_pld_check']:.3f}], σ = {p['sigma']:.4f}, q = {p['q']:.5f}, steps = {p['steps']}, "
+          f"layers {p['layers']} ({100 * p['trainable_fraction']:.1f}% of UNet trainable)")
+    if "oracle/accuracy" in m:
+        print(f"oracle accuracy (real test split, not DP): {100 * m['oracle/accuracy']:.2f}%; "
+              f"oracle FID {m['oracle/fid']:.2f} [{m['fid_extractor']}]")
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()) + f"; total {time.time() - t:.0f}")
+    print(f"trial written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dpsearch", description="DP fine-tuning of latent diffusion models")
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("pretrain", help="train autoencoder + LDM on public data (cached), report the public-only baseline")
+    p.add_argument("--config", help="YAML PretrainConfig (default: the embedded one)")
+    p.add_argument("--out", type=Path, default=None, help="model directory (default: cache under DPSEARCH_HOME)")
+    p.add_argument("--no-baseline", action="store_true")
+    _add_sample_args(p)
+    _common(p)
+    p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("layers", help="print the numbered attention modules of a model")
+    p.add_argument("model", help="model directory or hub id")
+    p.add_argument("--range", default=None, help="show the trainable fraction of this a-b range")
+    p.set_defaults(fn=cmd_layers)
+
+    p = sub.add_parser("finetune", help="DP fine-tune attention layers a-b of a pretrained model")
+    p.add_argument("--model", required=True, help="pretrained model directory or hub id")
+    p.add_argument("--out", required=True)
+    _add_finetune_args(p)
+    _common(p)
+    p.set_defaults(fn=cmd_finetune)
+
+    p = sub.add_parser("sample", help="DDIM-sample a class-balanced synthetic dataset with a PNG grid")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    _add_sample_args(p)
+    _common(p)
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="downstream CNN on synthetic data; oracle accuracy and FID on real test")
+    p.add_argument("synthetic", help="synthetic.npz or a directory holding it")
+    p.add_argument("--test", default="mnist", help="dataset whose test split is the oracle")
+    p.add_argument("--fid-extractor", choices=["auto", "inception", "public-cnn"], default="auto")
+    _common(p)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("run", help="one full trial: pretrain (cached) → DP fine-tune → sample → evaluate")
+    p.add_argument("--model", default=None, help="pretrained model (default: pretrain or reuse the cached default)")
+    p.add_argument("--config", help="YAML PretrainConfig for the pretraining step")
+    p.add_argument("--out", default=None, help="trial directory (default: runs/trial-…)")
+    _add_finetune_args(p)
+    _add_sample_args(p)
+    _common(p)
+    p.set_defaults(fn=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, ModelError, OutputExists) as e:
+        print(f"dpsearch {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Downstream utility of synthetic data: a CNN trained on synthetic images, and FID.
+
+Metrics measured on the real private test split are *oracle* metrics: they are keyed
+`oracle/...`, are not differentially private, and must never be used for selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dpsearch.config import EvaluateConfig
+from dpsearch.data import ImageSet, printed_digits
+from dpsearch.paths import home
+
+log = logging.getLogger(__name__)
+INCEPTION_CACHE = Path("/tmp/inception-2015-12-05.pt")  # where clean-fid keeps its download
+
+
+class DigitCNN(nn.Module):
+    """The small CNN of the DPDM / DP-LDM MNIST protocol (two conv layers, two dense layers)."""
+
+    def __init__(self, channels: int = 1, num_classes: int = 10, size: int = 28):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten())
+        self.features = nn.Sequential(nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(128, num_classes))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.conv(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, data: ImageSet, batch: int = 1000) -> float:
+    net.eval()
+    correct = 0
+    for i in range(0, len(data), batch):
+        x = data.images[i: i + batch].float().div(255.0)
+        correct += (net(x).argmax(1) == data.labels[i: i + batch]).sum().item()
+    return correct / len(data)
+
+
+def train_classifier(train: ImageSet, cfg: EvaluateConfig, desc: str = "classifier", progress: bool = True
+                     ) -> tuple[DigitCNN, float]:
+    """Trains on `train` only, early-stopped on a held-out part of it; returns (net, held-out accuracy)."""
+    torch.manual_seed(cfg.seed)
+    perm = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(train)))
+    n_hold = max(1, int(len(train) * cfg.holdout))
+    hold = ImageSet(train.images[perm[:n_hold]], train.labels[perm[:n_hold]], train.num_classes, "holdout")
+    fit_idx = perm[n_hold:]
+    c, s = train.image_shape[0], train.image_shape[1]
+    net = DigitCNN(c, train.num_classes, s)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.classifier_lr)
+    best, best_state = -1.0, None
+    bar = tqdm(range(cfg.classifier_epochs), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        net.train()
+        order = fit_idx[torch.randperm(len(fit_idx))]
+        for i in range(0, len(order), cfg.classifier_batch):
+            idx = order[i: i + cfg.classifier_batch]
+            x = train.images[idx].float().div(255.0)
+            loss = F.cross_entropy(net(x), train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        acc = accuracy(net, hold)
+        bar.set_postfix(holdout=f"{acc:.3f}")
+        if acc > best:
+            best, best_state = acc, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    return net.eval(), best
+
+
+# --- FID ------------------------------------------------------------------------------------
+
+def public_feature_extractor(cfg: EvaluateConfig) -> DigitCNN:
+    """The offline FID extractor: a DigitCNN trained on public printed digits only, cached.
+
+    Used where clean-fid's Inception weights (a download) are absent. FIDs from it are not
+    comparable with Inception FIDs in papers; every FID is reported with its extractor's name.
+    """
+    key = hashlib.sha256(f"public-cnn-v1-{cfg.classifier_epochs}-{cfg.seed}".encode()).hexdigest()[:10]
+    path = home() / "models" / f"fid-public-cnn-{key}.pt"
+    net = DigitCNN()
+    if path.exists():
+        try:
+            net.load_state_dict(torch.load(path, weights_only=True))
+            return net.eval()
+        except Exception as e:  # noqa: BLE001 - a corrupt cache is rebuilt, not fatal
+            log.warning("FID extractor cache %s unreadable (%s); retraining", path, e)
+    net, _ = train_classifier(printed_digits(20000, seed=7, progress=False), cfg, desc="FID extractor (public)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(net.state_dict(), tmp)
+    tmp.replace(path)
+    return net
+
+
+def _features(data: ImageSet, extractor: str, cfg: EvaluateConfig, device: str) -> np.ndarray:
+    if extractor == "inception":
+        from cleanfid.features import build_feature_extractor
+
+        model = build_feature_extractor("clean", torch.device(device))
+        feats = []
+        for i in range(0, len(data), 200):
+            x = data.images[i: i + 200].float()
+            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+            x = F.interpolate(x, size=(299, 299), mode="bicubic", align_corners=False).clamp(0, 255)
+            feats.append(model(x.to(device)).detach().cpu().numpy())
+        return np.concatenate(feats)
+    net = public_feature_extractor(cfg)
+    with torch.no_grad():
+        return torch.cat([net.embed(data.images[i: i + 1000].float().div(255.0)) for i in range(0, len(data), 1000)]).numpy()
+
+
+def fid(a: ImageSet, b: ImageSet, cfg: EvaluateConfig, device: str = "cpu") -> tuple[float, str]:
+    """(FID, extractor name), the distance computed by clean-fid's Fréchet distance."""
+    from cleanfid.fid import frechet_distance
+
+    extractor = cfg.fid_extractor
+    if extractor == "auto":
+        extractor = "inception" if INCEPTION_CACHE.exists() else "public-cnn"
+    fa, fb = _features(a, extractor, cfg, device), _features(b, extractor, cfg, device)
+    d = frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
+    name = "clean-fid inception-v3" if extractor == "inception" else "public-cnn (DigitCNN on printed digits, 128-d)"
+    return float(d), name
+
+
+def evaluate(synthetic: ImageSet, real_test: ImageSet | None, cfg: EvaluateConfig = EvaluateConfig(),
+             progress: bool = True) -> dict:
+    """Trains the downstream CNN on synthetic data only; oracle metrics use the real test split."""
+    net, holdout = train_classifier(synthetic, cfg, desc="downstream CNN on synthetic", progress=progress)
+    out = {"synthetic/holdout_accuracy": holdout, "n_synthetic": len(synthetic)}
+    if real_test is not None:
+        out["oracle/accuracy"] = accuracy(net, real_test)
+        out["oracle/fid"], out["fid_extractor"] = fid(synthetic, real_test, cfg)
+        out["oracle/note"] = "measured on the real private test split: not DP, never used for selection"
+    return out

@@ -1,0 +1,142 @@
+"""One DP fine-tune: freeze, select attention layers a-b, DP-SGD with Poisson sampling (Opacus)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from opacus import PrivacyEngine
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from dpsearch.config import ConfigError, FinetuneConfig, default_delta, parse_layers
+from dpsearch.data import ImageSet
+from dpsearch.models import LDM, attention_modules, select_attention_layers
+from dpsearch.pretrain import diffusion_loss
+from dpsearch.privacy import PrivacyRecord, calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
+
+log = logging.getLogger(__name__)
+
+
+class DiffusionLoss(nn.Module):
+    """UNet + class embedder as one module whose forward returns one loss per image, shape [B].
+
+    One noise draw and one timestep per image, so each image's loss is its own term and
+    Opacus clips exactly one gradient per private image.
+    """
+
+    def __init__(self, model: LDM, label_dropout: float):
+        super().__init__()
+        self.unet, self.embedder = model.unet, model.embedder
+        self.scheduler = model.scheduler
+        self.label_dropout = label_dropout
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor, noise=None, t=None) -> torch.Tensor:
+        return diffusion_loss(self.unet, self.embedder, self.scheduler, latents, labels, self.label_dropout, noise, t)
+
+
+@dataclass
+class FinetuneResult:
+    model: LDM
+    privacy: PrivacyRecord
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, ε spent
+
+
+def plan_privacy(cfg: FinetuneConfig, n: int) -> tuple[float, float, int, float]:
+    """(δ, q, steps, σ) for this config on N private images; raises ConfigError on impossible input."""
+    cfg.check_against_data(n)
+    delta = cfg.delta if cfg.delta is not None else default_delta(n)
+    q, steps = poisson_plan(n, cfg.batch, cfg.epochs)
+    sigma = calibrate_sigma(cfg.eps, delta, q, steps, cfg.accountant)
+    return delta, q, steps, sigma
+
+
+def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, sigma: float, clip: float,
+              accountant: str = "prv"):
+    """Opacus wrapping with Poisson sampling: (engine, module, optimizer, loader).
+
+    The one place DP-SGD is configured; the trainable set must already be frozen/unfrozen.
+    """
+    engine = PrivacyEngine(accountant=accountant)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        dp_module, dp_optimizer, dp_loader = engine.make_private(
+            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+            max_grad_norm=clip, poisson_sampling=True, loss_reduction="mean", grad_sample_mode="hooks")
+    return engine, dp_module, dp_optimizer, dp_loader
+
+
+def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
+    """Fine-tunes attention layers cfg.layers of `model` (in place) so that the run is (ε, δ)-DP."""
+    n = len(private)
+    delta, q, steps, sigma = plan_privacy(cfg, n)
+    n_layers = len(attention_modules(model.unet))
+    a, b = parse_layers(cfg.layers, n_layers)
+    device = model.device
+    torch.manual_seed(cfg.seed)
+
+    # The autoencoder is public and frozen: encoding is a fixed per-image map, computed once.
+    model.vae.requires_grad_(False)
+    latents = model.encode(private.as_float()).cpu()
+    trainable = select_attention_layers(model.unet, model.embedder, (a, b), frozen=(model.vae,))
+    n_trainable = sum(p.numel() for p in trainable)
+    n_total = sum(p.numel() for m in (model.unet, model.embedder) for p in m.parameters())
+
+    module = DiffusionLoss(model, cfg.label_dropout).train()
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
+    engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant)
+    if abs(dp_loader.sample_rate - q) > 1e-12:  # the accountant must see the sampling that runs
+        raise RuntimeError(f"Opacus sampling rate {dp_loader.sample_rate} differs from the planned q = {q}")
+
+    history = []
+    done = 0
+    bar = tqdm(total=steps, desc=f"DP fine-tune layers {a}-{b}", disable=not progress, leave=False)
+    for epoch in range(1, cfg.epochs + 1):
+        losses = []
+        with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=cfg.physical_batch,
+                                optimizer=optimizer) as mem_loader:
+            for x, y in mem_loader:
+                x, y = x.to(device), y.to(device)
+                if len(x):
+                    loss = dp_module(x, y)
+                    loss.mean().backward()
+                    losses.append((loss.detach().sum().item(), len(x)))
+                else:
+                    # An empty Poisson batch still takes a noise-only step: skipping it would leak
+                    # whether a record was sampled. A zero per-sample gradient clips to zero, so
+                    # Opacus' step below adds exactly the σC noise the accountant assumes.
+                    for p in trainable:
+                        p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if not optimizer._is_last_step_skipped:
+                    done += 1
+                    bar.update()
+        eps_spent = engine.accountant.get_epsilon(delta=delta)
+        mean_loss = sum(s for s, _ in losses) / max(1, sum(c for _, c in losses))
+        history.append({"epoch": epoch, "loss": mean_loss, "eps_spent": eps_spent, "delta": delta, "steps": done})
+        msg = f"epoch {epoch}/{cfg.epochs}: loss {mean_loss:.4f}, ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
+        (bar.write if progress else log.info)(msg)
+    bar.close()
+    dp_module._close()  # remove Opacus hooks so the model is a plain diffusers model again
+    model.unet.eval().requires_grad_(False)
+    model.embedder.eval().requires_grad_(False)
+
+    eps = epsilon_for(sigma, q, done, delta, cfg.accountant)
+    if done != steps:
+        raise RuntimeError(f"ran {done} DP steps but planned {steps}; the privacy plan does not match the run")
+    if eps > cfg.eps * 1.001:
+        raise RuntimeError(f"accountant reports ε = {eps:.4f} above the target {cfg.eps}; refusing to release")
+    record = PrivacyRecord(
+        eps_target=cfg.eps, eps=eps, delta=delta, accountant=cfg.accountant, eps_pld_check=pld_epsilon(sigma, q, steps, delta),
+        sigma=sigma, q=q, steps=steps, epochs=cfg.epochs, clip=cfg.clip, batch=cfg.batch, n=n, layers=f"{a}-{b}",
+        trainable_params=n_trainable, trainable_fraction=n_trainable / n_total)
+    return FinetuneResult(model, record, history)
+
+
+__all__ = ["dp_finetune", "plan_privacy", "privatize", "FinetuneResult", "DiffusionLoss", "ConfigError"]

@@ -1,0 +1,33 @@
+"""Shared fixtures. Real components only; sizes are small so the suite stays fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from dpsearch.data import load_mnist
+
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain_config():
+    from dpsearch.config import ModelConfig, PretrainConfig
+
+    return PretrainConfig(n_public=300, ae_epochs=1, ae_batch=64, ldm_epochs=1, ldm_batch=64,
+                          model=ModelConfig(ae_channels=(8, 16, 16), unet_channels=(16, 32), cross_attention_dim=32))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_pretrain_config):
+    """A real (tiny) pretrained model on public data, shared by the tests that need one."""
+    from dpsearch.pretrain import pretrain
+
+    return pretrain(tiny_pretrain_config, out=tmp_path_factory.mktemp("models") / "tiny")

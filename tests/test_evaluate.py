@@ -1,0 +1,25 @@
+import torch
+
+from dpsearch.config import EvaluateConfig
+from dpsearch.data import ImageSet, printed_digits
+from dpsearch.evaluate import evaluate, fid
+
+CFG = EvaluateConfig(classifier_epochs=2, fid_extractor="public-cnn")
+
+
+def test_classifier_trained_on_public_digits_transfers_to_real_mnist(mnist):
+    _, test = mnist
+    res = evaluate(printed_digits(3000, seed=1, progress=False), test.subset(2000), CFG, progress=False)
+    assert res["oracle/accuracy"] > 0.3  # chance is 0.1: printed digits carry real signal
+    assert res["synthetic/holdout_accuracy"] > 0.8
+    assert "oracle/note" in res and "public-cnn" in res["fid_extractor"]
+
+
+def test_fid_is_small_for_same_distribution_and_large_for_noise():
+    a = printed_digits(1000, seed=2, progress=False)
+    b = printed_digits(1000, seed=3, progress=False)
+    noise = ImageSet(torch.randint(0, 256, (1000, 1, 28, 28), dtype=torch.uint8), a.labels, 10, "noise")
+    same, name = fid(a, b, CFG)
+    far, _ = fid(a, noise, CFG)
+    assert 0 <= same < far / 10
+    assert "public-cnn" in name

@@ -1,0 +1,117 @@
+"""Privacy mechanics of the DP fine-tune on the real diffusers UNet."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dpsearch.config import ConfigError, FinetuneConfig, ModelConfig
+from dpsearch.data import printed_digits
+from dpsearch.finetune import DiffusionLoss, dp_finetune, plan_privacy, privatize
+from dpsearch.models import build_ldm, select_attention_layers
+
+CFG = ModelConfig(ae_channels=(8, 16, 16), unet_channels=(16, 32), cross_attention_dim=32)
+
+
+def _setup(layers="2-5", n=8, seed=0):
+    torch.manual_seed(seed)
+    m = build_ldm(CFG)
+    trainable = select_attention_layers(m.unet, m.embedder, layers, frozen=(m.vae,))
+    module = DiffusionLoss(m, label_dropout=0.0)
+    z = torch.randn(n, 4, 8, 8)
+    y = torch.arange(n) % 10
+    return m, module, trainable, z, y
+
+
+def test_per_sample_gradients_match_one_at_a_time_reference():
+    m, module, trainable, z, y = _setup()
+    noise, t = torch.randn_like(z), torch.randint(0, 1000, (len(z),))
+    reference = []
+    for i in range(len(z)):
+        module.zero_grad()
+        module(z[i:i + 1], y[i:i + 1], noise[i:i + 1], t[i:i + 1]).sum().backward()
+        reference.append(torch.cat([p.grad.flatten() for p in trainable]).clone())
+    reference = torch.stack(reference)
+    module.zero_grad()
+    loader = DataLoader(TensorDataset(z, y), batch_size=4)
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=1e9)
+    dp_module(z, y, noise, t).mean().backward()
+    per_sample = torch.cat([p.grad_sample.flatten(1) for p in trainable], dim=1)
+    assert per_sample.shape == reference.shape
+    # Per-sample norms and the sum (to_k.bias grads are ~0 by construction, so compare globally).
+    torch.testing.assert_close(per_sample.norm(dim=1), reference.norm(dim=1), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(per_sample.sum(0), reference.sum(0), rtol=1e-3, atol=1e-6)
+    dp_module._close()
+
+
+def test_without_noise_one_sample_update_has_norm_clip():
+    m, module, trainable, z, y = _setup(n=1)
+    before = [p.detach().clone() for p in trainable]
+    loader = DataLoader(TensorDataset(z, y), batch_size=1)
+    clip = 1e-3
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=0.0, clip=clip)
+    dp_module(z, y).mean().backward()
+    assert torch.cat([p.grad_sample.flatten() for p in trainable]).norm() > clip  # clipping is active
+    opt.step()
+    update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, trainable)])
+    assert update.norm().item() == pytest.approx(clip, rel=1e-4)
+    dp_module._close()
+
+
+def test_noise_std_is_sigma_times_clip():
+    m, module, trainable, z, y = _setup(n=1)
+    before = [p.detach().clone() for p in trainable]
+    loader = DataLoader(TensorDataset(z, y), batch_size=1)
+    sigma, clip = 1.3, 0.05
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=sigma, clip=clip)
+    for p in trainable:  # the noise-only step dp_finetune takes on an empty Poisson batch
+        p.grad_sample = torch.zeros((1, *p.shape))
+    opt.step()
+    update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, trainable)])
+    assert update.numel() > 50_000
+    assert update.std().item() == pytest.approx(sigma * clip, rel=0.02)
+    assert abs(update.mean().item()) < 0.02 * sigma * clip
+    dp_module._close()
+
+
+def test_poisson_batch_sizes_follow_binomial():
+    n, batch = 400, 20
+    m, module, trainable, _, _ = _setup(n=1)
+    data = TensorDataset(torch.zeros(n, 1), torch.zeros(n))
+    _, dp_module, _, dp_loader = privatize(module, torch.optim.SGD(trainable, lr=0.0), DataLoader(data, batch_size=batch), 1.0, 1.0)
+    q = dp_loader.sample_rate
+    sizes = np.array([len(x) for _ in range(25) for x, _ in dp_loader])
+    assert len(sizes) == 25 * 20
+    assert sizes.mean() == pytest.approx(n * q, rel=0.05)
+    assert sizes.var() == pytest.approx(n * q * (1 - q), rel=0.2)
+    assert len(set(sizes.tolist())) > 5  # not a fixed-size shuffled batch
+    dp_module._close()
+
+
+def test_finetune_changes_only_selected_layers_and_meets_epsilon():
+    m = build_ldm(CFG)
+    frozen_before = {k: v.clone() for k, v in m.unet.state_dict().items()}
+    vae_before = {k: v.clone() for k, v in m.vae.state_dict().items()}
+    data = printed_digits(60, progress=False)
+    cfg = FinetuneConfig(eps=3.0, layers="2-3", clip=0.1, batch=20, epochs=2, physical_batch=8, lr=1e-2)
+    res = dp_finetune(m, data, cfg, progress=False)
+    names = {n for n, _ in m.unet.named_parameters() if n.startswith(("down_blocks.1.attentions.0", "mid_block.attentions.0"))}
+    after = m.unet.state_dict()
+    assert any(not torch.equal(after[k], frozen_before[k]) for k in names)
+    for k, v in frozen_before.items():
+        if k not in names:
+            assert torch.equal(after[k], v), f"frozen weight {k} changed"
+    assert all(torch.equal(v, m.vae.state_dict()[k]) for k, v in vae_before.items())
+    p = res.privacy
+    assert p.eps <= 3.0 and p.delta == 1e-2  # N = 60: 1/N rounded down to a power of ten
+    assert abs(p.eps_pld_check - p.eps) / p.eps < 0.03
+    assert p.steps == 6 and p.layers == "2-3" and 0 < p.trainable_fraction < 1
+    assert [h["epoch"] for h in res.history] == [1, 2] and res.history[-1]["eps_spent"] <= 3.0
+    assert not hasattr(m.unet, "_forward_hooks") or not any(m.unet._forward_hooks)
+
+
+def test_plan_refuses_bad_delta_and_batch():
+    with pytest.raises(ConfigError, match="not below 1/N"):
+        plan_privacy(FinetuneConfig(eps=1, delta=0.02, batch=10), 100)
+    with pytest.raises(ConfigError, match="larger than the private set"):
+        plan_privacy(FinetuneConfig(eps=1, batch=101), 100)
