@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtualenv and installs dpsearch with its test extras.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${DPSEARCH_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtualenv $VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.dpsearch-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "[setup] installing dpsearch and its dependencies (torch==2.14.1, torchvision==0.29.1, ...)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+  touch "$stamp"
+fi
+"$VENV/bin/python" -c "import torch, torchvision, diffusers, opacus, cleanfid, dp_accounting; print(f'[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, diffusers {diffusers.__version__}, opacus {opacus.__version__}')"
