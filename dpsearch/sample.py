@@ -20,7 +20,9 @@ def sample(model: LDM, cfg: SampleConfig, progress: bool = True) -> ImageSet:
     """cfg.per_class images of every class. Classifier-free guidance when cfg.guidance ≠ 1."""
     k = model.meta["num_classes"]
     labels = torch.arange(k).repeat_interleave(cfg.per_class)
-    sched = DDIMScheduler.from_config(model.scheduler.config)
+    # Latents are unbounded: x0-clipping (diffusers' pixel-space default) must be off, whatever
+    # the saved scheduler config says (models pretrained before this fix carry clip_sample=True).
+    sched = DDIMScheduler.from_config(model.scheduler.config, clip_sample=False)
     sched.set_timesteps(cfg.ddim_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = model.device

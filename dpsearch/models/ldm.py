@@ -102,7 +102,8 @@ def build_ldm(cfg: ModelConfig = ModelConfig()) -> LDM:
         norm_num_groups=min(32, min(cfg.unet_channels)),
     )
     embedder = ClassEmbedder(num_classes=cfg.num_classes, dim=cfg.cross_attention_dim)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False)  # latents are not bounded to [-1, 1]: clipping x0 ruins samples
     meta = {"image_size": cfg.image_size, "channels": cfg.channels, "num_classes": cfg.num_classes,
             "padded_size": cfg.padded_size, "format": 1}
     return LDM(vae, unet, embedder, scheduler, meta)
@@ -143,9 +144,9 @@ def load_ldm(ref: str | Path, device: str | torch.device = "cpu") -> LDM:
         meta = json.loads(Path(hf_hub_download(ref, META_FILE)).read_text())
         src = ref
     try:
-        vae = AutoencoderKL.from_pretrained(src, subfolder="vae")
-        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
-        embedder = ClassEmbedder.from_pretrained(src, subfolder="class_embedder")
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", low_cpu_mem_usage=False)
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", low_cpu_mem_usage=False)
+        embedder = ClassEmbedder.from_pretrained(src, subfolder="class_embedder", low_cpu_mem_usage=False)
         scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
     except Exception as e:  # noqa: BLE001 - safetensors/json/OSError all mean "this model is unusable"
         raise ModelError(f"model {ref} could not be loaded ({type(e).__name__}: {str(e)[:300]}); "

@@ -1,0 +1,107 @@
+"""DP step time vs non-private step time on the same model, trainable layers and batch.
+
+    python bench/dp_step.py [--model DIR] [--layers all] [--batch 512] [--physical 128] [--modes hooks,functorch]
+
+Prints a table and writes bench/results/dp_step.json. Times are medians over --repeats logical steps
+after one warm-up; the machine must be otherwise idle (two torch jobs on 2 cores distort everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dpsearch.config import PretrainConfig
+from dpsearch.data import load_mnist
+from dpsearch.finetune import DiffusionLoss
+from dpsearch.models import load_ldm, select_attention_layers
+from dpsearch.pretrain import default_model_dir
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _step_nonprivate(module, opt, x, y, physical):
+    opt.zero_grad(set_to_none=True)
+    for i in range(0, len(x), physical):
+        module(x[i: i + physical], y[i: i + physical]).sum().div(len(x)).backward()
+    opt.step()
+
+
+def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    trainable = select_attention_layers(model.unet, model.embedder, layers, frozen=(model.vae,))
+    module = DiffusionLoss(model, 0.1).train()
+    x, y = latents[:batch], labels[:batch]
+    times = []
+    if mode == "non-private":
+        opt = torch.optim.Adam(trainable, lr=1e-4)
+        for r in range(repeats + 1):
+            t = time.perf_counter()
+            _step_nonprivate(module, opt, x, y, physical)
+            times.append(time.perf_counter() - t)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean", force_functorch=(mode == "functorch"))
+            opt = DPOptimizer(torch.optim.Adam(trainable, lr=1e-4), noise_multiplier=0.7, max_grad_norm=0.01,
+                              expected_batch_size=batch)
+        for r in range(repeats + 1):
+            t = time.perf_counter()
+            for i in range(0, len(x), physical):
+                gsm(x[i: i + physical], y[i: i + physical]).mean().backward()
+                if i + physical < len(x):
+                    opt.signal_skip_step(True)
+                    opt.step()  # accumulates clipped per-sample grads, as BatchMemoryManager does
+                    opt.zero_grad(set_to_none=False)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t)
+        gsm._close()
+    for p in trainable:
+        p.grad = None
+    return statistics.median(times[1:])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="pretrained model dir (default: the cached default)")
+    ap.add_argument("--layers", default="all")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--physical", type=int, default=128)
+    ap.add_argument("--modes", default="non-private,hooks,functorch")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    model = load_ldm(args.model or default_model_dir(PretrainConfig()), "cpu")
+    train, _ = load_mnist()
+    with torch.no_grad():
+        latents = model.encode(train.subset(args.batch).as_float())
+    labels = train.subset(args.batch).labels
+    rows = []
+    base = None
+    for mode in args.modes.split(","):
+        sec = bench_mode(model, latents, labels, args.layers, args.batch, args.physical, mode, args.repeats)
+        base = sec if mode == "non-private" else base
+        rows.append({"mode": mode, "seconds_per_step": sec, "ratio_to_nonprivate": sec / base if base else None,
+                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        print(f"{mode:>12}  {sec:7.3f} s/step  " + (f"{sec / base:5.2f}× non-private" if base else ""), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"dp_step{('-' + args.tag) if args.tag else ''}.json"
+    out.write_text(json.dumps({"args": vars(args), "machine": platform.platform(), "threads": torch.get_num_threads(),
+                               "torch": torch.__version__, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
