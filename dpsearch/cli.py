@@ -180,6 +180,17 @@ def cmd_run(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from dpsearch.sweep import SweepOptions, format_summary, run_sweep
+
+    opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
+                        scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
+                        storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial, progress=not a.quiet)
+    res = run_sweep(opts, resume=a.resume)
+    print(format_summary(res))
+    return 0 if res.best else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dpsearch", description="DP fine-tuning of latent diffusion models")
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -226,6 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_args(p)
     _common(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over layer range, C, B, lr, epochs under one fixed ε")
+    p.add_argument("--eps", type=_float("--eps"), default=None, help="ε of every trial (default: the space's)")
+    p.add_argument("--space", default="mnist", help="search space YAML or the name of one in search_spaces/")
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=1, help="trials at once (each gets CPUs / concurrency)")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
+                   help="asha stops trials on the diffusion loss on the DP synthetic validation set")
+    p.add_argument("--address", default=None, help="an existing Ray cluster, e.g. auto")
+    p.add_argument("--name", default=None, help="sweep name (default: SPACE-epsE-TIMESTAMP)")
+    p.add_argument("--resume", default=None, metavar="NAME", help="continue the sweep NAME from its storage")
+    p.add_argument("--val-eps", type=_float("--val-eps"), default=None,
+                   help="ε of the validation generator (default: the sweep's ε)")
+    p.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
+    p.add_argument("--model", default=None, help="pretrained model (default: the space's, else the embedded one)")
+    p.add_argument("--gpus-per-trial", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_sweep)
     return ap
 
 

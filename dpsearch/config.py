@@ -80,9 +80,11 @@ class FinetuneConfig(_Strict):
     delta: Optional[float] = None  # default: 1/N rounded down to a power of ten, strictly below 1/N
     layers: str = "all"
     clip: float = 0.01
-    batch: int = 512
-    epochs: int = 10
-    lr: float = 1e-3
+    # Defaults chosen for this 2-core CPU: one epoch over 60k MNIST costs ≈150 s with Opacus hooks
+    # (bench/dp_step.py), so 5 epochs at B=1000 (300 steps) keep a full trial near 15 minutes.
+    batch: int = 1000
+    epochs: int = 5
+    lr: float = 5e-4
     physical_batch: int = Field(128, gt=0)
     label_dropout: float = Field(0.1, ge=0, lt=1)
     n_private: Optional[int] = None  # use a random subset of the private set (tests, quick looks)

@@ -138,12 +138,38 @@ def fid(a: ImageSet, b: ImageSet, cfg: EvaluateConfig, device: str = "cpu") -> t
 
 
 def evaluate(synthetic: ImageSet, real_test: ImageSet | None, cfg: EvaluateConfig = EvaluateConfig(),
-             progress: bool = True) -> dict:
-    """Trains the downstream CNN on synthetic data only; oracle metrics use the real test split."""
+             progress: bool = True, validation: ImageSet | None = None) -> dict:
+    """Trains the downstream CNN on synthetic data only, then scores it.
+
+    `validation` is the sweep's DP synthetic validation set: accuracy on it is the objective
+    (free post-processing of DP outputs). `real_test` gives oracle metrics, never used to select.
+    """
     net, holdout = train_classifier(synthetic, cfg, desc="downstream CNN on synthetic", progress=progress)
     out = {"synthetic/holdout_accuracy": holdout, "n_synthetic": len(synthetic)}
+    if validation is not None:
+        out["objective"] = accuracy(net, validation)
+        out["synthetic/fid_to_validation"], out["fid_extractor"] = fid(synthetic, validation, cfg)
     if real_test is not None:
         out["oracle/accuracy"] = accuracy(net, real_test)
         out["oracle/fid"], out["fid_extractor"] = fid(synthetic, real_test, cfg)
         out["oracle/note"] = "measured on the real private test split: not DP, never used for selection"
     return out
+
+
+@torch.no_grad()
+def validation_loss(model, validation: ImageSet, n_max: int = 1000, seed: int = 0) -> float:
+    """Mean diffusion loss of `model` on the DP synthetic validation set, with fixed noise and timesteps.
+
+    A per-epoch signal computed only from DP outputs (free post-processing), so a scheduler such as
+    ASHA may stop trials on it; the private training loss must not be used for that.
+    """
+    from dpsearch.pretrain import diffusion_loss
+
+    v = validation.subset(n_max, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    dev = model.device
+    z = model.encode(v.as_float().to(dev))
+    noise = torch.randn(z.shape, generator=gen).to(dev)
+    t = torch.randint(0, model.scheduler.config.num_train_timesteps, (len(z),), generator=gen).to(dev)
+    losses = diffusion_loss(model.unet, model.embedder, model.scheduler, z, v.labels.to(dev), 0.0, noise, t)
+    return float(losses.mean())

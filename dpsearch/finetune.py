@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -46,6 +48,39 @@ class FinetuneResult:
     history: list[dict] = field(default_factory=list)  # per epoch: loss, ε spent
 
 
+@dataclass
+class FinetuneState:
+    """What a checkpoint must hold to continue a DP fine-tune exactly where it stopped.
+
+    The privacy plan (σ, q, total steps) is recomputed from the config; only the progress
+    (epochs and DP steps done), the trainable weights and the optimizer state are carried.
+    """
+
+    epoch: int
+    steps: int
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    history: list[dict]
+
+    def save(self, path) -> None:
+        torch.save({"epoch": self.epoch, "steps": self.steps, "trainable": self.trainable,
+                    "optimizer": self.optimizer, "history": self.history}, path)
+
+    @classmethod
+    def load(cls, path) -> "FinetuneState":
+        try:
+            d = torch.load(path, weights_only=True)
+            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], list(d["history"]))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+            raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
+                              f"delete it to restart the trial from scratch") from e
+
+
+def _trainable_named(model: LDM) -> dict[str, nn.Parameter]:
+    return {f"{prefix}.{n}": p for prefix, m in (("unet", model.unet), ("embedder", model.embedder))
+            for n, p in m.named_parameters() if p.requires_grad}
+
+
 def plan_privacy(cfg: FinetuneConfig, n: int) -> tuple[float, float, int, float]:
     """(δ, q, steps, σ) for this config on N private images; raises ConfigError on impossible input."""
     cfg.check_against_data(n)
@@ -61,23 +96,36 @@ def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
 
     The one place DP-SGD is configured; the trainable set must already be frozen/unfrozen.
     """
-    engine = PrivacyEngine(accountant=accountant)
     with warnings.catch_warnings():
+        # secure_mode (a CSPRNG for the noise) is off, as everywhere in research code; the privacy
+        # report says so. Opacus' own warning would otherwise print once per trial.
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        engine = PrivacyEngine(accountant=accountant)
         dp_module, dp_optimizer, dp_loader = engine.make_private(
             module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
             max_grad_norm=clip, poisson_sampling=True, loss_reduction="mean", grad_sample_mode="hooks")
     return engine, dp_module, dp_optimizer, dp_loader
 
 
-def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
-    """Fine-tunes attention layers cfg.layers of `model` (in place) so that the run is (ε, δ)-DP."""
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to "
+                        "module outputs since no inputs require gradients")  # frozen inputs: expected with Opacus hooks
+
+
+def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True,
+                on_epoch: Callable[[dict, FinetuneState], None] | None = None,
+                resume: FinetuneState | None = None) -> FinetuneResult:
+    """Fine-tunes attention layers cfg.layers of `model` (in place) so that the run is (ε, δ)-DP.
+
+    on_epoch(record, state) is called after every epoch (a sweep reports and checkpoints there);
+    resume continues from such a state: same plan, the accountant already holding the steps done.
+    """
     n = len(private)
     delta, q, steps, sigma = plan_privacy(cfg, n)
     n_layers = len(attention_modules(model.unet))
     a, b = parse_layers(cfg.layers, n_layers)
     device = model.device
-    torch.manual_seed(cfg.seed)
+    start_epoch = resume.epoch if resume else 0
+    torch.manual_seed(cfg.seed + 1009 * start_epoch)  # a resumed run does not replay the same noise
 
     # The autoencoder is public and frozen: encoding is a fixed per-image map, computed once.
     model.vae.requires_grad_(False)
@@ -87,16 +135,27 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     n_total = sum(p.numel() for m in (model.unet, model.embedder) for p in m.parameters())
 
     module = DiffusionLoss(model, cfg.label_dropout).train()
+    named = _trainable_named(model)
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    if resume:
+        missing = set(named) ^ set(resume.trainable)
+        if missing:
+            raise ConfigError(f"checkpoint does not match layers {a}-{b} of this model (differs in {sorted(missing)[:3]}…)")
+        with torch.no_grad():
+            for k, p in named.items():
+                p.copy_(resume.trainable[k])
+        optimizer.load_state_dict(resume.optimizer)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant)
     if abs(dp_loader.sample_rate - q) > 1e-12:  # the accountant must see the sampling that runs
         raise RuntimeError(f"Opacus sampling rate {dp_loader.sample_rate} differs from the planned q = {q}")
 
-    history = []
-    done = 0
-    bar = tqdm(total=steps, desc=f"DP fine-tune layers {a}-{b}", disable=not progress, leave=False)
-    for epoch in range(1, cfg.epochs + 1):
+    history = list(resume.history) if resume else []
+    done = resume.steps if resume else 0
+    if done:
+        engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
+    bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune layers {a}-{b}", disable=not progress, leave=False)
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
         losses = []
         with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=cfg.physical_batch,
                                 optimizer=optimizer) as mem_loader:
@@ -119,9 +178,17 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
                     bar.update()
         eps_spent = engine.accountant.get_epsilon(delta=delta)
         mean_loss = sum(s for s, _ in losses) / max(1, sum(c for _, c in losses))
-        history.append({"epoch": epoch, "loss": mean_loss, "eps_spent": eps_spent, "delta": delta, "steps": done})
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"DP fine-tune diverged: loss is {mean_loss} at epoch {epoch} with lr {cfg.lr:g}, "
+                                     f"layers {a}-{b}; lower the learning rate")
+        record = {"epoch": epoch, "loss": mean_loss, "eps_spent": eps_spent, "delta": delta, "steps": done}
+        history.append(record)
         msg = f"epoch {epoch}/{cfg.epochs}: loss {mean_loss:.4f}, ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
         (bar.write if progress else log.info)(msg)
+        if on_epoch is not None:
+            state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
+                                  optimizer.original_optimizer.state_dict(), list(history))
+            on_epoch(record, state)
     bar.close()
     dp_module._close()  # remove Opacus hooks so the model is a plain diffusers model again
     model.unet.eval().requires_grad_(False)
@@ -139,4 +206,4 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     return FinetuneResult(model, record, history)
 
 
-__all__ = ["dp_finetune", "plan_privacy", "privatize", "FinetuneResult", "DiffusionLoss", "ConfigError"]
+__all__ = ["dp_finetune", "plan_privacy", "privatize", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]

@@ -1,0 +1,404 @@
+"""A sweep: Ray Tune + Optuna over the layer range, C, B, lr and epochs, every trial under one fixed ε.
+
+The sweep orchestrates the pipeline functions (finetune, sample, evaluate); it owns only what is
+about many trials: the validation generator, the search, checkpoint/resume and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from dpsearch.config import ConfigError, parse_layers
+from dpsearch.data import ImageSet
+from dpsearch.paths import home
+from dpsearch.space import SearchSpace, define_by_run, load_space
+
+log = logging.getLogger(__name__)
+METRIC, MODE = "objective", "max"  # accuracy on the DP synthetic validation set
+
+
+@dataclass
+class SweepOptions:
+    eps: Optional[float] = None  # default: the space's ε
+    space: str = "mnist"
+    trials: int = 8
+    concurrency: int = 1
+    sampler: str = "tpe"
+    scheduler: str = "none"
+    address: Optional[str] = None
+    name: Optional[str] = None
+    seed: int = 0
+    val_eps: Optional[float] = None  # default: the sweep's ε
+    storage: Optional[str] = None  # default: DPSEARCH_HOME/sweeps
+    model: Optional[str] = None  # overrides the space's pretrained model
+    gpus_per_trial: Optional[float] = None  # default: 1/concurrency of a GPU when the cluster has GPUs
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError(f"--eps must be a positive number, got {self.eps}")
+        if self.val_eps is not None and not (math.isfinite(self.val_eps) and self.val_eps > 0):
+            raise ConfigError(f"--val-eps must be a positive number, got {self.val_eps}")
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be ≥ 1, got {self.trials}")
+        if self.concurrency < 1:
+            raise ConfigError(f"--concurrency must be ≥ 1, got {self.concurrency}")
+        if self.sampler not in ("tpe", "random"):
+            raise ConfigError(f"--sampler must be tpe or random, got {self.sampler}")
+        if self.scheduler not in ("none", "asha"):
+            raise ConfigError(f"--scheduler must be none or asha, got {self.scheduler}")
+        if self.name is not None and (not self.name or "/" in self.name):
+            raise ConfigError(f"--name must be a plain name without '/', got {self.name!r}")
+
+
+@dataclass
+class SweepResult:
+    name: str
+    path: Path
+    rows: list[dict]  # one per trial, sorted by objective
+    validation_privacy: dict
+    spearman: Optional[float]
+    best: Optional[dict]
+    best_oracle: Optional[dict]
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+# --- the data every trial shares, shipped through the Ray object store --------------------------
+
+def pack_model(model_dir: Path) -> dict[str, bytes]:
+    """The pretrained model's files as bytes, so trials on any node get it from the object store."""
+    model_dir = Path(model_dir)
+    return {str(p.relative_to(model_dir)): p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()}
+
+
+def unpack_model(files: dict[str, bytes]) -> Path:
+    """Materializes a packed model once per node (content-addressed) and returns its directory."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(files):
+        h.update(k.encode())
+        h.update(files[k])
+    out = Path(tempfile.gettempdir()) / "dpsearch-models" / h.hexdigest()[:16]
+    if not (out / "dpsearch_model.json").exists():
+        tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None))
+        for k, data in files.items():
+            (tmp / k).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / k).write_bytes(data)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.rename(out)
+        except OSError:  # another trial on this node got there first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --- the validation generator ------------------------------------------------------------------
+
+def make_validation_set(model_files: dict[str, bytes], private: ImageSet, space_json: str, eps: float, seed: int,
+                        threads: int) -> tuple[ImageSet, dict]:
+    """One DP fine-tune with the space's reference config under its own ε, then a labelled sample V.
+
+    Not a candidate: trials with the same configuration are separate DP runs with their own noise.
+    """
+    import torch
+
+    from dpsearch.device import pick_device
+    from dpsearch.finetune import dp_finetune
+    from dpsearch.models import load_ldm
+    from dpsearch.sample import sample
+
+    torch.set_num_threads(threads)
+    space = SearchSpace.model_validate_json(space_json)
+    cfg = space.reference_config(eps, seed)
+    model = load_ldm(unpack_model(model_files), pick_device("auto"))
+    res = dp_finetune(model, private, cfg, progress=False)
+    smp = space.sample.model_copy(update={"per_class": space.validation.per_class, "seed": seed + 104729})
+    v = sample(res.model, smp, progress=False)
+    return ImageSet(v.images, v.labels, v.num_classes, "dp-synthetic-validation"), res.privacy.to_dict()
+
+
+# --- one trial, as a Ray Tune function trainable -----------------------------------------------
+
+def _flat_privacy(p: dict) -> dict:
+    keys = ("eps", "delta", "sigma", "q", "steps", "accountant", "trainable_params", "trainable_fraction", "eps_pld_check")
+    return {f"privacy/{k}": p[k] for k in keys}
+
+
+def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: ImageSet, oracle: ImageSet | None,
+             space_json: str, eps: float, seed: int, threads: int) -> None:
+    """config (from Optuna) → FinetuneConfig → DP fine-tune → sample → score on V; reports every epoch."""
+    import torch
+    from ray import tune
+
+    from dpsearch.device import pick_device
+    from dpsearch.evaluate import evaluate, validation_loss
+    from dpsearch.finetune import FinetuneState, dp_finetune
+    from dpsearch.models import load_ldm, save_ldm
+    from dpsearch.outputs import write_json
+    from dpsearch.sample import sample, save_grid
+
+    torch.set_num_threads(threads)
+    space = SearchSpace.model_validate_json(space_json)
+    ft = space.finetune_config(config, eps, seed)
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            if (d / "result.json").exists():  # finished before the sweep stopped: report it again
+                tune.report(json.loads((d / "result.json").read_text()), checkpoint=ckpt)
+                return
+            resume = FinetuneState.load(d / "state.pt")
+    model = load_ldm(unpack_model(model_files), pick_device("auto"))
+
+    def on_epoch(rec: dict, state: FinetuneState) -> None:
+        metrics = {"epoch": rec["epoch"], "val_loss": validation_loss(model, validation), "eps_spent": rec["eps_spent"],
+                   "delta": rec["delta"], "oracle/train_loss": rec["loss"], METRIC: float("nan"), "done": False}
+        with tempfile.TemporaryDirectory() as d:
+            state.save(Path(d) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    t = time.time()
+    res = dp_finetune(model, private, ft, progress=False, on_epoch=on_epoch, resume=resume)
+    t_ft = time.time() - t
+    t = time.time()
+    synthetic = sample(res.model, space.sample, progress=False)
+    t_sample = time.time() - t
+    t = time.time()
+    scores = evaluate(synthetic, oracle, space.evaluate, progress=False, validation=validation)
+    t_eval = time.time() - t
+    final = {"epoch": ft.epochs, "val_loss": validation_loss(res.model, validation), "done": True,
+             **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
+             **_flat_privacy(res.privacy.to_dict()), "layers": res.privacy.layers,
+             "time/finetune_s": t_ft, "time/sample_s": t_sample, "time/evaluate_s": t_eval}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        save_ldm(res.model.to("cpu"), d / "model", extra={"privacy": res.privacy.to_dict()})
+        write_json(d / "privacy.json", res.privacy.to_dict())
+        write_json(d / "history.json", {"epochs": res.history})
+        save_grid(synthetic, d / "samples.png")
+        write_json(d / "result.json", final)
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+def _sweep_dir(storage: str, name: str) -> Path:
+    return Path(storage) / name
+
+
+def _load_or_make_validation(meta_dir: Path, model_files, private, space: SearchSpace, val_eps: float, seed: int,
+                             resources: dict) -> tuple[ImageSet, dict]:
+    """V is made once per sweep and stored with it, so a resumed sweep scores against the same V."""
+    import ray
+
+    vpath, ppath = meta_dir / "validation.npz", meta_dir / "validation_privacy.json"
+    if vpath.exists() and ppath.exists():
+        return ImageSet.load(vpath), json.loads(ppath.read_text())
+    log.info("making the DP synthetic validation set (reference config %s, ε = %g)", space.reference.model_dump(), val_eps)
+    task = ray.remote(make_validation_set).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
+    v, priv = ray.get(task.remote(model_files, private, space.model_dump_json(), val_eps, seed, resources["threads"]))
+    tmp = vpath.with_suffix(".tmp.npz")
+    v.save(tmp)
+    tmp.replace(vpath)
+    ppath.write_text(json.dumps(priv, indent=2))
+    return v, priv
+
+
+def _resources(opts: SweepOptions) -> dict:
+    import ray
+
+    total = ray.cluster_resources()
+    cpus = int(total.get("CPU", 1))
+    gpus = total.get("GPU", 0)
+    per_cpu = max(1, cpus // opts.concurrency) if not gpus else 1
+    per_gpu = opts.gpus_per_trial if opts.gpus_per_trial is not None else (min(1.0, gpus / opts.concurrency) if gpus else 0)
+    return {"cpu": per_cpu, "gpu": per_gpu, "threads": per_cpu}
+
+
+def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
+    import ray
+    from ray import tune
+
+    from dpsearch.data import load_dataset
+    from dpsearch.models import attention_modules, load_ldm
+    from dpsearch.pretrain import pretrain
+    from dpsearch.config import PretrainConfig
+
+    opts.check()
+    storage = opts.storage or str(home() / "sweeps")
+    if resume:
+        meta_dir = _sweep_dir(storage, resume) / "dpsearch"
+        if not (meta_dir / "sweep.json").exists():
+            raise ConfigError(f"no sweep named {resume!r} under {storage} (looked for {meta_dir / 'sweep.json'})")
+        saved = json.loads((meta_dir / "sweep.json").read_text())
+        opts = SweepOptions(**{**saved["options"], "progress": opts.progress, "address": opts.address})
+        space = SearchSpace(**saved["space"])
+    else:
+        space = load_space(opts.space)
+    eps = opts.eps if opts.eps is not None else space.eps
+    val_eps = opts.val_eps if opts.val_eps is not None else eps
+    name = resume or opts.name or f"{space.name}-eps{eps:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+    meta_dir = _sweep_dir(storage, name) / "dpsearch"
+    if not resume and meta_dir.exists():
+        raise ConfigError(f"a sweep named {name!r} already exists under {storage}: use --resume {name} or another --name")
+
+    # Everything that can be wrong with the input fails here, before any training.
+    private, oracle = load_dataset(space.private)
+    if space.n_private:
+        private = private.subset(space.n_private, seed=opts.seed)
+    for cfg_probe in _probe_configs(space, eps):
+        cfg_probe.check_against_data(len(private))
+    model_dir = opts.model or space.model or pretrain(PretrainConfig())
+    probe = load_ldm(model_dir)
+    space.params.layers.check_model(len(attention_modules(probe.unet)))
+    parse_layers(space.reference.layers, len(attention_modules(probe.unet)))
+    del probe
+
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (meta_dir / "sweep.json").write_text(json.dumps(
+            {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
+                         "storage": storage},
+             "space": json.loads(space.model_dump_json())}, indent=2))
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file left behind by a local ray.init()
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level=logging.WARNING)
+    t0 = time.time()
+    try:
+        res = _resources(opts)
+        model_files = pack_model(Path(model_dir))
+        validation, val_privacy = _load_or_make_validation(meta_dir, model_files, private, space, val_eps, opts.seed, res)
+        trainable = tune.with_resources(
+            tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,
+                                 space_json=space.model_dump_json(), eps=eps, seed=opts.seed, threads=res["threads"]),
+            {"cpu": res["cpu"], "gpu": res["gpu"]})
+        path = str(_sweep_dir(storage, name))
+        if resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space),
+                               run_config=tune.RunConfig(
+                                   name=name, storage_path=storage, verbose=1 if opts.progress else 0,
+                                   failure_config=tune.FailureConfig(max_failures=0),
+                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        grid = tuner.fit()
+        rows = _rows(grid)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    result = summarize(name, _sweep_dir(storage, name), rows, val_privacy, time.time() - t0)
+    (meta_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    return result
+
+
+def _probe_configs(space: SearchSpace, eps: float):
+    """The extreme configurations of the space, to catch batch > N or δ ≥ 1/N before training."""
+    batches = space.params.batch.choice if hasattr(space.params.batch, "choice") else [space.params.batch.value]
+    for b in [*batches, space.reference.batch]:
+        yield space.finetune_config({"layers": "1-1", "clip": 1.0, "batch": b, "epochs": 1, "lr": 1e-3}, eps)
+
+
+def _tune_config(opts: SweepOptions, space: SearchSpace):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.TPESampler(seed=opts.seed) if opts.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=opts.seed))
+    searcher = OptunaSearch(space=define_by_run(space), metric=METRIC, mode=MODE, sampler=sampler)
+    scheduler = None
+    if opts.scheduler == "asha":
+        # Stops trials on the diffusion loss measured on the DP synthetic validation set (post-processing),
+        # never on the private training loss.
+        max_epochs = max(space.params.epochs.choice) if hasattr(space.params.epochs, "choice") else space.params.epochs.value
+        scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration",
+                                  grace_period=1, max_t=int(max_epochs) + 1, reduction_factor=2)
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.trials,
+                           max_concurrent_trials=opts.concurrency)
+
+
+def _rows(grid) -> list[dict]:
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        cfg = r.config or {}
+        rows.append({
+            "trial": m.get("trial_id") or (os.path.basename(r.path) if r.path else "?"), "status": "ERROR" if r.error else (
+                "DONE" if m.get("done") else "STOPPED"),
+            "layers": cfg.get("layers"), "clip": cfg.get("clip"), "batch": cfg.get("batch"), "lr": cfg.get("lr"),
+            "epochs": cfg.get("epochs"), "sigma": m.get("privacy/sigma"), "eps": m.get("privacy/eps"),
+            "delta": m.get("privacy/delta"), "objective": m.get(METRIC), "oracle_accuracy": m.get("oracle/accuracy"),
+            "synthetic_fid": m.get("synthetic/fid_to_validation"), "oracle_fid": m.get("oracle/fid"),
+            "trainable_fraction": m.get("privacy/trainable_fraction"),
+            "checkpoint": r.checkpoint.path if r.checkpoint else None,
+            "error": str(r.error).splitlines()[0][:300] if r.error else None})
+    return rows
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def summarize(name: str, path: Path, rows: list[dict], val_privacy: dict, seconds: float) -> SweepResult:
+    """Sorts by objective; how well the synthetic validation ranked trials against the oracle."""
+    from scipy.stats import spearmanr
+
+    done = [r for r in rows if _finite(r["objective"])]
+    done.sort(key=lambda r: -r["objective"])
+    rest = [r for r in rows if r not in done]
+    rho = None
+    both = [r for r in done if _finite(r["oracle_accuracy"])]
+    if len(both) >= 3:
+        rho = float(spearmanr([r["objective"] for r in both], [r["oracle_accuracy"] for r in both]).statistic)
+    best = done[0] if done else None
+    best_oracle = max(both, key=lambda r: r["oracle_accuracy"]) if both else None
+    return SweepResult(name, path, done + rest, val_privacy, rho, best, best_oracle, seconds)
+
+
+def format_summary(res: SweepResult) -> str:
+    cols = [("trial", 11), ("status", 7), ("layers", 6), ("clip", 8), ("batch", 5), ("lr", 8), ("epochs", 6),
+            ("sigma", 7), ("eps", 6), ("objective", 9), ("oracle_accuracy", 15)]
+    def fmt(v, w):
+        if v is None:
+            return "-".rjust(w)
+        if isinstance(v, float):
+            return (f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.4f}").rjust(w)
+        return str(v)[-w:].rjust(w)
+    lines = ["  ".join(c.rjust(w) for c, w in cols)]
+    lines += ["  ".join(fmt(r.get(c), w) for c, w in cols) for r in res.rows]
+    vp = res.validation_privacy
+    lines.append(f"validation generator: (ε = {vp['eps']:.3f}, δ = {vp['delta']:g})-DP ({vp['accountant'].upper()}), "
+                 f"layers {vp['layers']}; the objective is accuracy on its synthetic set, never on private data")
+    lines.append("every trial: (ε, δ) as listed, each by its own accountant; the whole search costs more than one "
+                 "trial's ε (see the privacy report)")
+    if res.spearman is not None:
+        lines.append(f"Spearman(objective, oracle accuracy) = {res.spearman:.3f} over {sum(1 for r in res.rows if _finite(r['objective']))} trials")
+    if res.best:
+        b, bo = res.best, res.best_oracle
+        lines.append(f"selected by objective: {b['trial']} (layers {b['layers']}), oracle accuracy "
+                     f"{100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)")
+        if bo:
+            lines.append(f"best oracle trial: {bo['trial']} (layers {bo['layers']}), oracle accuracy {100 * bo['oracle_accuracy']:.2f}%")
+        lines.append(f"best model: {b['checkpoint']}/model")
+    failed = [r for r in res.rows if r["status"] == "ERROR"]
+    for r in failed:
+        lines.append(f"failed: {r['trial']}: {r['error']}")
+    lines.append(f"sweep {res.name}: {len(res.rows)} trials in {res.seconds / 60:.1f} min; results under {res.path}")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+import optuna
+import pytest
+
+from dpsearch.config import ConfigError
+from dpsearch.space import define_by_run, load_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("name", ["mnist", "smoke", "dpldm_paper"])
+def test_shipped_spaces_load_by_name_and_path(name):
+    assert load_space(name).name == name
+    assert load_space(f"search_spaces/{name}.yaml").name == name
+
+
+def test_define_by_run_always_gives_a_valid_range_and_every_param():
+    space = load_space("mnist")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        fixed = define_by_run(space)(trial)
+        a, b = map(int, fixed["layers"].split("-"))
+        assert 1 <= a <= b <= 7
+        seen.add((a, b))
+        cfg = space.finetune_config({**trial.params, **fixed}, eps=5.0)
+        assert 1e-3 <= cfg.clip <= 1e-1 and cfg.batch in (500, 1000, 2000) and cfg.epochs in (1, 2, 3)
+        study.tell(trial, 0.5)
+    assert len(seen) > 10  # single-module ranges and long ranges both occur
+
+
+def test_named_ranges_are_a_categorical_choice():
+    space = load_space("dpldm_paper")
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    assert define_by_run(space)(trial)["layers"] in ("1-16", "5-16", "9-16", "13-16")
+    with pytest.raises(ConfigError, match="outside this model's attention modules 1-7"):
+        space.params.layers.check_model(7)
+
+
+@pytest.mark.parametrize("body, field", [
+    ("name: x\nparams: {layers: {low: 5, high: 2}, clip: {log_uniform: [1e-3, 1e-1]}, batch: {choice: [10]}, "
+     "lr: {value: 1e-3}, epochs: {value: 1}}", "params.layers"),
+    ("name: x\nparams: {layers: {low: 1, high: 2}, clip: {log_uniform: [0, 1e-1]}, batch: {choice: [10]}, "
+     "lr: {value: 1e-3}, epochs: {value: 1}}", "params.clip"),
+    ("name: x\nparams: {layers: {low: 1, high: 2}, clip: {value: 1}, batch: {choice: []}, lr: {value: 1e-3}, "
+     "epochs: {value: 1}}", "params.batch"),
+    ("name: x\nparams: {layers: {choice: ['3-x']}, clip: {value: 1}, batch: {value: 5}, lr: {value: 1e-3}, "
+     "epochs: {value: 1}}", "params.layers"),
+    ("name: x\nbogus: 1\nparams: {layers: {low: 1, high: 2}, clip: {value: 1}, batch: {value: 5}, "
+     "lr: {value: 1e-3}, epochs: {value: 1}}", "bogus"),
+    ("name: x\neps: -1\nparams: {layers: {low: 1, high: 2}, clip: {value: 1}, batch: {value: 5}, "
+     "lr: {value: 1e-3}, epochs: {value: 1}}", "eps"),
+    ("name: x\n", "params"),
+    ("[1, 2", "not valid YAML"),
+])
+def test_malformed_space_names_the_field(tmp_path, body, field):
+    p = tmp_path / "bad.yaml"
+    p.write_text(body)
+    with pytest.raises(ConfigError, match="malformed|YAML") as e:
+        load_space(p)
+    assert field in str(e.value)
+
+
+def test_missing_space_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_space(tmp_path / "nope.yaml")

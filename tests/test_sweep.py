@@ -1,0 +1,104 @@
+"""Real Ray Tune + Optuna sweeps on the smoke space with a tiny pretrained model (seconds per trial)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpsearch.cli import main
+from dpsearch.sweep import SweepOptions, run_sweep
+
+SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
+
+
+def _space(tmp_path, **params):
+    """The smoke space with some params replaced."""
+    space = yaml.safe_load(SMOKE.read_text())
+    space["params"].update(params)
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(space))
+    return str(p)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_ray():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.e2e
+def test_sweep_runs_trials_concurrently_under_one_eps_and_survives_a_failing_trial(tiny_model_dir, tmp_path):
+    # lr 1e30 makes a trial diverge (NaN loss → FloatingPointError); the sweep must record it and go on.
+    space = _space(tmp_path, lr={"choice": [5e-4, 1e30]})
+    res = run_sweep(SweepOptions(eps=5.0, space=space, trials=5, concurrency=2, sampler="random", seed=3,
+                                 model=str(tiny_model_dir), storage=str(tmp_path / "sweeps"), name="s", progress=False))
+    by_status = {}
+    for r in res.rows:
+        by_status.setdefault(r["status"], []).append(r)
+    assert len(res.rows) == 5
+    assert by_status.get("ERROR"), "the diverging configuration was not drawn: pick another seed"
+    assert all("diverged" in r["error"] or "FloatingPointError" in r["error"] for r in by_status["ERROR"])
+    done = by_status["DONE"]
+    assert len(done) >= 2
+    # every finished trial is (ε, δ)-DP for the same target, each with its own σ
+    assert all(r["eps"] <= 5.0 and r["delta"] == done[0]["delta"] == 1e-3 for r in done)
+    assert all(0 <= r["objective"] <= 1 and 0 <= r["oracle_accuracy"] <= 1 for r in done)
+    assert res.rows[0]["objective"] == max(r["objective"] for r in done)  # sorted by objective
+    assert res.validation_privacy["eps"] <= 5.0
+    best = Path(res.best["checkpoint"])
+    assert (best / "model" / "unet").is_dir() and (best / "samples.png").exists()
+    assert json.loads((best / "privacy.json").read_text())["layers"] == res.best["layers"]
+    assert (tmp_path / "sweeps" / "s" / "dpsearch" / "validation.npz").exists()
+
+
+@pytest.mark.e2e
+def test_sweep_killed_after_first_checkpoint_resumes_and_finishes(tiny_model_dir, tmp_path):
+    space = _space(tmp_path, epochs={"value": 3}, batch={"value": 50})
+    storage = tmp_path / "sweeps"
+    cmd = [sys.executable, "-m", "dpsearch.cli", "sweep", "--space", space, "--eps", "5", "--trials", "2",
+           "--concurrency", "1", "--model", str(tiny_model_dir), "--storage", str(storage), "--name", "k", "--quiet"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    try:
+        while not list((storage / "k").glob("*/checkpoint_*")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no checkpoint within 5 minutes"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+    vset = storage / "k" / "dpsearch" / "validation.npz"
+    made = vset.stat().st_mtime
+    assert main(["sweep", "--resume", "k", "--storage", str(storage), "--quiet"]) == 0
+    summary = json.loads((storage / "k" / "dpsearch" / "summary.json").read_text())
+    assert [r["status"] for r in summary["rows"]] == ["DONE", "DONE"]
+    assert all(r["eps"] <= 5.0 for r in summary["rows"])
+    assert vset.stat().st_mtime == made  # the same DP validation set, not a second one
+
+
+def test_sweep_rejects_bad_values_before_starting_ray(tiny_model_dir, tmp_path, capsys):
+    base = ["sweep", "--space", "smoke", "--model", str(tiny_model_dir), "--storage", str(tmp_path), "--quiet"]
+    assert main(base + ["--eps", "0"]) == 2
+    assert "--eps must be a positive number" in capsys.readouterr().err
+    assert main(base + ["--trials", "0"]) == 2
+    assert "--trials must be ≥ 1" in capsys.readouterr().err
+    assert main(base + ["--resume", "nope"]) == 2
+    assert "no sweep named 'nope'" in capsys.readouterr().err
+    big = _space(tmp_path, batch={"choice": [100, 100000]})
+    assert main(base[:2] + [big] + base[3:] + ["--eps", "5"]) == 2
+    assert "larger than the private set" in capsys.readouterr().err
+    wide = _space(tmp_path, layers={"low": 1, "high": 9})
+    assert main(base[:2] + [wide] + base[3:] + ["--eps", "5"]) == 2
+    assert "outside this model's attention modules 1-7" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/dpsearch/sweep.json"))  # nothing half-written
