@@ -160,15 +160,21 @@ def _suggest(trial, name: str, p: Param):
     return p.value
 
 
-def define_by_run(space: SearchSpace):
+class DefineByRun:
     """Optuna define-by-run function for Ray Tune's OptunaSearch.
+
+    A class, not a closure: Ray pickles the searcher (with this function) into every experiment
+    checkpoint, and `--resume` unpickles it to bring TPE's history back.
 
     The layer range samples two ends in the same [low, high] and sorts them, so every sample is a
     valid a ≤ b and the distributions stay fixed across trials (TPE models them independently).
     """
-    ps = space.params
 
-    def fn(trial) -> dict:
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial) -> dict:
+        ps = self.space.params
         if ps.layers.choice is not None:
             layers = trial.suggest_categorical("layers", ps.layers.choice)
         else:
@@ -183,5 +189,6 @@ def define_by_run(space: SearchSpace):
                 fixed[name] = v
         return fixed
 
-    return fn
 
+def define_by_run(space: SearchSpace) -> DefineByRun:
+    return DefineByRun(space)

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -348,8 +349,15 @@ def _rows(grid) -> list[dict]:
             "synthetic_fid": m.get("synthetic/fid_to_validation"), "oracle_fid": m.get("oracle/fid"),
             "trainable_fraction": m.get("privacy/trainable_fraction"),
             "checkpoint": r.checkpoint.path if r.checkpoint else None,
-            "error": str(r.error).splitlines()[0][:300] if r.error else None})
+            "error": _error_line(r.error) if r.error else None})
     return rows
+
+
+def _error_line(err: BaseException) -> str:
+    """The exception's own message ("FloatingPointError: ..."), not Ray's traceback header."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    named = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)]
+    return (named[-1] if named else lines[-1] if lines else type(err).__name__)[:300]
 
 
 def _finite(x) -> bool:

@@ -64,3 +64,11 @@ def test_malformed_space_names_the_field(tmp_path, body, field):
 def test_missing_space_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_define_by_run_survives_pickling_for_searcher_checkpoints():
+    import pickle
+
+    fn = pickle.loads(pickle.dumps(define_by_run(load_space("smoke"))))
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2)).ask()
+    assert set(fn(trial)) >= {"layers"} and {"clip", "batch", "lr", "epochs"} <= set(trial.params)

@@ -77,7 +77,7 @@ def test_sweep_killed_after_first_checkpoint_resumes_and_finishes(tiny_model_dir
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, env=env)
     vset = storage / "k" / "dpsearch" / "validation.npz"
     made = vset.stat().st_mtime
     assert main(["sweep", "--resume", "k", "--storage", str(storage), "--quiet"]) == 0
