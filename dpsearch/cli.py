@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from dpsearch.config import (ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, load_yaml,
-                             validate)
+from dpsearch.config import (ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, default_delta,
+                             load_yaml, validate)
 from dpsearch.data import DataError, ImageSet
 from dpsearch.models.ldm import ModelError
 from dpsearch.outputs import OutputExists
@@ -152,7 +152,7 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_run(a) -> int:
-    """The main job until the sweep exists: one full trial on the embedded defaults."""
+    """One full trial: pretrain (cached) → DP fine-tune → sample → evaluate, outside any sweep."""
     from dpsearch.device import pick_device
     from dpsearch.pretrain import pretrain
     from dpsearch.trial import run_trial
@@ -185,7 +185,8 @@ def cmd_sweep(a) -> int:
 
     opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
-                        storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial, progress=not a.quiet)
+                        storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial,
+                        private_selection=a.private_selection, mean_trials=a.mean_trials, progress=not a.quiet)
     res = run_sweep(opts, resume=a.resume)
     print(format_summary(res))
     return 0 if res.best else 1
@@ -254,10 +255,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
     p.add_argument("--model", default=None, help="pretrained model (default: the space's, else the embedded one)")
     p.add_argument("--gpus-per-trial", type=float, default=None)
+    p.add_argument("--private-selection", choices=["geometric", "logarithmic", "poisson"], default=None,
+                   help="draw the number of trials K at random (mean --mean-trials) and release only the best "
+                        "(Papernot & Steinke); needs --sampler random")
+    p.add_argument("--mean-trials", type=_float("--mean-trials"), default=None, help="μ, the mean of K")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("privacy", help="privacy calculators and a sweep's privacy report")
+    psub = p.add_subparsers(dest="what", required=True)
+    for what, helptext in (("sigma", "σ that makes a DP-SGD run (ε, δ)-DP"), ("eps", "ε of a DP-SGD run with noise σ")):
+        q = psub.add_parser(what, help=helptext)
+        if what == "sigma":
+            q.add_argument("--eps", type=_float("--eps"), required=True)
+        else:
+            q.add_argument("--sigma", type=_float("--sigma"), required=True)
+        q.add_argument("--delta", type=_float("--delta"), default=None, help="default: below 1/N as in DESIGN.md")
+        q.add_argument("--batch", type=int, required=True, help="expected (Poisson) batch size B")
+        q.add_argument("--n", type=int, required=True, help="private set size N")
+        q.add_argument("--epochs", type=int, required=True)
+        q.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
+        q.set_defaults(fn=cmd_privacy_calc)
+    q = psub.add_parser("report", help="per-trial and released-model (ε, δ) of a sweep")
+    q.add_argument("sweep", help="sweep name (under --storage) or its directory")
+    q.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(fn=cmd_privacy_report)
     return ap
+
+
+def cmd_privacy_calc(a) -> int:
+    from dpsearch.privacy import calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
+
+    if a.n < 1 or a.batch < 1 or a.epochs < 1:
+        raise ConfigError("--n, --batch and --epochs must be ≥ 1")
+    if a.batch > a.n:
+        raise ConfigError(f"batch size {a.batch} is larger than N = {a.n}; use --batch ≤ {a.n}")
+    delta = a.delta if a.delta is not None else default_delta(a.n)
+    if not (0 < delta < 1.0 / a.n):
+        raise ConfigError(f"δ = {delta:g} must be in (0, 1/N = {1.0 / a.n:.3g}); e.g. {default_delta(a.n):g}")
+    q, steps = poisson_plan(a.n, a.batch, a.epochs)
+    if a.what == "sigma":
+        if not a.eps > 0:
+            raise ConfigError(f"ε must be a positive finite number, got {a.eps}")
+        sigma = calibrate_sigma(a.eps, delta, q, steps, a.accountant)
+    else:
+        if not a.sigma > 0:
+            raise ConfigError(f"σ must be > 0, got {a.sigma}")
+        sigma = a.sigma
+    eps = epsilon_for(sigma, q, steps, delta, a.accountant)
+    print(f"σ = {sigma:.4f}: (ε = {eps:.3f}, δ = {delta:g})-DP by the {a.accountant.upper()} accountant "
+          f"[dp-accounting PLD: ε = {pld_epsilon(sigma, q, steps, delta):.3f}]; Poisson q = {q:.5f}, steps = {steps} "
+          f"(N = {a.n}, B = {a.batch}, {a.epochs} epochs)")
+    return 0
+
+
+def cmd_privacy_report(a) -> int:
+    import json
+
+    from dpsearch.paths import home
+    from dpsearch.privacy.report import format_report, sweep_report
+
+    path = Path(a.sweep)
+    if not (path / "dpsearch").is_dir():
+        path = Path(a.storage or home() / "sweeps") / a.sweep
+    rep = sweep_report(path)
+    print(json.dumps(rep, indent=2) if a.json else format_report(rep))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Optional
 from dpsearch.config import ConfigError, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.paths import home
+from dpsearch.privacy.search_cost import SELECTIONS
 from dpsearch.space import SearchSpace, define_by_run, load_space
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class SweepOptions:
     storage: Optional[str] = None  # default: DPSEARCH_HOME/sweeps
     model: Optional[str] = None  # overrides the space's pretrained model
     gpus_per_trial: Optional[float] = None  # default: 1/concurrency of a GPU when the cluster has GPUs
+    private_selection: Optional[str] = None  # geometric | logarithmic | poisson: K is random, only the best released
+    mean_trials: Optional[float] = None  # μ, the mean of K under private selection
     progress: bool = True
 
     def check(self) -> None:
@@ -56,6 +59,20 @@ class SweepOptions:
             raise ConfigError(f"--sampler must be tpe or random, got {self.sampler}")
         if self.scheduler not in ("none", "asha"):
             raise ConfigError(f"--scheduler must be none or asha, got {self.scheduler}")
+        if self.private_selection is not None:
+            if self.private_selection not in SELECTIONS:
+                raise ConfigError(f"--private-selection must be one of {', '.join(SELECTIONS)}, got {self.private_selection}")
+            if self.sampler != "random":
+                raise ConfigError("--private-selection needs --sampler random: TPE picks each trial from earlier trials' "
+                                  "scores, so the trials are not independent runs and the repeat-and-select bound "
+                                  "(Papernot & Steinke) does not apply")
+            if self.scheduler != "none":
+                raise ConfigError("--private-selection needs --scheduler none: ASHA stops trials by comparing them with "
+                                  "each other, which makes the runs depend on one another")
+            if self.mean_trials is None or not (math.isfinite(self.mean_trials) and self.mean_trials >= 1):
+                raise ConfigError(f"--private-selection needs --mean-trials μ ≥ 1, got {self.mean_trials}")
+        elif self.mean_trials is not None:
+            raise ConfigError("--mean-trials only applies with --private-selection")
         if self.name is not None and (not self.name or "/" in self.name):
             raise ConfigError(f"--name must be a plain name without '/', got {self.name!r}")
 
@@ -268,12 +285,18 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
     parse_layers(space.reference.layers, len(attention_modules(probe.unet)))
     del probe
 
+    if opts.private_selection and not resume:
+        opts.trials = draw_trials(opts.private_selection, opts.mean_trials)
+        log.info("private selection (%s, mean %g): K = %d trials drawn", opts.private_selection, opts.mean_trials,
+                 opts.trials)
+        if opts.trials == 0:
+            raise ConfigError("the Poisson draw gave K = 0 trials: by design nothing is trained or released; run again")
     meta_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (meta_dir / "sweep.json").write_text(json.dumps(
             {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
                          "storage": storage},
-             "space": json.loads(space.model_dump_json())}, indent=2))
+             "n_private": len(private), "space": json.loads(space.model_dump_json())}, indent=2))
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file left behind by a local ray.init()
     started_ray = not ray.is_initialized()
@@ -303,9 +326,30 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
     finally:
         if started_ray:
             ray.shutdown()
+    from dpsearch.privacy.report import sweep_report
+
     result = summarize(name, _sweep_dir(storage, name), rows, val_privacy, time.time() - t0)
     (meta_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    result.extra["privacy"] = sweep_report(_sweep_dir(storage, name))
+    (meta_dir / "privacy_report.json").write_text(json.dumps(result.extra["privacy"], indent=2))
     return result
+
+
+def draw_trials(selection: str, mean: float) -> int:
+    """K for private selection, from OS entropy (never from --seed: a K anyone can recompute is a fixed K,
+    and the repeat-and-select bound assumes a random one). γ is the one dp-accounting's bound uses."""
+    import secrets
+
+    import numpy as np
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
+
+    rng = np.random.default_rng(secrets.randbits(128))
+    if selection == "poisson":
+        return int(rng.poisson(mean))
+    gamma = rdp_lib._gamma_truncated_negative_binomial(SELECTIONS[selection], mean)
+    if selection == "geometric":
+        return int(rng.geometric(gamma))
+    return int(rng.logseries(1 - gamma))  # logarithmic: P(K = k) ∝ (1 - γ)^k / k
 
 
 def _probe_configs(space: SearchSpace, eps: float):
@@ -345,7 +389,8 @@ def _rows(grid) -> list[dict]:
                 "DONE" if m.get("done") else "STOPPED"),
             "layers": cfg.get("layers"), "clip": cfg.get("clip"), "batch": cfg.get("batch"), "lr": cfg.get("lr"),
             "epochs": cfg.get("epochs"), "sigma": m.get("privacy/sigma"), "eps": m.get("privacy/eps"),
-            "delta": m.get("privacy/delta"), "objective": m.get(METRIC), "oracle_accuracy": m.get("oracle/accuracy"),
+            "delta": m.get("privacy/delta"), "q": m.get("privacy/q"), "steps": m.get("privacy/steps"),
+            "accountant": m.get("privacy/accountant"), "objective": m.get(METRIC), "oracle_accuracy": m.get("oracle/accuracy"),
             "synthetic_fid": m.get("synthetic/fid_to_validation"), "oracle_fid": m.get("oracle/fid"),
             "trainable_fraction": m.get("privacy/trainable_fraction"),
             "checkpoint": r.checkpoint.path if r.checkpoint else None,
@@ -394,8 +439,10 @@ def format_summary(res: SweepResult) -> str:
     vp = res.validation_privacy
     lines.append(f"validation generator: (ε = {vp['eps']:.3f}, δ = {vp['delta']:g})-DP ({vp['accountant'].upper()}), "
                  f"layers {vp['layers']}; the objective is accuracy on its synthetic set, never on private data")
-    lines.append("every trial: (ε, δ) as listed, each by its own accountant; the whole search costs more than one "
-                 "trial's ε (see the privacy report)")
+    if "privacy" in res.extra:
+        from dpsearch.privacy.report import format_report
+
+        lines.append(format_report(res.extra["privacy"]))
     if res.spearman is not None:
         lines.append(f"Spearman(objective, oracle accuracy) = {res.spearman:.3f} over {sum(1 for r in res.rows if _finite(r['objective']))} trials")
     if res.best:

@@ -102,3 +102,16 @@ def test_sweep_rejects_bad_values_before_starting_ray(tiny_model_dir, tmp_path, 
     assert main(base[:2] + [wide] + base[3:] + ["--eps", "5"]) == 2
     assert "outside this model's attention modules 1-7" in capsys.readouterr().err
     assert not list(tmp_path.glob("*/dpsearch/sweep.json"))  # nothing half-written
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--private-selection", "geometric", "--mean-trials", "5"], "needs --sampler random: TPE picks each trial"),
+    (["--private-selection", "geometric", "--mean-trials", "5", "--sampler", "random", "--scheduler", "asha"],
+     "needs --scheduler none"),
+    (["--private-selection", "poisson", "--sampler", "random"], "needs --mean-trials"),
+    (["--mean-trials", "5"], "only applies with --private-selection"),
+])
+def test_private_selection_is_refused_where_its_bound_does_not_hold(extra, message, tmp_path, capsys):
+    assert main(["sweep", "--space", "smoke", "--eps", "5", "--storage", str(tmp_path), "--quiet", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,92 @@
+"""The privacy report of a sweep: every trial's (ε, δ), the validation generator's, and the released model's.
+
+Reads only what a sweep stores (sweep.json, summary.json, validation_privacy.json), so it works on
+any machine that has the sweep's storage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from dpsearch.config import ConfigError, default_delta
+from dpsearch.privacy.accounting import calibrate_sigma, poisson_plan
+from dpsearch.privacy.search_cost import Mechanism, SearchGuarantee, coverage_statement, search_guarantee
+
+
+def _choices(p) -> list:
+    return list(p.choice) if hasattr(p, "choice") else [p.value]
+
+
+def space_grid(space, eps: float, n: int) -> list[Mechanism]:
+    """Every mechanism a trial of this space can run: one per (batch, epochs) choice, σ calibrated.
+
+    Clip norm, learning rate and layer range do not change the mechanism (σ is relative to C).
+    A continuous batch or epochs parameter has no finite grid and is refused.
+    """
+    from dpsearch.space import LogUniform
+
+    if isinstance(space.params.batch, LogUniform) or isinstance(space.params.epochs, LogUniform):
+        raise ConfigError("the sweep-level guarantee needs batch and epochs as choice or value lists, not ranges")
+    delta = space.delta if space.delta is not None else default_delta(n)
+    grid = []
+    for b in sorted({int(x) for x in _choices(space.params.batch)}):
+        for e in sorted({int(x) for x in _choices(space.params.epochs)}):
+            q, steps = poisson_plan(n, b, e)
+            grid.append(Mechanism(calibrate_sigma(eps, delta, q, steps, space.accountant), q, steps))
+    return grid
+
+
+def guarantee_for(space, eps: float, n: int, validation: Optional[Mechanism], *, trials: Optional[int] = None,
+                  selection: Optional[str] = None, mean_trials: Optional[float] = None) -> SearchGuarantee:
+    delta = space.delta if space.delta is not None else default_delta(n)
+    return search_guarantee(space_grid(space, eps, n), delta, validation, trials=trials, selection=selection,
+                            mean_trials=mean_trials)
+
+
+def sweep_report(sweep_dir: Path) -> dict:
+    """The report of the sweep stored in sweep_dir (its `dpsearch/` metadata folder is read)."""
+    from dpsearch.space import SearchSpace
+
+    meta = Path(sweep_dir) / "dpsearch"
+    try:
+        saved = json.loads((meta / "sweep.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{sweep_dir} is not a dpsearch sweep (cannot read {meta / 'sweep.json'}: {e})") from e
+    opts, space = saved["options"], SearchSpace(**saved["space"])
+    rows = json.loads((meta / "summary.json").read_text())["rows"] if (meta / "summary.json").exists() else []
+    vp = json.loads((meta / "validation_privacy.json").read_text()) if (meta / "validation_privacy.json").exists() else None
+    n = saved.get("n_private") or (vp or {}).get("n")
+    if not n:
+        raise ConfigError(f"sweep {sweep_dir} records no private-set size; it stopped before its first DP run")
+    validation = Mechanism(vp["sigma"], vp["q"], vp["steps"]) if vp else None
+    selection = opts.get("private_selection")
+    k = None if selection else max(int(opts["trials"]), len(rows))
+    g = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=k, selection=selection,
+                      mean_trials=opts.get("mean_trials"))
+    trials = [{k2: r.get(k2) for k2 in ("trial", "status", "eps", "delta", "sigma", "q", "steps", "clip", "batch",
+                                         "epochs", "layers", "accountant")} for r in rows]
+    return {"sweep": opts["name"], "trials": trials, "validation": vp, "released": g.to_dict(),
+            "statement": coverage_statement(g)}
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"privacy report of sweep {rep['sweep']}", "per trial (each by its own accountant):"]
+    for t in rep["trials"]:
+        if t.get("eps") is None:
+            lines.append(f"  {t['trial']}: {t['status']}, no privacy record (failed before finishing; it is "
+                         f"still counted in the released model's bound)")
+            continue
+        lines.append(f"  {t['trial']}: (ε = {t['eps']:.3f}, δ = {t['delta']:g}) {str(t['accountant']).upper()}, "
+                     f"σ = {t['sigma']:.4f}, q = {t['q']:.5f}, steps = {t['steps']}, C = {t['clip']:.3g}, "
+                     f"B = {t['batch']}, layers {t['layers']}")
+    v = rep["validation"]
+    if v:
+        lines.append(f"validation generator: (ε = {v['eps']:.3f}, δ = {v['delta']:g}) {v['accountant'].upper()}, "
+                     f"σ = {v['sigma']:.4f}, q = {v['q']:.5f}, steps = {v['steps']}, layers {v['layers']}")
+    g = rep["released"]
+    lines.append(f"one trial at the worst mechanism the space allows: (ε = {g['trial_eps_worst']:.3f}, "
+                 f"δ = {g['delta']:g}) by {g['accountant']}")
+    lines.append(rep["statement"])
+    return "\n".join(lines)

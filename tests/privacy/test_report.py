@@ -1,0 +1,82 @@
+"""The sweep privacy report and the `dpsearch privacy` calculators."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dpsearch.cli import main
+from dpsearch.privacy.report import format_report, space_grid, sweep_report
+from dpsearch.privacy.search_cost import Mechanism
+from dpsearch.space import load_space
+from dpsearch.sweep import draw_trials
+
+
+def _fake_sweep(tmp_path, selection=None, mean=None, trials=3):
+    """A sweep's stored metadata as run_sweep writes it (the values come from real calibrations)."""
+    space = load_space("smoke")
+    grid = space_grid(space, 5.0, 400)
+    meta = tmp_path / "s" / "dpsearch"
+    meta.mkdir(parents=True)
+    opts = {"name": "s", "eps": 5.0, "trials": trials, "private_selection": selection, "mean_trials": mean}
+    (meta / "sweep.json").write_text(json.dumps({"options": opts, "n_private": 400,
+                                                 "space": json.loads(space.model_dump_json())}))
+    m = grid[0]
+    row = {"trial": "t1", "status": "DONE", "eps": 4.99, "delta": 1e-3, "sigma": m.sigma, "q": m.q, "steps": m.steps,
+           "clip": 0.01, "batch": 50, "epochs": 1, "layers": "2-5", "accountant": "prv"}
+    (meta / "summary.json").write_text(json.dumps({"rows": [row, {"trial": "t2", "status": "ERROR"}]}))
+    (meta / "validation_privacy.json").write_text(json.dumps(
+        {"eps": 4.99, "delta": 1e-3, "sigma": m.sigma, "q": m.q, "steps": m.steps, "layers": "1-7", "accountant": "prv", "n": 400}))
+    return tmp_path / "s", grid
+
+
+def test_grid_covers_every_batch_and_epochs_choice_each_at_the_target_eps():
+    grid = space_grid(load_space("smoke"), 5.0, 400)
+    assert {(round(1 / m.q), m.steps) for m in grid} == {(8, 8), (8, 16), (4, 4), (4, 8)}  # N/B per epoch, steps
+
+
+def test_report_of_an_adaptive_sweep_composes_all_trials_and_the_validation_generator(tmp_path):
+    path, grid = _fake_sweep(tmp_path, trials=3)
+    rep = sweep_report(path)
+    g = rep["released"]
+    assert g["mode"] == "adaptive" and g["trials"] == 3 and g["delta"] == 1e-3
+    assert g["eps"] > g["trial_eps_worst"] > 4.9  # RDP of one trial is looser than its PRV ε = 5
+    assert g["eps"] < 4 * g["trial_eps_worst"]  # composition, not ε·K
+    text = format_report(rep)
+    assert "released model: (ε = " in text and "validation generator: (ε = 4.990, δ = 0.001)" in text
+    assert "t2: ERROR, no privacy record" in text
+
+
+def test_report_of_private_selection_uses_repeat_and_select(tmp_path):
+    path, _ = _fake_sweep(tmp_path, selection="geometric", mean=3.0, trials=5)
+    rep = sweep_report(path)
+    assert rep["released"]["mode"] == "geometric" and rep["released"]["mean_trials"] == 3.0
+    assert "whoever reads all of it sees the composition of all trials" in rep["statement"]
+
+
+@pytest.mark.parametrize("selection", ["geometric", "logarithmic", "poisson"])
+def test_number_of_trials_is_drawn_with_the_requested_mean(selection):
+    ks = np.array([draw_trials(selection, 4.0) for _ in range(4000)])
+    assert ks.mean() == pytest.approx(4.0, rel=0.08)
+    assert (ks >= (0 if selection == "poisson" else 1)).all() and len(set(ks.tolist())) > 3
+
+
+def test_privacy_calculators(capsys):
+    assert main(["privacy", "sigma", "--eps", "5", "--batch", "512", "--n", "60000", "--epochs", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "σ = 0.66" in out and "δ = 1e-05" in out and "PRV" in out and "steps = 1180" in out
+    sigma = float(out.split("σ = ")[1].split(":")[0])
+    assert main(["privacy", "eps", "--sigma", str(sigma), "--batch", "512", "--n", "60000", "--epochs", "10",
+                 "--accountant", "rdp"]) == 0
+    eps_rdp = float(capsys.readouterr().out.split("ε = ")[1].split(",")[0])
+    assert 5.0 < eps_rdp < 6.5  # RDP is looser than PRV for the same σ
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--delta", "1e-4"], "must be in (0, 1/N"),
+    (["--batch", "70000"], "larger than N"),
+])
+def test_privacy_calculator_rejects_bad_input(args, message, capsys):
+    base = ["privacy", "sigma", "--eps", "5", "--batch", "512", "--n", "60000", "--epochs", "10"]
+    assert main(base + args) == 2  # argparse keeps the last of a repeated option
+    assert message in capsys.readouterr().err
