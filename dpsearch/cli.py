@@ -282,7 +282,56 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
     q.set_defaults(fn=cmd_privacy_report)
+
+    p = sub.add_parser("services", help="the embedded S3 (SeaweedFS) and MLflow servers on 127.0.0.1")
+    p.add_argument("action", choices=["up", "status", "down"])
+    p.add_argument("--dir", type=Path, default=None, help="where their data lives (default ~/.dpsearch/services)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.add_argument("--s3-port", type=int, default=8333)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.set_defaults(fn=cmd_services)
+
+    p = sub.add_parser("ui", help="print (or open) the MLflow UI's URL")
+    p.add_argument("--open", action="store_true", help="open it in a browser")
+    p.add_argument("--dir", type=Path, default=None)
+    p.set_defaults(fn=cmd_ui)
     return ap
+
+
+def cmd_services(a) -> int:
+    from dpsearch import services
+
+    if a.action == "up":
+        t = time.time()
+        s, started = services.up(a.dir, a.host, a.s3_port, a.mlflow_port)
+        print(("started in %.1f s" % (time.time() - t)) if started else "already running")
+        print(services.describe(s))
+    elif a.action == "status":
+        s = services.load(a.dir)
+        print(services.describe(s))
+        return 0 if s is not None and all(services.healthy(s).values()) else 1
+    else:
+        print("stopped" if services.down(a.dir) else "nothing was running")
+    return 0
+
+
+def cmd_ui(a) -> int:
+    import os
+
+    from dpsearch import services
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        s = services.load(a.dir)
+        if s is None or not services.healthy(s)["mlflow"]:
+            raise ConfigError("no MLflow server: set MLFLOW_TRACKING_URI or run `dpsearch services up`")
+        uri = s.mlflow_uri
+    print(uri)
+    if a.open:
+        import webbrowser
+
+        webbrowser.open(uri)
+    return 0
 
 
 def cmd_privacy_calc(a) -> int:
