@@ -1,0 +1,159 @@
+"""MLflow for a sweep: one experiment per sweep, a parent run for the sweep, one child run per trial.
+
+Trials are logged by Ray Tune's own MLflowLoggerCallback, narrowed to the numbers a person compares
+(not Ray's bookkeeping fields), nested under the parent run, and made resume-safe (a restored trial
+continues its MLflow run instead of opening a second one). Nothing private is logged: only
+configurations, privacy parameters, metrics and synthetic sample grids. Credentials never are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from dpsearch.config import ConfigError
+
+# What a trial reports that is worth a metric in MLflow (everything else Ray adds is bookkeeping).
+_METRICS = ("epoch", "val_loss", "eps_spent", "objective")
+_METRIC_PREFIXES = ("synthetic/", "oracle/", "time/")
+_PRIVACY_PARAMS = ("privacy/eps", "privacy/delta", "privacy/sigma", "privacy/q", "privacy/steps", "privacy/accountant",
+                   "privacy/trainable_params", "privacy/trainable_fraction")
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
+
+
+def useful_metrics(result: dict) -> dict:
+    out = {}
+    for k, v in result.items():
+        if (k in _METRICS or k.startswith(_METRIC_PREFIXES)) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if math.isfinite(v):
+                out[k] = float(v)
+    return out
+
+
+def trial_params(config: dict) -> dict:
+    """Layer range as two integers (a, b) so MLflow's parallel coordinates can plot it."""
+    p = {k: config[k] for k in ("layers", "clip", "batch", "lr", "epochs") if k in config}
+    if "layers" in p:
+        a, b = str(p["layers"]).split("-")
+        p["layer_a"], p["layer_b"] = int(a), int(b)
+    return p
+
+
+def _no_secrets(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+
+
+def check_reachable(uri: str) -> None:
+    """A clear error before any trial trains when the tracking server cannot be used."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure means "cannot use it"
+        raise ConfigError(f"the MLflow tracking server {uri} is not reachable ({str(e).splitlines()[0][:200]}); "
+                          f"start it (dpsearch services up) or fix MLFLOW_TRACKING_URI") from None
+
+
+def start_parent(uri: str, experiment: str, run_id: Optional[str], params: dict, space_yaml: str) -> str:
+    """The sweep's parent run (created once; on resume the stored id is reused)."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    if run_id:
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    run = c.create_run(exp_id, run_name=f"sweep {experiment}", tags={"dpsearch.kind": "sweep"})
+    for k, v in _no_secrets(params).items():
+        c.log_param(run.info.run_id, k, str(v)[:6000])
+    c.log_text(run.info.run_id, space_yaml, "search_space.json")
+    return run.info.run_id
+
+
+def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_text: str, status: str = "FINISHED") -> None:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    g = report["released"]
+    c.log_metric(run_id, "released/eps", g["eps"])
+    c.log_param(run_id, "released/delta", g["delta"])
+    c.log_param(run_id, "released/mode", g["mode"])
+    v = report.get("validation") or {}
+    for k in ("eps", "delta", "sigma", "q", "steps", "layers"):
+        if k in v:
+            c.log_param(run_id, f"validation/{k}", v[k])
+    if summary.get("spearman") is not None:
+        c.log_metric(run_id, "spearman_objective_vs_oracle", summary["spearman"])
+    for name, row in (("best", summary.get("best")), ("best_oracle", summary.get("best_oracle"))):
+        if row:
+            c.set_tag(run_id, f"{name}.trial", row["trial"])
+            if row.get("oracle_accuracy") is not None:
+                c.log_metric(run_id, f"{name}/oracle_accuracy", row["oracle_accuracy"])
+            if row.get("checkpoint"):
+                c.set_tag(run_id, f"{name}.checkpoint", row["checkpoint"])
+    c.log_text(run_id, report_text, "privacy_report.txt")
+    c.log_dict(run_id, report, "privacy_report.json")
+    c.log_dict(run_id, json.loads(json.dumps(summary, default=str)), "summary.json")
+    c.set_terminated(run_id, status)
+
+
+class TrialTracker(MLflowLoggerCallback):
+    """Ray Tune's MLflow callback with dpsearch's choices (see the module docstring)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str):
+        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
+                         tags={"mlflow.parentRunId": parent_run_id, "dpsearch.kind": "trial"})
+
+    def log_trial_start(self, trial) -> None:
+        if trial not in self._trial_runs:
+            client = self.mlflow_util._get_client()
+            found = client.search_runs([self.mlflow_util.experiment_id],
+                                       filter_string=f"tags.`dpsearch.trial_id` = '{trial.trial_id}'", max_results=1)
+            if found:  # resumed: continue the trial's run
+                self._trial_runs[trial] = found[0].info.run_id
+                client.update_run(found[0].info.run_id, status="RUNNING")
+                return
+            run = self.mlflow_util.start_run(tags={**self.tags, "dpsearch.trial_id": trial.trial_id},
+                                             run_name=str(trial), set_active=False)
+            self._trial_runs[trial] = run.info.run_id
+            self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=trial_params(trial.config))
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        metrics = useful_metrics(result)
+        if metrics:
+            step = int(result.get("epoch") or result.get("training_iteration") or iteration)
+            self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics, step=step)
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        run_id = self._trial_runs[trial]
+        client = self.mlflow_util._get_client()
+        last = trial.last_result or {}
+        params = {k: last[k] for k in _PRIVACY_PARAMS if k in last}
+        if params:
+            self.mlflow_util.log_params(run_id=run_id, params_to_log=params)
+        ckpt = trial.checkpoint
+        if ckpt is not None:
+            remote = type(ckpt.filesystem).__name__ == "S3FileSystem"
+            client.set_tag(run_id, "checkpoint", f"s3://{ckpt.path}" if remote else ckpt.path)
+            if last.get("done"):
+                with tempfile.TemporaryDirectory() as d:
+                    try:
+                        import pyarrow.fs as pafs
+
+                        pafs.copy_files(f"{ckpt.path}/samples.png", str(Path(d) / "samples.png"),
+                                        source_filesystem=ckpt.filesystem)
+                        client.log_artifact(run_id, str(Path(d) / "samples.png"))
+                    except (OSError, FileNotFoundError):
+                        pass  # no grid (an unfinished trial); nothing else to log
+        if failed and trial.error_file:
+            client.set_tag(run_id, "error", str(getattr(trial, "error_msg", "") or "see Ray's error.txt")[:4000])
+        self.mlflow_util.end_run(run_id=run_id, status="FAILED" if failed else "FINISHED")
