@@ -186,7 +186,7 @@ def cmd_sweep(a) -> int:
     opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
                         storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial,
-                        private_selection=a.private_selection, mean_trials=a.mean_trials, progress=not a.quiet)
+                        tracking=a.tracking, private_selection=a.private_selection, mean_trials=a.mean_trials, progress=not a.quiet)
     res = run_sweep(opts, resume=a.resume)
     print(format_summary(res))
     return 0 if res.best else 1
@@ -252,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="NAME", help="continue the sweep NAME from its storage")
     p.add_argument("--val-eps", type=_float("--val-eps"), default=None,
                    help="ε of the validation generator (default: the sweep's ε)")
-    p.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
+    p.add_argument("--storage", default=None,
+                   help="where sweeps live: a directory or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL or the AWS "
+                        "config); default: the embedded S3 server")
+    p.add_argument("--tracking", default=None,
+                   help="MLflow URI (default: MLFLOW_TRACKING_URI, else the embedded server); 'none' to log nothing")
     p.add_argument("--model", default=None, help="pretrained model (default: the space's, else the embedded one)")
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--private-selection", choices=["geometric", "logarithmic", "poisson"], default=None,
@@ -287,15 +291,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "status", "down"])
     p.add_argument("--dir", type=Path, default=None, help="where their data lives (default ~/.dpsearch/services)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
-    p.add_argument("--s3-port", type=int, default=8333)
-    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--s3-port", type=int, default=None, help="default: DPSEARCH_S3_PORT or 8333")
+    p.add_argument("--mlflow-port", type=int, default=None, help="default: DPSEARCH_MLFLOW_PORT or 5000")
     p.set_defaults(fn=cmd_services)
+
+    p = sub.add_parser("pull", help="download a trial's checkpoint (model, privacy.json, samples) by URI or MLflow run id")
+    p.add_argument("what", help="checkpoint URI (s3://… or a path) or the MLflow run id of a trial")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_pull)
 
     p = sub.add_parser("ui", help="print (or open) the MLflow UI's URL")
     p.add_argument("--open", action="store_true", help="open it in a browser")
     p.add_argument("--dir", type=Path, default=None)
     p.set_defaults(fn=cmd_ui)
     return ap
+
+
+def _default_storage() -> str:
+    """The embedded S3 when its services run (their client settings applied), else the local sweeps dir."""
+    import os
+
+    from dpsearch import services
+    from dpsearch.paths import home
+
+    s = services.load()
+    if s is not None and services.healthy(s)["s3"]:
+        for k, v in s.client_env().items():
+            os.environ.setdefault(k, v)
+        return s.storage
+    return str(home() / "sweeps")
+
+
+def cmd_pull(a) -> int:
+    """Downloads a trial's checkpoint (model in diffusers format, privacy.json, samples) to a local dir."""
+    from dpsearch.storage import Store, is_remote
+
+    src = a.what
+    if not is_remote(src) and not Path(src).exists():
+        # an MLflow run id: its `checkpoint` tag says where the trial's checkpoint is
+        import os
+
+        from mlflow import MlflowClient
+
+        _default_storage()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise ConfigError(f"{src} is neither a checkpoint URI/path nor resolvable: set MLFLOW_TRACKING_URI or run "
+                              f"`dpsearch services up`")
+        try:
+            src = MlflowClient(uri).get_run(src).data.tags["checkpoint"]
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"cannot find the checkpoint of MLflow run {a.what} on {uri}: {e}") from None
+    from dpsearch.outputs import check_output
+
+    out = Path(a.out)
+    check_output(out, a.overwrite)
+    parent, leaf = src.rstrip("/").rsplit("/", 1)
+    Store(parent).download_dir(leaf, out)
+    print(f"pulled {src} to {out}")
+    return 0
 
 
 def cmd_services(a) -> int:
@@ -363,12 +418,13 @@ def cmd_privacy_calc(a) -> int:
 def cmd_privacy_report(a) -> int:
     import json
 
-    from dpsearch.paths import home
     from dpsearch.privacy.report import format_report, sweep_report
 
-    path = Path(a.sweep)
-    if not (path / "dpsearch").is_dir():
-        path = Path(a.storage or home() / "sweeps") / a.sweep
+    from dpsearch.storage import Store, is_remote
+
+    path = a.sweep
+    if not (is_remote(path) or (Path(path) / "dpsearch").is_dir()):
+        path = Store(a.storage or _default_storage()).uri(a.sweep)
     rep = sweep_report(path)
     print(json.dumps(rep, indent=2) if a.json else format_report(rep))
     return 0

@@ -145,10 +145,15 @@ def _wait(pred, seconds: float, what: str, log: Path) -> None:
     raise ServiceError(f"{what} did not become ready within {seconds:.0f} s; its log {log} ends with:\n{tail}")
 
 
-def up(d: Optional[Path] = None, host: str = "127.0.0.1", s3_port: int = 8333, mlflow_port: int = 5000,
-       timeout: float = 90) -> tuple[Services, bool]:
-    """Starts both services (or reuses a healthy running pair): (services, started_now)."""
+def up(d: Optional[Path] = None, host: str = "127.0.0.1", s3_port: Optional[int] = None,
+       mlflow_port: Optional[int] = None, timeout: float = 90) -> tuple[Services, bool]:
+    """Starts both services (or reuses a healthy running pair): (services, started_now).
+
+    Ports default to DPSEARCH_S3_PORT / DPSEARCH_MLFLOW_PORT, else 8333 and 5000.
+    """
     d = Path(d or services_dir())
+    s3_port = int(s3_port or os.environ.get("DPSEARCH_S3_PORT", 8333))
+    mlflow_port = int(mlflow_port or os.environ.get("DPSEARCH_MLFLOW_PORT", 5000))
     d.mkdir(parents=True, exist_ok=True)
     cur = load(d)
     if cur is not None:

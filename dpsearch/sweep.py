@@ -21,6 +21,7 @@ from dpsearch.config import ConfigError, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.paths import home
 from dpsearch.privacy.search_cost import SELECTIONS
+from dpsearch.storage import Store, check_reachable, load_npz, npz_bytes
 from dpsearch.space import SearchSpace, define_by_run, load_space
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class SweepOptions:
     name: Optional[str] = None
     seed: int = 0
     val_eps: Optional[float] = None  # default: the sweep's ε
-    storage: Optional[str] = None  # default: DPSEARCH_HOME/sweeps
+    storage: Optional[str] = None  # local dir or s3://bucket/prefix; default: the embedded S3, else DPSEARCH_HOME/sweeps
+    tracking: Optional[str] = None  # MLflow URI; None/"auto": MLFLOW_TRACKING_URI, else the embedded server; "none": off
     model: Optional[str] = None  # overrides the space's pretrained model
     gpus_per_trial: Optional[float] = None  # default: 1/concurrency of a GPU when the cluster has GPUs
     private_selection: Optional[str] = None  # geometric | logarithmic | poisson: K is random, only the best released
@@ -213,25 +215,18 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
 
 # --- the sweep ---------------------------------------------------------------------------------
 
-def _sweep_dir(storage: str, name: str) -> Path:
-    return Path(storage) / name
-
-
-def _load_or_make_validation(meta_dir: Path, model_files, private, space: SearchSpace, val_eps: float, seed: int,
+def _load_or_make_validation(meta: Store, model_files, private, space: SearchSpace, val_eps: float, seed: int,
                              resources: dict) -> tuple[ImageSet, dict]:
     """V is made once per sweep and stored with it, so a resumed sweep scores against the same V."""
     import ray
 
-    vpath, ppath = meta_dir / "validation.npz", meta_dir / "validation_privacy.json"
-    if vpath.exists() and ppath.exists():
-        return ImageSet.load(vpath), json.loads(ppath.read_text())
+    if meta.exists("validation.npz") and meta.exists("validation_privacy.json"):
+        return load_npz(meta.read_bytes("validation.npz"), ImageSet.load), json.loads(meta.read_text("validation_privacy.json"))
     log.info("making the DP synthetic validation set (reference config %s, ε = %g)", space.reference.model_dump(), val_eps)
     task = ray.remote(make_validation_set).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
     v, priv = ray.get(task.remote(model_files, private, space.model_dump_json(), val_eps, seed, resources["threads"]))
-    tmp = vpath.with_suffix(".tmp.npz")
-    v.save(tmp)
-    tmp.replace(vpath)
-    ppath.write_text(json.dumps(priv, indent=2))
+    meta.write_bytes("validation.npz", npz_bytes(v.save))
+    meta.write_text("validation_privacy.json", json.dumps(priv, indent=2))
     return v, priv
 
 
@@ -246,32 +241,55 @@ def _resources(opts: SweepOptions) -> dict:
     return {"cpu": per_cpu, "gpu": per_gpu, "threads": per_cpu}
 
 
+def _connect(opts: SweepOptions) -> tuple[str, Optional[str]]:
+    """(storage root, MLflow URI or None). Configured services are used as they are; with nothing
+    configured, the embedded ones are started (and left running for the UI)."""
+    from dpsearch import services
+
+    uri = None if opts.tracking == "none" else (
+        opts.tracking if opts.tracking not in (None, "auto") else os.environ.get("MLFLOW_TRACKING_URI"))
+    storage = opts.storage
+    if opts.tracking in (None, "auto") and not uri:
+        s, started = services.up()
+        log.info("%s the embedded services: MLflow %s, S3 %s", "started" if started else "using", s.mlflow_uri,
+                 s.s3_endpoint)
+        uri = s.mlflow_uri
+        if storage is None:  # the embedded S3 too: this process and the local Ray workers it starts reach it
+            os.environ.update(s.client_env())
+            storage = s.storage
+    storage = storage or str(home() / "sweeps")
+    check_reachable(storage)
+    if uri:
+        from dpsearch.tracking import check_reachable as check_mlflow
+
+        check_mlflow(uri)
+    return storage, uri
+
+
 def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
     import ray
     from ray import tune
 
+    from dpsearch.config import PretrainConfig
     from dpsearch.data import load_dataset
     from dpsearch.models import attention_modules, load_ldm
     from dpsearch.pretrain import pretrain
-    from dpsearch.config import PretrainConfig
 
     opts.check()
-    storage = opts.storage or str(home() / "sweeps")
     if resume:
-        meta_dir = _sweep_dir(storage, resume) / "dpsearch"
-        if not (meta_dir / "sweep.json").exists():
-            raise ConfigError(f"no sweep named {resume!r} under {storage} (looked for {meta_dir / 'sweep.json'})")
-        saved = json.loads((meta_dir / "sweep.json").read_text())
-        opts = SweepOptions(**{**saved["options"], "progress": opts.progress, "address": opts.address})
+        storage, uri = _connect(opts)
+        meta = Store(storage).child(resume, "dpsearch")
+        if not meta.exists("sweep.json"):
+            raise ConfigError(f"no sweep named {resume!r} under {storage} (looked for {meta.uri('sweep.json')})")
+        saved = json.loads(meta.read_text("sweep.json"))
+        opts = SweepOptions(**{**saved["options"], "progress": opts.progress, "address": opts.address,
+                               "storage": storage, "tracking": opts.tracking})
         space = SearchSpace(**saved["space"])
     else:
         space = load_space(opts.space)
     eps = opts.eps if opts.eps is not None else space.eps
     val_eps = opts.val_eps if opts.val_eps is not None else eps
     name = resume or opts.name or f"{space.name}-eps{eps:g}-{time.strftime('%Y%m%d-%H%M%S')}"
-    meta_dir = _sweep_dir(storage, name) / "dpsearch"
-    if not resume and meta_dir.exists():
-        raise ConfigError(f"a sweep named {name!r} already exists under {storage}: use --resume {name} or another --name")
 
     # Everything that can be wrong with the input fails here, before any training.
     private, oracle = load_dataset(space.private)
@@ -284,6 +302,11 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
     space.params.layers.check_model(len(attention_modules(probe.unet)))
     parse_layers(space.reference.layers, len(attention_modules(probe.unet)))
     del probe
+    if not resume:
+        storage, uri = _connect(opts)
+        meta = Store(storage).child(name, "dpsearch")
+        if meta.exists("sweep.json"):
+            raise ConfigError(f"a sweep named {name!r} already exists under {storage}: use --resume {name} or another --name")
 
     if opts.private_selection and not resume:
         opts.trials = draw_trials(opts.private_selection, opts.mean_trials)
@@ -291,12 +314,20 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
                  opts.trials)
         if opts.trials == 0:
             raise ConfigError("the Poisson draw gave K = 0 trials: by design nothing is trained or released; run again")
-    meta_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (meta_dir / "sweep.json").write_text(json.dumps(
-            {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
-                         "storage": storage},
-             "n_private": len(private), "space": json.loads(space.model_dump_json())}, indent=2))
+    if resume:
+        saved = json.loads(meta.read_text("sweep.json"))
+    else:
+        saved = {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
+                             "storage": storage, "tracking": None},
+                 "n_private": len(private), "space": json.loads(space.model_dump_json())}
+    parent = None
+    if uri:
+        from dpsearch.tracking import start_parent
+
+        parent = start_parent(uri, name, saved.get("mlflow_parent_run"), _parent_params(saved, eps, val_eps),
+                              space.model_dump_json(indent=2))
+        saved["mlflow_parent_run"] = parent
+    meta.write_text("sweep.json", json.dumps(saved, indent=2))
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file left behind by a local ray.init()
     started_ray = not ray.is_initialized()
@@ -304,35 +335,60 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=True, logging_level=logging.WARNING)
     t0 = time.time()
+    status = "FAILED"
     try:
         res = _resources(opts)
         model_files = pack_model(Path(model_dir))
-        validation, val_privacy = _load_or_make_validation(meta_dir, model_files, private, space, val_eps, opts.seed, res)
+        validation, val_privacy = _load_or_make_validation(meta, model_files, private, space, val_eps, opts.seed, res)
         trainable = tune.with_resources(
             tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,
                                  space_json=space.model_dump_json(), eps=eps, seed=opts.seed, threads=res["threads"]),
             {"cpu": res["cpu"], "gpu": res["gpu"]})
-        path = str(_sweep_dir(storage, name))
+        callbacks = []
+        if uri:
+            from dpsearch.tracking import TrialTracker
+
+            callbacks.append(TrialTracker(uri, name, parent))
+        path = Store(storage).uri(name)
         if resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space),
                                run_config=tune.RunConfig(
                                    name=name, storage_path=storage, verbose=1 if opts.progress else 0,
-                                   failure_config=tune.FailureConfig(max_failures=0),
+                                   failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
         grid = tuner.fit()
         rows = _rows(grid)
+        status = "FINISHED"
     finally:
         if started_ray:
             ray.shutdown()
-    from dpsearch.privacy.report import sweep_report
+        if uri and status != "FINISHED":
+            from mlflow import MlflowClient
 
-    result = summarize(name, _sweep_dir(storage, name), rows, val_privacy, time.time() - t0)
-    (meta_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
-    result.extra["privacy"] = sweep_report(_sweep_dir(storage, name))
-    (meta_dir / "privacy_report.json").write_text(json.dumps(result.extra["privacy"], indent=2))
+            MlflowClient(uri).set_terminated(parent, "KILLED")
+    from dpsearch.privacy.report import format_report, sweep_report
+
+    result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0)
+    meta.write_text("summary.json", json.dumps(asdict(result), indent=2, default=str))
+    result.extra["privacy"] = sweep_report(Store(storage).uri(name))
+    meta.write_text("privacy_report.json", json.dumps(result.extra["privacy"], indent=2))
+    if uri:
+        from dpsearch.tracking import finish_parent
+
+        finish_parent(uri, parent, json.loads(json.dumps(asdict(result), default=str)), result.extra["privacy"],
+                      format_report(result.extra["privacy"]))
+        result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent}
     return result
+
+
+def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:
+    o = saved["options"]
+    return {"eps": eps, "val_eps": val_eps, "space": saved["space"]["name"], "trials": o["trials"],
+            "sampler": o["sampler"], "scheduler": o["scheduler"], "concurrency": o["concurrency"], "seed": o["seed"],
+            "private_selection": o.get("private_selection"), "mean_trials": o.get("mean_trials"),
+            "n_private": saved.get("n_private"), "storage": o["storage"], "model": o["model"]}
 
 
 def draw_trials(selection: str, mean: float) -> int:
@@ -393,9 +449,13 @@ def _rows(grid) -> list[dict]:
             "accountant": m.get("privacy/accountant"), "objective": m.get(METRIC), "oracle_accuracy": m.get("oracle/accuracy"),
             "synthetic_fid": m.get("synthetic/fid_to_validation"), "oracle_fid": m.get("oracle/fid"),
             "trainable_fraction": m.get("privacy/trainable_fraction"),
-            "checkpoint": r.checkpoint.path if r.checkpoint else None,
+            "checkpoint": _checkpoint_uri(r.checkpoint) if r.checkpoint else None,
             "error": _error_line(r.error) if r.error else None})
     return rows
+
+
+def _checkpoint_uri(ckpt) -> str:
+    return f"s3://{ckpt.path}" if type(ckpt.filesystem).__name__ == "S3FileSystem" else ckpt.path
 
 
 def _error_line(err: BaseException) -> str:
@@ -409,7 +469,7 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def summarize(name: str, path: Path, rows: list[dict], val_privacy: dict, seconds: float) -> SweepResult:
+def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds: float) -> SweepResult:
     """Sorts by objective; how well the synthetic validation ranked trials against the oracle."""
     from scipy.stats import spearmanr
 
@@ -456,4 +516,8 @@ def format_summary(res: SweepResult) -> str:
     for r in failed:
         lines.append(f"failed: {r['trial']}: {r['error']}")
     lines.append(f"sweep {res.name}: {len(res.rows)} trials in {res.seconds / 60:.1f} min; results under {res.path}")
+    if "mlflow" in res.extra:
+        m = res.extra["mlflow"]
+        lines.append(f"MLflow: {m['uri']} experiment {m['experiment']!r} (parent run {m['parent_run']}); "
+                     f"`dpsearch ui` prints the address")
     return "\n".join(lines)

@@ -31,3 +31,24 @@ def tiny_model_dir(tmp_path_factory, tiny_pretrain_config):
     from dpsearch.pretrain import pretrain
 
     return pretrain(tiny_pretrain_config, out=tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedded_services_dir(tmp_path_factory):
+    """Sweeps with nothing configured start the embedded S3 + MLflow: here, in a test directory,
+    on ports no user service is likely to hold, stopped at the end of the session."""
+    from dpsearch import services
+
+    d = tmp_path_factory.mktemp("services")
+    saved = {k: os.environ.get(k) for k in ("DPSEARCH_SERVICES_DIR", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
+                                            "DPSEARCH_S3_PORT", "DPSEARCH_MLFLOW_PORT")}
+    os.environ.update(DPSEARCH_SERVICES_DIR=str(d), DPSEARCH_S3_PORT="18391", DPSEARCH_MLFLOW_PORT="15391")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    yield d
+    services.down(d)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

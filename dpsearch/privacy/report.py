@@ -45,18 +45,19 @@ def guarantee_for(space, eps: float, n: int, validation: Optional[Mechanism], *,
                             mean_trials=mean_trials)
 
 
-def sweep_report(sweep_dir: Path) -> dict:
-    """The report of the sweep stored in sweep_dir (its `dpsearch/` metadata folder is read)."""
+def sweep_report(sweep_dir: str | Path) -> dict:
+    """The report of the sweep stored in sweep_dir, local or s3:// (its `dpsearch/` folder is read)."""
     from dpsearch.space import SearchSpace
+    from dpsearch.storage import Store
 
-    meta = Path(sweep_dir) / "dpsearch"
+    meta = Store(sweep_dir).child("dpsearch")
     try:
-        saved = json.loads((meta / "sweep.json").read_text())
+        saved = json.loads(meta.read_text("sweep.json"))
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{sweep_dir} is not a dpsearch sweep (cannot read {meta / 'sweep.json'}: {e})") from e
+        raise ConfigError(f"{sweep_dir} is not a dpsearch sweep (cannot read {meta.uri('sweep.json')}: {e})") from e
     opts, space = saved["options"], SearchSpace(**saved["space"])
-    rows = json.loads((meta / "summary.json").read_text())["rows"] if (meta / "summary.json").exists() else []
-    vp = json.loads((meta / "validation_privacy.json").read_text()) if (meta / "validation_privacy.json").exists() else None
+    rows = json.loads(meta.read_text("summary.json"))["rows"] if meta.exists("summary.json") else []
+    vp = json.loads(meta.read_text("validation_privacy.json")) if meta.exists("validation_privacy.json") else None
     n = saved.get("n_private") or (vp or {}).get("n")
     if not n:
         raise ConfigError(f"sweep {sweep_dir} records no private-set size; it stopped before its first DP run")

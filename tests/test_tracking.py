@@ -1,0 +1,111 @@
+"""A real smoke sweep against the embedded S3 + MLflow servers: parent and child runs, only useful
+fields, no secrets anywhere, checkpoints on S3, and a resume from S3 alone."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpsearch import services
+from dpsearch.cli import main
+from dpsearch.sweep import SweepOptions, run_sweep
+
+SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
+RAY_BOOKKEEPING = ("time_this_iter_s", "pid", "hostname", "node_ip", "time_total_s", "timestamp", "training_iteration")
+
+
+def _children(client, name):
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("dpsearch.kind") == "sweep"]
+    return parent, [r for r in runs if r.data.tags.get("dpsearch.kind") == "trial"]
+
+
+@pytest.mark.e2e
+def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tiny_model_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    res = run_sweep(SweepOptions(eps=5.0, space="smoke", trials=3, concurrency=1, sampler="random", seed=1,
+                                 model=str(tiny_model_dir), name="tracked", progress=False))
+    s = services.load()
+    assert res.path == "s3://dpsearch/sweeps/tracked"
+    client = MlflowClient(s.mlflow_uri)
+    parent, children = _children(client, "tracked")
+    assert len(parent) == 1 and len(children) == 3
+    assert all(c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for c in children)
+    for c in children:
+        p, m = c.data.params, c.data.metrics
+        assert {"layer_a", "layer_b", "clip", "batch", "lr", "epochs", "privacy/sigma", "privacy/q", "privacy/steps",
+                "privacy/eps", "privacy/delta", "privacy/accountant", "privacy/trainable_fraction"} <= set(p)
+        assert int(p["layer_a"]) <= int(p["layer_b"]) and float(p["privacy/eps"]) <= 5.0
+        assert {"objective", "oracle/accuracy", "synthetic/fid_to_validation", "eps_spent"} <= set(m)
+        assert not set(RAY_BOOKKEEPING) & set(m)
+        assert c.data.tags["checkpoint"].startswith("s3://dpsearch/sweeps/tracked/")
+        assert [a.path for a in client.list_artifacts(c.info.run_id)] == ["samples.png"]
+        assert len(client.get_metric_history(c.info.run_id, "eps_spent")) >= 1  # per epoch
+    pm = parent[0].data
+    assert pm.metrics["released/eps"] > max(float(c.data.params["privacy/eps"]) for c in children)
+    assert {"privacy_report.json", "privacy_report.txt", "summary.json", "search_space.json"} <= {
+        a.path for a in client.list_artifacts(parent[0].info.run_id)}
+
+    # credentials never reach MLflow: not in params, tags, metrics or any text artifact
+    key, secret = services._credentials(Path(s.dir))
+    blobs = []
+    for r in parent + children:
+        blobs += [json.dumps(r.data.params), json.dumps(r.data.tags)]
+        for a in client.list_artifacts(r.info.run_id):
+            if a.path.endswith((".json", ".txt")):
+                blobs.append(Path(client.download_artifacts(r.info.run_id, a.path, str(tmp_path))).read_text())
+    assert blobs and not any(key in b or secret in b for b in blobs)
+
+    # the best model comes back from S3 in diffusers format
+    out = tmp_path / "best"
+    assert main(["pull", res.best["checkpoint"], "--out", str(out)]) == 0
+    assert (out / "model" / "unet" / "config.json").exists() and (out / "privacy.json").exists()
+
+
+@pytest.mark.e2e
+def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    space = yaml.safe_load(SMOKE.read_text())
+    space["params"].update(epochs={"value": 3}, batch={"value": 50})
+    sp = tmp_path / "space.yaml"
+    sp.write_text(yaml.safe_dump(space))
+    services.up()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "dpsearch.cli", "sweep", "--space", str(sp), "--eps", "5", "--trials", "2",
+           "--model", str(tiny_model_dir), "--name", "s3resume", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    s = services.load()
+    import boto3
+
+    c = s.client_env()
+    s3 = boto3.client("s3", endpoint_url=c["AWS_ENDPOINT_URL"], aws_access_key_id=c["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=c["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    deadline = time.time() + 300
+    try:
+        while True:
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dpsearch", Prefix="sweeps/s3resume/").get("Contents", [])]
+            if any("/checkpoint_" in k for k in keys):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no checkpoint on S3 within 5 minutes"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, env=env)
+    shutil.rmtree(Path.home() / "ray_results" / "s3resume", ignore_errors=True)  # nothing local survives
+    assert main(["sweep", "--resume", "s3resume", "--quiet"]) == 0
+    summary = json.loads(s3.get_object(Bucket="dpsearch", Key="sweeps/s3resume/dpsearch/summary.json")["Body"].read())
+    assert [r["status"] for r in summary["rows"]] == ["DONE", "DONE"]
+    _, children = _children(MlflowClient(s.mlflow_uri), "s3resume")
+    assert len(children) == 2  # the resumed trial continued its run, no duplicate
