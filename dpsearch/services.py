@@ -100,6 +100,12 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -170,8 +176,14 @@ def up(d: Optional[Path] = None, host: str = "127.0.0.1", s3_port: Optional[int]
     (d / "s3").mkdir(exist_ok=True)
     s3_log = d / "s3.log"
     with open(s3_log, "w") as out:
+        # weed mini's internal servers (master, volume, filer) would take fixed default ports and move
+        # silently when those are taken: give them free ones, and switch off what dpsearch does not use.
+        internal = [f"-{k}={_free_port(host)}" for k in ("master.port", "master.port.grpc", "volume.port",
+                                                          "volume.port.grpc", "filer.port", "filer.port.grpc",
+                                                          "s3.port.grpc", "admin.port", "admin.port.grpc")]
         weed = subprocess.Popen(
             [_bin("weed"), "mini", f"-dir={d / 's3'}", f"-ip={host}", f"-ip.bind={host}", f"-s3.port={s3_port}",
+             *internal, "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
              "-master.telemetry=false", f"-bucket={BUCKET}"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=d)
     try:
