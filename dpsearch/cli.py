@@ -186,7 +186,7 @@ def cmd_sweep(a) -> int:
     opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
                         storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial,
-                        tracking=a.tracking, private_selection=a.private_selection, mean_trials=a.mean_trials, progress=not a.quiet)
+                        tracking=a.tracking, private_selection=a.private_selection, eps_total=a.eps_total, mean_trials=a.mean_trials, progress=not a.quiet)
     res = run_sweep(opts, resume=a.resume)
     print(format_summary(res))
     return 0 if res.best else 1
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the number of trials K at random (mean --mean-trials) and release only the best "
                         "(Papernot & Steinke); needs --sampler random")
     p.add_argument("--mean-trials", type=_float("--mean-trials"), default=None, help="μ, the mean of K")
+    p.add_argument("--eps-total", type=_float("--eps-total"), default=None,
+                   help="the released model's ε for the whole search; dpsearch solves the per-trial ε from it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_sweep)

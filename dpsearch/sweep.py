@@ -46,6 +46,7 @@ class SweepOptions:
     gpus_per_trial: Optional[float] = None  # default: 1/concurrency of a GPU when the cluster has GPUs
     private_selection: Optional[str] = None  # geometric | logarithmic | poisson: K is random, only the best released
     mean_trials: Optional[float] = None  # μ, the mean of K under private selection
+    eps_total: Optional[float] = None  # the released model's ε: per-trial (and validation) ε solved from it
     progress: bool = True
 
     def check(self) -> None:
@@ -53,6 +54,11 @@ class SweepOptions:
             raise ConfigError(f"--eps must be a positive number, got {self.eps}")
         if self.val_eps is not None and not (math.isfinite(self.val_eps) and self.val_eps > 0):
             raise ConfigError(f"--val-eps must be a positive number, got {self.val_eps}")
+        if self.eps_total is not None:
+            if not (math.isfinite(self.eps_total) and self.eps_total > 0):
+                raise ConfigError(f"--eps-total must be a positive number, got {self.eps_total}")
+            if self.eps is not None or self.val_eps is not None:
+                raise ConfigError("give either --eps (per trial) or --eps-total (the released model), not both")
         if self.trials < 1:
             raise ConfigError(f"--trials must be ≥ 1, got {self.trials}")
         if self.concurrency < 1:
@@ -287,6 +293,16 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
         space = SearchSpace(**saved["space"])
     else:
         space = load_space(opts.space)
+    if opts.eps_total is not None and not resume:
+        from dpsearch.privacy.report import solve_per_trial_eps
+
+        n = space.n_private or len(load_dataset(space.private)[0])
+        log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
+        per, g = solve_per_trial_eps(space, n, opts.eps_total, trials=None if opts.private_selection else opts.trials,
+                                     selection=opts.private_selection, mean_trials=opts.mean_trials)
+        log.info("--eps-total %g: every trial and the validation generator get ε = %.4f (δ = %g); released model: "
+                 "ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
+        opts.eps = opts.val_eps = per
     eps = opts.eps if opts.eps is not None else space.eps
     val_eps = opts.val_eps if opts.val_eps is not None else eps
     name = resume or opts.name or f"{space.name}-eps{eps:g}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -91,3 +91,44 @@ def format_report(rep: dict) -> str:
                  f"δ = {g['delta']:g}) by {g['accountant']}")
     lines.append(rep["statement"])
     return "\n".join(lines)
+
+
+def reference_mechanism(space, eps: float, n: int) -> Mechanism:
+    """The validation generator's mechanism (the space's reference configuration at ε)."""
+    delta = space.delta if space.delta is not None else default_delta(n)
+    q, steps = poisson_plan(n, space.reference.batch, space.reference.epochs)
+    return Mechanism(calibrate_sigma(eps, delta, q, steps, space.accountant), q, steps)
+
+
+def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int] = None,
+                        selection: Optional[str] = None, mean_trials: Optional[float] = None,
+                        rel_tol: float = 0.01) -> tuple[float, SearchGuarantee]:
+    """The largest per-trial ε (the validation generator gets the same ε) whose released-model
+    guarantee is ≤ eps_total. Bisection on log ε: the bound is monotone in the per-trial ε."""
+    import math
+
+    def total(e: float) -> SearchGuarantee:
+        return guarantee_for(space, e, n, reference_mechanism(space, e, n), trials=trials, selection=selection,
+                             mean_trials=mean_trials)
+
+    if not (math.isfinite(eps_total) and eps_total > 0):
+        raise ConfigError(f"--eps-total must be a positive number, got {eps_total}")
+    lo, hi = eps_total / 100, eps_total
+    try:
+        g_lo = total(lo)
+    except ValueError as e:  # Opacus finds no σ for so small an ε
+        raise ConfigError(f"--eps-total {eps_total:g} cannot be met: it needs a per-trial ε below {lo:.3g}, where "
+                          f"the accountant finds no noise level ({e})") from None
+    if g_lo.eps > eps_total:
+        raise ConfigError(f"--eps-total {eps_total:g} cannot be met: even with per-trial ε = {lo:.3g} the released model "
+                          f"costs ε = {g_lo.eps:.3f} (δ = {g_lo.delta:g}); the number of trials and δ set a floor. "
+                          f"Use fewer trials, a smaller --mean-trials, or a larger total")
+    best = (lo, g_lo)
+    while hi / lo > 1 + rel_tol:
+        mid = math.sqrt(lo * hi)
+        g = total(mid)
+        if g.eps <= eps_total:
+            lo, best = mid, (mid, g)
+        else:
+            hi = mid
+    return best

@@ -80,3 +80,20 @@ def test_privacy_calculator_rejects_bad_input(args, message, capsys):
     base = ["privacy", "sigma", "--eps", "5", "--batch", "512", "--n", "60000", "--epochs", "10"]
     assert main(base + args) == 2  # argparse keeps the last of a repeated option
     assert message in capsys.readouterr().err
+
+
+def test_eps_total_is_met_and_nearly_used_up():
+    from dpsearch.privacy.report import solve_per_trial_eps
+
+    space = load_space("smoke")
+    per, g = solve_per_trial_eps(space, 400, 8.0, selection="geometric", mean_trials=3, rel_tol=0.1)
+    assert g.eps <= 8.0 and g.eps > 8.0 * 0.8  # a bisection to 10% on the per-trial ε
+    assert 0 < per < 8.0 and g.validation_eps is not None
+
+
+def test_eps_total_that_cannot_be_met_is_refused():
+    from dpsearch.config import ConfigError
+    from dpsearch.privacy.report import solve_per_trial_eps
+
+    with pytest.raises(ConfigError, match="cannot be met"):
+        solve_per_trial_eps(load_space("smoke"), 400, 0.01, trials=50)
