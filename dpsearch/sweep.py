@@ -261,7 +261,7 @@ def _connect(opts: SweepOptions) -> tuple[str, Optional[str]]:
                  s.s3_endpoint)
         uri = s.mlflow_uri
         if storage is None:  # the embedded S3 too: this process and the local Ray workers it starts reach it
-            os.environ.update(s.client_env())
+            os.environ.update({k: v for k, v in s.client_env().items() if k.startswith("AWS_")})
             storage = s.storage
     storage = storage or str(home() / "sweeps")
     check_reachable(storage)

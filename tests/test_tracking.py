@@ -100,7 +100,10 @@ def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
             assert time.time() < deadline, "no checkpoint on S3 within 5 minutes"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, env=env)
     shutil.rmtree(Path.home() / "ray_results" / "s3resume", ignore_errors=True)  # nothing local survives
