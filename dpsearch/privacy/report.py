@@ -76,7 +76,7 @@ def format_report(rep: dict) -> str:
     lines = [f"privacy report of sweep {rep['sweep']}", "per trial (each by its own accountant):"]
     for t in rep["trials"]:
         if t.get("eps") is None:
-            lines.append(f"  {t['trial']}: {t['status']}, no privacy record (failed before finishing; it is "
+            lines.append(f"  {t['trial']}: {t['status']}, no privacy record (it did not finish; it is "
                          f"still counted in the released model's bound)")
             continue
         lines.append(f"  {t['trial']}: (ε = {t['eps']:.3f}, δ = {t['delta']:g}) {str(t['accountant']).upper()}, "
