@@ -434,6 +434,8 @@ def cmd_privacy_report(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for h in logging.getLogger().handlers:  # dp-accounting logs every RDP order it skips: noise, not news
+        h.addFilter(lambda r: "dp_accounting" not in r.pathname)
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -255,6 +255,9 @@ def _connect(opts: SweepOptions) -> tuple[str, Optional[str]]:
     uri = None if opts.tracking == "none" else (
         opts.tracking if opts.tracking not in (None, "auto") else os.environ.get("MLFLOW_TRACKING_URI"))
     storage = opts.storage
+    running = services.load()
+    if uri and running is not None and uri == running.mlflow_uri:
+        uri = None  # MLflow itself exports the embedded server's URI to the environment: that is not a user setting
     if opts.tracking in (None, "auto") and not uri:
         s, started = services.up()
         log.info("%s the embedded services: MLflow %s, S3 %s", "started" if started else "using", s.mlflow_uri,
