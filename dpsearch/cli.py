@@ -351,6 +351,9 @@ def cmd_pull(a) -> int:
     check_output(out, a.overwrite)
     parent, leaf = src.rstrip("/").rsplit("/", 1)
     Store(parent).download_dir(leaf, out)
+    from dpsearch.checkpoints import verify_local
+
+    verify_local(out)  # size and SHA-256 of every file against the checkpoint's manifest
     print(f"pulled {src} to {out}")
     return 0
 

@@ -7,13 +7,39 @@ are. An S3 endpoint comes from AWS_ENDPOINT_URL or the standard AWS config, neve
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pyarrow.fs as pafs
 
 from dpsearch.config import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRIES = int(os.environ.get("DPSEARCH_STORAGE_RETRIES", "5"))
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None, base_s: float = 1.0) -> T:
+    """Runs fn again after a transient storage error (OSError: pyarrow's S3 errors, connection resets),
+    with exponential backoff and jitter. pyarrow's own S3 retries cover single requests; this covers a
+    server that is away for a few seconds (a restart). The last error is raised unchanged."""
+    attempts = RETRIES if attempts is None else attempts
+    for i in range(attempts):
+        try:
+            return fn()
+        except (OSError, ConnectionError) as e:
+            if isinstance(e, FileNotFoundError) or i == attempts - 1:
+                raise
+            wait = base_s * 2 ** i * (1 + random.random() / 2)
+            log.warning("%s failed (%s); retrying in %.1f s (%d/%d)", what, str(e).splitlines()[0][:200], wait,
+                        i + 1, attempts - 1)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def is_remote(uri: str) -> bool:
@@ -46,13 +72,19 @@ class Store:
         return self.fs.get_file_info(self._p(name)).type != pafs.FileType.NotFound
 
     def read_bytes(self, name: str) -> bytes:
-        with self.fs.open_input_stream(self._p(name)) as f:
-            return f.read()
+        def read() -> bytes:
+            with self.fs.open_input_stream(self._p(name)) as f:
+                return f.read()
+
+        return with_retries(read, f"reading {self.uri(name)}")
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode()
 
     def write_bytes(self, name: str, data: bytes) -> None:
+        with_retries(lambda: self._write_once(name, data), f"writing {self.uri(name)}")
+
+    def _write_once(self, name: str, data: bytes) -> None:
         """Local writes go to a temporary name first (S3 puts are atomic by themselves)."""
         path = self._p(name)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -75,7 +107,8 @@ class Store:
         """Copies a directory (e.g. a checkpoint) to a local path."""
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self._p(name), str(dest), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        with_retries(lambda: pafs.copy_files(self._p(name), str(dest), source_filesystem=self.fs,
+                                             destination_filesystem=pafs.LocalFileSystem()), f"downloading {self.uri(name)}")
         return dest
 
 
@@ -85,7 +118,7 @@ def check_reachable(uri: str) -> None:
     try:
         if is_remote(uri) and uri.startswith("s3://"):
             _ensure_bucket(uri)
-        store.write_text(".dpsearch-write-check", "ok")
+        store._write_once(".dpsearch-write-check", b"ok")  # no retries: an absent server should fail fast
         store.fs.delete_file(store._p(".dpsearch-write-check"))
     except ConfigError:
         raise
@@ -128,4 +161,4 @@ def load_npz(data: bytes, load):
         return load(p)
 
 
-__all__ = ["Store", "is_remote", "check_reachable", "npz_bytes", "load_npz"]
+__all__ = ["Store", "is_remote", "check_reachable", "npz_bytes", "load_npz", "with_retries"]

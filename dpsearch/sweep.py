@@ -140,6 +140,7 @@ def make_validation_set(model_files: dict[str, bytes], private: ImageSet, space_
     """
     import torch
 
+    from dpsearch.checkpoints import report_verified, verify_local
     from dpsearch.device import pick_device
     from dpsearch.finetune import dp_finetune
     from dpsearch.models import load_ldm
@@ -183,6 +184,7 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     if ckpt is not None:
         with ckpt.as_directory() as d:
             d = Path(d)
+            verify_local(d)  # a corrupt checkpoint is an error, never a silent restart from garbage
             if (d / "result.json").exists():  # finished before the sweep stopped: report it again
                 tune.report(json.loads((d / "result.json").read_text()), checkpoint=ckpt)
                 return
@@ -194,7 +196,7 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
                    "delta": rec["delta"], "oracle/train_loss": rec["loss"], METRIC: float("nan"), "done": False}
         with tempfile.TemporaryDirectory() as d:
             state.save(Path(d) / "state.pt")
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            report_verified(metrics, Path(d))
 
     t = time.time()
     res = dp_finetune(model, private, ft, progress=False, on_epoch=on_epoch, resume=resume)
@@ -216,7 +218,7 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
         write_json(d / "history.json", {"epochs": res.history})
         save_grid(synthetic, d / "samples.png")
         write_json(d / "result.json", final)
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
+        report_verified(final, d)
 
 
 # --- the sweep ---------------------------------------------------------------------------------
@@ -492,7 +494,7 @@ def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds
     """Sorts by objective; how well the synthetic validation ranked trials against the oracle."""
     from scipy.stats import spearmanr
 
-    done = [r for r in rows if _finite(r["objective"])]
+    done = [r for r in rows if _finite(r["objective"]) and r["status"] != "ERROR"]  # an errored trial is never picked
     done.sort(key=lambda r: -r["objective"])
     rest = [r for r in rows if r not in done]
     rho = None

@@ -53,13 +53,20 @@ def check_reachable(uri: str) -> None:
     """A clear error before any trial trains when the tracking server cannot be used."""
     import mlflow
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # Fail fast here; during the sweep MLflow's own client retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7,
+    # exponential backoff) ride out a server that is briefly away.
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in fast}
+    os.environ.update({k: v for k, v in fast.items() if saved[k] is None})
     try:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure means "cannot use it"
         raise ConfigError(f"the MLflow tracking server {uri} is not reachable ({str(e).splitlines()[0][:200]}); "
                           f"start it (dpsearch services up) or fix MLFLOW_TRACKING_URI") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 def start_parent(uri: str, experiment: str, run_id: Optional[str], params: dict, space_yaml: str) -> str:
@@ -72,6 +79,8 @@ def start_parent(uri: str, experiment: str, run_id: Optional[str], params: dict,
         return run_id
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    # MLflow 3's UI opens an untagged experiment in its GenAI (traces) view; these are training runs.
+    c.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     run = c.create_run(exp_id, run_name=f"sweep {experiment}", tags={"dpsearch.kind": "sweep"})
     for k, v in _no_secrets(params).items():
         c.log_param(run.info.run_id, k, str(v)[:6000])
@@ -106,6 +115,24 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
     c.set_terminated(run_id, status)
 
 
+def _tolerant(hook):
+    """A tracking server that stays away past MLflow's own retries must not kill the sweep: the trial's
+    results and checkpoint are in the sweep's storage either way. The gap is logged as a warning."""
+    import functools
+    import logging
+
+    @functools.wraps(hook)
+    def run(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any MLflow failure
+            logging.getLogger(__name__).warning("MLflow %s failed after retries (%s); the sweep goes on and its "
+                                                "storage keeps the result", hook.__name__, str(e).splitlines()[0][:200])
+            return None
+
+    return run
+
+
 class TrialTracker(MLflowLoggerCallback):
     """Ray Tune's MLflow callback with dpsearch's choices (see the module docstring)."""
 
@@ -113,6 +140,7 @@ class TrialTracker(MLflowLoggerCallback):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
                          tags={"mlflow.parentRunId": parent_run_id, "dpsearch.kind": "trial"})
 
+    @_tolerant
     def log_trial_start(self, trial) -> None:
         if trial not in self._trial_runs:
             client = self.mlflow_util._get_client()
@@ -127,12 +155,14 @@ class TrialTracker(MLflowLoggerCallback):
             self._trial_runs[trial] = run.info.run_id
             self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=trial_params(trial.config))
 
+    @_tolerant
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         metrics = useful_metrics(result)
         if metrics:
             step = int(result.get("epoch") or result.get("training_iteration") or iteration)
             self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics, step=step)
 
+    @_tolerant
     def log_trial_end(self, trial, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]
         client = self.mlflow_util._get_client()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from dpsearch import services
 from dpsearch.cli import main
 from dpsearch.sweep import SweepOptions, run_sweep
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
 RAY_BOOKKEEPING = ("time_this_iter_s", "pid", "hostname", "node_ip", "time_total_s", "timestamp", "training_iteration")
 
@@ -28,12 +30,18 @@ def _children(client, name):
     return parent, [r for r in runs if r.data.tags.get("dpsearch.kind") == "trial"]
 
 
+@pytest.fixture(scope="module")
+def tracked(tiny_model_dir):
+    """One real smoke sweep, tracked on the embedded MLflow and stored on the embedded S3."""
+    return run_sweep(SweepOptions(eps=5.0, space="smoke", trials=3, concurrency=1, sampler="random", seed=1,
+                                  model=str(tiny_model_dir), name="tracked", progress=False))
+
+
 @pytest.mark.e2e
-def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tiny_model_dir, tmp_path):
+def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tracked, tmp_path):
     from mlflow import MlflowClient
 
-    res = run_sweep(SweepOptions(eps=5.0, space="smoke", trials=3, concurrency=1, sampler="random", seed=1,
-                                 model=str(tiny_model_dir), name="tracked", progress=False))
+    res = tracked
     s = services.load()
     assert res.path == "s3://dpsearch/sweeps/tracked"
     client = MlflowClient(s.mlflow_uri)
@@ -69,6 +77,15 @@ def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tiny_model_dir, tmp_p
     out = tmp_path / "best"
     assert main(["pull", res.best["checkpoint"], "--out", str(out)]) == 0
     assert (out / "model" / "unet" / "config.json").exists() and (out / "privacy.json").exists()
+    assert (out / "manifest.json").exists()
+
+    # a checkpoint damaged on the server is refused by name, not handed over as a model
+    from dpsearch.config import ConfigError
+    from dpsearch.storage import Store
+
+    Store(res.best["checkpoint"]).write_bytes("samples.png", b"not the grid that was uploaded")
+    with pytest.raises(ConfigError, match="corrupt: samples.png"):
+        main(["pull", res.best["checkpoint"], "--out", str(tmp_path / "again")])
 
 
 @pytest.mark.e2e
@@ -113,3 +130,34 @@ def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
     assert [r["status"] for r in summary["rows"]] == ["DONE", "DONE"]
     _, children = _children(MlflowClient(s.mlflow_uri), "s3resume")
     assert len(children) == 2  # the resumed trial continued its run, no duplicate
+
+
+@pytest.mark.e2e
+def test_mlflow_ui_shows_the_child_runs_with_their_params(tracked):
+    """Headless Chromium (Debian's, driven by Selenium + chromedriver) opens the sweep's experiment and the
+    comparison of its trials; the screenshots land in test-artifacts/ for a person to look at."""
+    from mlflow import MlflowClient
+
+    from tests.browser import chromium, wait_for_text
+
+    s = services.load()
+    client = MlflowClient(s.mlflow_uri)
+    exp = client.get_experiment_by_name("tracked")
+    parent, children = _children(client, "tracked")
+    names = [c.info.run_name for c in children]
+    out = ARTIFACTS
+    out.mkdir(exist_ok=True)
+    with chromium() as browser:
+        # the runs table, filtered to the trials (children are nested under the parent otherwise)
+        flt = "tags.`dpsearch.kind` = 'trial'"
+        browser.get(f"{s.mlflow_uri}/#/experiments/{exp.experiment_id}/runs?searchFilter={quote(flt)}")
+        wait_for_text(browser, names)
+        browser.save_screenshot(str(out / "mlflow-ui-trials.png"))
+        # the comparison a user makes: params (layer range, clip norm) side by side, parallel coordinates
+        ids = json.dumps([c.info.run_id for c in children])
+        browser.get(f"{s.mlflow_uri}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([exp.experiment_id]))}")
+        text = wait_for_text(browser, ["layer_a", "layer_b", "clip", "objective", *names])
+        for c in children:  # each trial's own values are on the page
+            assert c.data.params["layers"] in text
+        browser.save_screenshot(str(out / "mlflow-ui-compare.png"))
+    assert (out / "mlflow-ui-compare.png").stat().st_size > 10_000
