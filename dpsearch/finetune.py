@@ -111,6 +111,37 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
                         "module outputs since no inputs require gradients")  # frozen inputs: expected with Opacus hooks
 
 
+def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainable: list[nn.Parameter],
+                 device, physical_batch: int, on_step: Callable[[], object] | None = None) -> tuple[list, int]:
+    """One pass over a Poisson-sampled Opacus loader: ([(loss sum, count) per physical batch], logical steps).
+
+    The one DP-SGD loop: dp_finetune trains with it and the privacy audit (privacy/audit.py) attacks it.
+    dp_module(x, y) must return one loss per example, shape [B].
+    """
+    losses, done = [], 0
+    with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=physical_batch,
+                            optimizer=optimizer) as mem_loader:
+        for x, y in mem_loader:
+            x, y = x.to(device), y.to(device)
+            if len(x):
+                loss = dp_module(x, y)
+                loss.mean().backward()
+                losses.append((loss.detach().sum().item(), len(x)))
+            else:
+                # An empty Poisson batch still takes a noise-only step: skipping it would leak
+                # whether a record was sampled. A zero per-sample gradient clips to zero, so
+                # Opacus' step below adds exactly the σC noise the accountant assumes.
+                for p in trainable:
+                    p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not optimizer._is_last_step_skipped:
+                done += 1
+                if on_step is not None:
+                    on_step()
+    return losses, done
+
+
 def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True,
                 on_epoch: Callable[[dict, FinetuneState], None] | None = None,
                 resume: FinetuneState | None = None) -> FinetuneResult:
@@ -156,26 +187,9 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
     bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune layers {a}-{b}", disable=not progress, leave=False)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        losses = []
-        with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=cfg.physical_batch,
-                                optimizer=optimizer) as mem_loader:
-            for x, y in mem_loader:
-                x, y = x.to(device), y.to(device)
-                if len(x):
-                    loss = dp_module(x, y)
-                    loss.mean().backward()
-                    losses.append((loss.detach().sum().item(), len(x)))
-                else:
-                    # An empty Poisson batch still takes a noise-only step: skipping it would leak
-                    # whether a record was sampled. A zero per-sample gradient clips to zero, so
-                    # Opacus' step below adds exactly the σC noise the accountant assumes.
-                    for p in trainable:
-                        p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if not optimizer._is_last_step_skipped:
-                    done += 1
-                    bar.update()
+        losses, n_steps = dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,
+                                       on_step=bar.update)
+        done += n_steps
         eps_spent = engine.accountant.get_epsilon(delta=delta)
         mean_loss = sum(s for s, _ in losses) / max(1, sum(c for _, c in losses))
         if not math.isfinite(mean_loss):
@@ -206,4 +220,4 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     return FinetuneResult(model, record, history)
 
 
-__all__ = ["dp_finetune", "plan_privacy", "privatize", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]
+__all__ = ["dp_finetune", "dp_sgd_epoch", "plan_privacy", "privatize", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]
