@@ -42,3 +42,19 @@ def wait_for_text(driver, needles, seconds: float = 60) -> str:
         if time.time() > deadline:
             raise AssertionError(f"the page at {driver.current_url} never showed {missing}; it shows:\n{text[:2000]}")
         time.sleep(0.5)
+
+
+def click_text(driver, text: str, within=None) -> None:
+    """Clicks the first visible element (inside `within`, if given) whose own text is exactly `text`."""
+    root = within if within is not None else driver
+    for el in root.find_elements("xpath", f".//*[normalize-space(text())='{text}']"):
+        if el.is_displayed():
+            el.click()
+            return
+    raise AssertionError(f"nothing labelled {text!r} to click at {driver.current_url}")
+
+
+def container_of(driver, text: str):
+    """The smallest element holding an element whose own text is `text` and the page's search box for it
+    (e.g. a dropdown menu: its 'Reset to defaults' link and its 'Search columns' input)."""
+    return driver.find_element("xpath", f"//*[normalize-space(text())='{text}']/ancestor::*[.//input][1]")

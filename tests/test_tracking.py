@@ -134,30 +134,45 @@ def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
 
 @pytest.mark.e2e
 def test_mlflow_ui_shows_the_child_runs_with_their_params(tracked):
-    """Headless Chromium (Debian's, driven by Selenium + chromedriver) opens the sweep's experiment and the
-    comparison of its trials; the screenshots land in test-artifacts/ for a person to look at."""
+    """Headless Chromium (Debian's, driven by Selenium + chromedriver) does what a user does: opens the
+    sweep's experiment, expands the sweep's parent run, adds the layer-range, clip and batch columns, then
+    compares the trials. Screenshots land in test-artifacts/ for a person to look at."""
     from mlflow import MlflowClient
 
-    from tests.browser import chromium, wait_for_text
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.browser import chromium, click_text, container_of, wait_for_text
 
     s = services.load()
     client = MlflowClient(s.mlflow_uri)
     exp = client.get_experiment_by_name("tracked")
-    parent, children = _children(client, "tracked")
+    _, children = _children(client, "tracked")
     names = [c.info.run_name for c in children]
-    out = ARTIFACTS
-    out.mkdir(exist_ok=True)
-    with chromium() as browser:
-        # the runs table, filtered to the trials (children are nested under the parent otherwise)
-        flt = "tags.`dpsearch.kind` = 'trial'"
-        browser.get(f"{s.mlflow_uri}/#/experiments/{exp.experiment_id}/runs?searchFilter={quote(flt)}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium(2000, 1000) as browser:
+        browser.get(f"{s.mlflow_uri}/#/experiments/{exp.experiment_id}/runs")
+        wait_for_text(browser, ["Training runs", "sweep tracked"])  # the training-runs view, not GenAI's
+        for close in browser.find_elements("css selector", "button[aria-label='Close']"):
+            close.click()  # the assistant side panel
+        for expander in browser.find_elements("css selector", "button[data-component-id*='runnamecellrenderer']"):
+            expander.click()  # children are nested under the sweep's parent run
         wait_for_text(browser, names)
-        browser.save_screenshot(str(out / "mlflow-ui-trials.png"))
-        # the comparison a user makes: params (layer range, clip norm) side by side, parallel coordinates
+        click_text(browser, "Columns")
+        wait_for_text(browser, ["Parameters ("])
+        menu = container_of(browser, "Reset to defaults")
+        for name in ("Dataset", "Source", "Models", "layer_a", "layer_b", "clip", "batch", "objective"):
+            click_text(browser, name, within=menu)  # untick three attribute columns, tick the ones a user compares
+        ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # closes the menu
+        table = wait_for_text(browser, ["layer_a", "layer_b", "clip", "batch", "objective", *names])
+        for c in children:
+            assert c.data.params["batch"] in table and c.data.params["layer_a"] in table
+        browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-trials.png"))
+
         ids = json.dumps([c.info.run_id for c in children])
         browser.get(f"{s.mlflow_uri}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([exp.experiment_id]))}")
-        text = wait_for_text(browser, ["layer_a", "layer_b", "clip", "objective", *names])
-        for c in children:  # each trial's own values are on the page
+        text = wait_for_text(browser, ["Parallel Coordinates Plot", "layer_a", "layer_b", "clip", "objective", *names])
+        for c in children:  # each trial's own layer range is on the page
             assert c.data.params["layers"] in text
-        browser.save_screenshot(str(out / "mlflow-ui-compare.png"))
-    assert (out / "mlflow-ui-compare.png").stat().st_size > 10_000
+        browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-compare.png"))
+    print(f"screenshots: {ARTIFACTS / 'mlflow-ui-trials.png'}, {ARTIFACTS / 'mlflow-ui-compare.png'}")
