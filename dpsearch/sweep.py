@@ -354,7 +354,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=True, logging_level=logging.WARNING)
+                 configure_logging=True, logging_level=logging.WARNING, runtime_env=_node_env(opts.address))
     t0 = time.time()
     status = "FAILED"
     try:
@@ -402,6 +402,21 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
                       format_report(result.extra["privacy"]))
         result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent}
     return result
+
+
+# Client settings a trial on another node needs to reach the sweep's storage. Credentials are not among
+# them: a runtime_env is visible to anyone who can read the cluster's state; nodes use their own
+# instance profile or AWS config.
+_NODE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def _node_env(address: Optional[str]) -> Optional[dict]:
+    """On a cluster (an address given), the storage endpoint reaches every node's trials; locally the
+    workers inherit the driver's environment anyway."""
+    if not address:
+        return None
+    env = {k: os.environ[k] for k in _NODE_ENV if os.environ.get(k)}
+    return {"env_vars": env} if env else None
 
 
 def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:

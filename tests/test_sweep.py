@@ -115,3 +115,15 @@ def test_private_selection_is_refused_where_its_bound_does_not_hold(extra, messa
     assert main(["sweep", "--space", "smoke", "--eps", "5", "--storage", str(tmp_path), "--quiet", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_trials_on_other_nodes_get_the_storage_endpoint_but_never_credentials(monkeypatch):
+    from dpsearch.sweep import _node_env
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.internal:8333")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-runtime-env")
+    env = _node_env("auto")["env_vars"]
+    assert env == {"AWS_ENDPOINT_URL": "http://s3.internal:8333", "AWS_DEFAULT_REGION": "eu-west-1"}
+    assert _node_env(None) is None  # local workers inherit the driver's environment
