@@ -303,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_pull)
 
+    p = sub.add_parser("report", help="write a self-contained HTML report of a sweep (plots, trials, privacy)")
+    p.add_argument("sweep", help="sweep name (under --storage) or its directory / s3:// URI")
+    p.add_argument("--storage", default=None, help="where sweeps live (default: the embedded S3 if running, "
+                                                   "else DPSEARCH_HOME/sweeps)")
+    p.add_argument("--out", default=None, help="HTML file to write (default: ./SWEEP-report.html)")
+    p.set_defaults(fn=cmd_report)
+
     p = sub.add_parser("ui", help="print (or open) the MLflow UI's URL")
     p.add_argument("--open", action="store_true", help="open it in a browser")
     p.add_argument("--dir", type=Path, default=None)
@@ -420,17 +427,31 @@ def cmd_privacy_calc(a) -> int:
     return 0
 
 
+def _sweep_path(sweep: str, storage: str | None) -> str:
+    """A sweep given by directory or URI is used as is; a bare name is looked up under the storage."""
+    from dpsearch.storage import Store, is_remote
+
+    if is_remote(sweep) or (Path(sweep) / "dpsearch").is_dir():
+        return sweep
+    return Store(storage or _default_storage()).uri(sweep)
+
+
+def cmd_report(a) -> int:
+    from dpsearch.report import build_report
+
+    path = _sweep_path(a.sweep, a.storage)
+    out = Path(a.out) if a.out else Path(f"{Path(a.sweep.rstrip('/')).name}-report.html")
+    build_report(path, out)
+    print(f"wrote {out.resolve()} (open it in a browser)")
+    return 0
+
+
 def cmd_privacy_report(a) -> int:
     import json
 
     from dpsearch.privacy.report import format_report, sweep_report
 
-    from dpsearch.storage import Store, is_remote
-
-    path = a.sweep
-    if not (is_remote(path) or (Path(path) / "dpsearch").is_dir()):
-        path = Store(a.storage or _default_storage()).uri(a.sweep)
-    rep = sweep_report(path)
+    rep = sweep_report(_sweep_path(a.sweep, a.storage))
     print(json.dumps(rep, indent=2) if a.json else format_report(rep))
     return 0
 

@@ -30,13 +30,6 @@ def _children(client, name):
     return parent, [r for r in runs if r.data.tags.get("dpsearch.kind") == "trial"]
 
 
-@pytest.fixture(scope="module")
-def tracked(tiny_model_dir):
-    """One real smoke sweep, tracked on the embedded MLflow and stored on the embedded S3."""
-    return run_sweep(SweepOptions(eps=5.0, space="smoke", trials=3, concurrency=1, sampler="random", seed=1,
-                                  model=str(tiny_model_dir), name="tracked", progress=False))
-
-
 @pytest.mark.e2e
 def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tracked, tmp_path):
     from mlflow import MlflowClient

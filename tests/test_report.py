@@ -1,0 +1,46 @@
+"""`dpsearch report`: a self-contained HTML report of a real (smoke) sweep, looked at in headless Chromium."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dpsearch.cli import main
+from dpsearch.config import ConfigError
+from dpsearch.report import plot_layer_heatmap
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def test_layer_heatmap_keeps_the_best_objective_per_range_and_skips_unscored_trials():
+    rows = [{"status": "DONE", "layers": "2-3", "objective": 0.5}, {"status": "DONE", "layers": "2-3", "objective": 0.7},
+            {"status": "ERROR", "layers": "1-1", "objective": 0.9}, {"status": "STOPPED", "layers": "1-2", "objective": None}]
+    assert plot_layer_heatmap(rows, 3).startswith("data:image/png;base64,")
+    assert plot_layer_heatmap(rows[2:], 3) is None  # nothing scored, no plot
+
+
+def test_report_of_something_that_is_not_a_sweep_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a dpsearch sweep"):
+        main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")])
+
+
+@pytest.mark.e2e
+def test_report_of_a_real_sweep_opens_in_a_browser(tracked, tmp_path):
+    from tests.browser import chromium, wait_for_text
+
+    out = tmp_path / "tracked-report.html"
+    assert main(["report", "tracked", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "http" not in re.sub(r"<code>.*?</code>", "", page).replace("charset", "")  # self-contained: no links
+    assert page.count("data:image/png;base64,") >= 3  # plots (and sample grids) are embedded
+    assert "ORACLE" in page and "δ = 1e-05" in page
+    for r in tracked.rows:
+        assert r["trial"] in page
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium(1300, 2400) as browser:
+        browser.get(out.as_uri())
+        wait_for_text(browser, ["Released model's guarantee", "Trials", "Privacy report", tracked.rows[0]["trial"]])
+        sizes = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        assert sizes and all(ok and w > 0 for ok, w in sizes)  # every embedded image decodes
+        browser.save_screenshot(str(ARTIFACTS / "report.png"))
