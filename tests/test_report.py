@@ -19,9 +19,14 @@ def test_layer_heatmap_keeps_the_best_objective_per_range_and_skips_unscored_tri
     assert plot_layer_heatmap(rows[2:], 3) is None  # nothing scored, no plot
 
 
-def test_report_of_something_that_is_not_a_sweep_is_a_clear_error(tmp_path):
+def test_report_of_something_that_is_not_a_sweep_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "dpsearch").mkdir()
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert "not a dpsearch sweep" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
     with pytest.raises(ConfigError, match="not a dpsearch sweep"):
-        main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")])
+        from dpsearch.report import build_report
+
+        build_report(str(tmp_path / "elsewhere"), tmp_path / "r.html")
 
 
 @pytest.mark.e2e

@@ -31,7 +31,7 @@ def _children(client, name):
 
 
 @pytest.mark.e2e
-def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tracked, tmp_path):
+def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tracked, tmp_path, capsys):
     from mlflow import MlflowClient
 
     res = tracked
@@ -76,9 +76,18 @@ def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tracked, tmp_path):
     from dpsearch.config import ConfigError
     from dpsearch.storage import Store
 
-    Store(res.best["checkpoint"]).write_bytes("samples.png", b"not the grid that was uploaded")
+    ckpt = Store(res.best["checkpoint"])
+    grid = ckpt.read_bytes("samples.png")
+    ckpt.write_bytes("samples.png", b"not the grid that was uploaded")
+    try:
+        assert main(["pull", res.best["checkpoint"], "--out", str(tmp_path / "again")]) == 2
+    finally:
+        ckpt.write_bytes("samples.png", grid)  # the session's other tests read this sweep
+    assert "corrupt: samples.png" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="corrupt: samples.png"):
-        main(["pull", res.best["checkpoint"], "--out", str(tmp_path / "again")])
+        from dpsearch.checkpoints import verify_local
+
+        verify_local(tmp_path / "again")
 
 
 @pytest.mark.e2e
