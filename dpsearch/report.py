@@ -19,6 +19,7 @@ from dpsearch.storage import Store
 
 
 def _png(fig) -> str:
+    """A figure as an embeddable data URI (and closed: reports draw many)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -35,7 +36,7 @@ def _scored(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("status") == "DONE" and _finite(r.get("objective"))]
 
 
-def plot_objective_vs_oracle(rows: list[dict], spearman) -> str | None:
+def plot_objective_vs_oracle(rows: list[dict], spearman):
     import matplotlib.pyplot as plt
 
     pts = [r for r in _scored(rows) if _finite(r.get("oracle_accuracy"))]
@@ -54,10 +55,10 @@ def plot_objective_vs_oracle(rows: list[dict], spearman) -> str | None:
            ylabel="ORACLE accuracy (real test split, not DP)", title=rho)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return fig
 
 
-def plot_layer_heatmap(rows: list[dict], n_layers: int) -> str | None:
+def plot_layer_heatmap(rows: list[dict], n_layers: int):
     """Best objective per layer range a-b (start × end); empty cells were not tried."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -79,10 +80,10 @@ def plot_layer_heatmap(rows: list[dict], n_layers: int) -> str | None:
         if not np.isnan(v):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    return _png(fig)
+    return fig
 
 
-def plot_clip_batch(rows: list[dict]) -> str | None:
+def plot_clip_batch(rows: list[dict]):
     import matplotlib.pyplot as plt
 
     pts = _scored(rows)
@@ -101,17 +102,46 @@ def plot_clip_batch(rows: list[dict]) -> str | None:
     a2.set_xticks(range(1, len(batches) + 1), [str(b) for b in batches])
     a2.set(xlabel="expected batch size B", ylabel="objective", title="batch size")
     a2.grid(alpha=0.3)
-    return _png(fig)
+    return fig
 
 
-def _sample_grid(checkpoint: str | None) -> str | None:
+def sample_grid_image(checkpoint: str | None) -> bytes | None:
+    """The PNG bytes of a trial's sample grid, from its checkpoint (local or S3)."""
     if not checkpoint:
         return None
     try:
-        data = Store(checkpoint).read_bytes("samples.png")
+        return Store(checkpoint).read_bytes("samples.png")
     except (OSError, FileNotFoundError):
         return None
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _sample_grid(checkpoint: str | None) -> str | None:
+    data = sample_grid_image(checkpoint)
+    return None if data is None else "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def rows_from_mlflow(runs) -> list[dict]:
+    """The sweep's child runs (a `mlflow.search_runs` DataFrame) as the rows the plots take."""
+    import pandas as pd
+
+    def get(r, col, cast=float):
+        v = r.get(col)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else cast(v)
+
+    trials = runs[runs.get("tags.dpsearch.kind") == "trial"] if "tags.dpsearch.kind" in runs else runs
+    rows = []
+    for _, r in trials.iterrows():
+        r = r.to_dict()
+        rows.append({"trial": r.get("tags.dpsearch.trial_id") or r.get("run_id"),
+                     "status": "DONE" if r.get("status") == "FINISHED" and get(r, "metrics.objective") is not None
+                     else str(r.get("status")),
+                     "layers": r.get("params.layers"), "clip": get(r, "params.clip"), "batch": get(r, "params.batch", int),
+                     "lr": get(r, "params.lr"), "epochs": get(r, "params.epochs", int),
+                     "eps": get(r, "params.privacy/eps"), "delta": get(r, "params.privacy/delta"),
+                     "objective": get(r, "metrics.objective"), "oracle_accuracy": get(r, "metrics.oracle/accuracy"),
+                     "synthetic_fid": get(r, "metrics.synthetic/fid_to_validation"),
+                     "checkpoint": r.get("tags.checkpoint")})
+    return rows
 
 
 def _table(rows: list[dict]) -> str:
@@ -161,8 +191,8 @@ def build_report(sweep_path: str, out: Path) -> Path:
         [int(str(r["layers"]).split("-")[1]) for r in _scored(rows)] or [1])
     best, best_oracle = summary.get("best"), summary.get("best_oracle")
     g = privacy["released"]
-    plots = [p for p in (plot_objective_vs_oracle(rows, summary.get("spearman")), plot_layer_heatmap(rows, n_layers),
-                         plot_clip_batch(rows)) if p]
+    plots = [_png(f) for f in (plot_objective_vs_oracle(rows, summary.get("spearman")),
+                               plot_layer_heatmap(rows, n_layers), plot_clip_batch(rows)) if f is not None]
     grids = []
     for r in _scored(rows)[:4]:
         uri = _sample_grid(r.get("checkpoint"))
@@ -200,4 +230,5 @@ def build_report(sweep_path: str, out: Path) -> Path:
     return out
 
 
-__all__ = ["build_report", "plot_objective_vs_oracle", "plot_layer_heatmap", "plot_clip_batch"]
+__all__ = ["build_report", "plot_objective_vs_oracle", "plot_layer_heatmap", "plot_clip_batch", "rows_from_mlflow",
+           "sample_grid_image"]

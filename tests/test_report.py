@@ -15,7 +15,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 def test_layer_heatmap_keeps_the_best_objective_per_range_and_skips_unscored_trials():
     rows = [{"status": "DONE", "layers": "2-3", "objective": 0.5}, {"status": "DONE", "layers": "2-3", "objective": 0.7},
             {"status": "ERROR", "layers": "1-1", "objective": 0.9}, {"status": "STOPPED", "layers": "1-2", "objective": None}]
-    assert plot_layer_heatmap(rows, 3).startswith("data:image/png;base64,")
+    fig = plot_layer_heatmap(rows, 3)
+    assert fig.axes[0].images[0].get_array()[1, 2] == 0.7  # start 2, end 3: the better of the two
     assert plot_layer_heatmap(rows[2:], 3) is None  # nothing scored, no plot
 
 
@@ -49,3 +50,23 @@ def test_report_of_a_real_sweep_opens_in_a_browser(tracked, tmp_path):
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
         assert sizes and all(ok and w > 0 for ok, w in sizes)  # every embedded image decodes
         browser.save_screenshot(str(ARTIFACTS / "report.png"))
+
+
+@pytest.mark.e2e
+def test_compare_sweep_notebook_runs_on_a_real_sweep(tracked, monkeypatch):
+    """The notebook is executed on the smoke sweep's MLflow runs, so it never rots."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from dpsearch import services
+
+    monkeypatch.setenv("DPSEARCH_SWEEP", "tracked")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", services.load().mlflow_uri)
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "compare_sweep.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert f"sweep tracked: {len(tracked.rows)} trials" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # the plots were drawn
+    assert "sample grids shown" in text and not text.strip().endswith("0 sample grids shown")
