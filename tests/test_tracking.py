@@ -53,7 +53,7 @@ def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tracked, tmp_path, ca
         assert len(client.get_metric_history(c.info.run_id, "eps_spent")) >= 1  # per epoch
     pm = parent[0].data
     assert pm.metrics["released/eps"] > max(float(c.data.params["privacy/eps"]) for c in children)
-    assert {"privacy_report.json", "privacy_report.txt", "summary.json", "search_space.json"} <= {
+    assert {"privacy_report.json", "privacy_report.txt", "summary.json", "search_space.json", "objective_vs_oracle.png"} <= {
         a.path for a in client.list_artifacts(parent[0].info.run_id)}
 
     # credentials never reach MLflow: not in params, tags, metrics or any text artifact
