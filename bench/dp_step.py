@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from dpsearch.config import PretrainConfig
 from dpsearch.data import load_mnist

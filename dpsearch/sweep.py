@@ -140,7 +140,6 @@ def make_validation_set(model_files: dict[str, bytes], private: ImageSet, space_
     """
     import torch
 
-    from dpsearch.checkpoints import report_verified, verify_local
     from dpsearch.device import pick_device
     from dpsearch.finetune import dp_finetune
     from dpsearch.models import load_ldm
@@ -169,6 +168,7 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     import torch
     from ray import tune
 
+    from dpsearch.checkpoints import report_verified, verify_local
     from dpsearch.device import pick_device
     from dpsearch.evaluate import evaluate, validation_loss
     from dpsearch.finetune import FinetuneState, dp_finetune

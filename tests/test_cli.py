@@ -1,6 +1,5 @@
 """Bad input gets a clear message, exit code 2, and nothing half-written."""
 
-import json
 
 import pytest
 

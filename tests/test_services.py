@@ -1,6 +1,5 @@
 """The embedded S3 (SeaweedFS) and MLflow servers, real, on loopback."""
 
-import json
 import socket
 import time
 

@@ -118,8 +118,10 @@ def test_private_selection_is_refused_where_its_bound_does_not_hold(extra, messa
 
 
 def test_trials_on_other_nodes_get_the_storage_endpoint_but_never_credentials(monkeypatch):
-    from dpsearch.sweep import _node_env
+    from dpsearch.sweep import _NODE_ENV, _node_env
 
+    for k in _NODE_ENV:
+        monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.internal:8333")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")

@@ -16,7 +16,6 @@ import yaml
 
 from dpsearch import services
 from dpsearch.cli import main
-from dpsearch.sweep import SweepOptions, run_sweep
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"

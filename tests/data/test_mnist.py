@@ -1,12 +1,11 @@
 import gzip
 import io
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
 
-from dpsearch.data import DataError, ImageSet
+from dpsearch.data import DataError
 from dpsearch.data.mnist import TEST_COUNTS, TRAIN_COUNTS, _from_pickle_gz, load_mnist
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from dpsearch.cli import main
 from dpsearch.privacy.report import format_report, space_grid, sweep_report
-from dpsearch.privacy.search_cost import Mechanism
 from dpsearch.space import load_space
 from dpsearch.sweep import draw_trials
 
