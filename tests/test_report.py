@@ -39,7 +39,7 @@ def test_report_of_a_real_sweep_opens_in_a_browser(tracked, tmp_path):
     page = out.read_text()
     assert "http" not in re.sub(r"<code>.*?</code>", "", page).replace("charset", "")  # self-contained: no links
     assert page.count("data:image/png;base64,") >= 3  # plots (and sample grids) are embedded
-    assert "ORACLE" in page and "δ = 1e-05" in page
+    assert "ORACLE" in page and f"δ = {tracked.rows[0]['delta']:g}</b>" in page  # the released ε has its δ beside it
     for r in tracked.rows:
         assert r["trial"] in page
     ARTIFACTS.mkdir(exist_ok=True)
