@@ -310,7 +310,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
         opts.eps = opts.val_eps = per
     eps = opts.eps if opts.eps is not None else space.eps
     val_eps = opts.val_eps if opts.val_eps is not None else eps
-    name = resume or opts.name or f"{space.name}-eps{eps:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+    budget = f"epstotal{opts.eps_total:g}" if opts.eps_total else f"eps{eps:g}"  # what the user asked for
+    name = resume or opts.name or f"{space.name}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     # Everything that can be wrong with the input fails here, before any training.
     private, oracle = load_dataset(space.private)
