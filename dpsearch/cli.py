@@ -187,7 +187,9 @@ def cmd_sweep(a) -> int:
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
                         storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial,
                         tracking=a.tracking, private_selection=a.private_selection, eps_total=a.eps_total, mean_trials=a.mean_trials, progress=not a.quiet)
-    res = run_sweep(opts, resume=a.resume)
+    if a.retry_errored and not a.resume:
+        raise ConfigError("--retry-errored only applies with --resume NAME")
+    res = run_sweep(opts, resume=a.resume, retry_errored=a.retry_errored)
     print(format_summary(res))
     return 0 if res.best else 1
 
@@ -250,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="an existing Ray cluster, e.g. auto")
     p.add_argument("--name", default=None, help="sweep name (default: SPACE-epsE-TIMESTAMP)")
     p.add_argument("--resume", default=None, metavar="NAME", help="continue the sweep NAME from its storage")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume: also continue errored trials from their last verified checkpoint (the same "
+                        "DP run goes on; nothing after that checkpoint was released)")
     p.add_argument("--val-eps", type=_float("--val-eps"), default=None,
                    help="ε of the validation generator (default: the sweep's ε)")
     p.add_argument("--storage", default=None,
@@ -258,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking", default=None,
                    help="MLflow URI (default: MLFLOW_TRACKING_URI, else the embedded server); 'none' to log nothing")
     p.add_argument("--model", default=None, help="pretrained model (default: the space's, else the embedded one)")
-    p.add_argument("--gpus-per-trial", type=float, default=None)
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs each trial requests (default: 1/concurrency of one GPU when the cluster has or can "
+                        "autoscale GPU nodes, else 0)")
     p.add_argument("--private-selection", choices=["geometric", "logarithmic", "poisson"], default=None,
                    help="draw the number of trials K at random (mean --mean-trials) and release only the best "
                         "(Papernot & Steinke); needs --sampler random")

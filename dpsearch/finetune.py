@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
@@ -63,13 +64,20 @@ class FinetuneState:
     history: list[dict]
 
     def save(self, path) -> None:
+        history = json.loads(json.dumps(self.history, default=float))  # plain floats: numpy scalars need unpickling
         torch.save({"epoch": self.epoch, "steps": self.steps, "trainable": self.trainable,
-                    "optimizer": self.optimizer, "history": self.history}, path)
+                    "optimizer": self.optimizer, "history": history}, path)
 
     @classmethod
     def load(cls, path) -> "FinetuneState":
+        import numpy as np
+
+        # weights_only stays on (a checkpoint from storage is untrusted input); states written before the
+        # history was saved as plain floats hold numpy float64 scalars, allowed here by name.
+        allowed = [np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]
         try:
-            d = torch.load(path, weights_only=True)
+            with torch.serialization.safe_globals(allowed):
+                d = torch.load(path, weights_only=True)
             return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], list(d["history"]))
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
             raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
@@ -190,7 +198,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         losses, n_steps = dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,
                                        on_step=bar.update)
         done += n_steps
-        eps_spent = engine.accountant.get_epsilon(delta=delta)
+        eps_spent = float(engine.accountant.get_epsilon(delta=delta))
         mean_loss = sum(s for s, _ in losses) / max(1, sum(c for _, c in losses))
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"DP fine-tune diverged: loss is {mean_loss} at epoch {epoch} with lr {cfg.lr:g}, "

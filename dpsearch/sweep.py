@@ -189,7 +189,11 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
                 tune.report(json.loads((d / "result.json").read_text()), checkpoint=ckpt)
                 return
             resume = FinetuneState.load(d / "state.pt")
-    model = load_ldm(unpack_model(model_files), pick_device("auto"))
+    import ray
+
+    device = pick_device("auto")
+    model = load_ldm(unpack_model(model_files), device)
+    where = {"node": ray.get_runtime_context().get_node_id(), "device": str(device)}  # which machine ran it
 
     def on_epoch(rec: dict, state: FinetuneState) -> None:
         metrics = {"epoch": rec["epoch"], "val_loss": validation_loss(model, validation), "eps_spent": rec["eps_spent"],
@@ -210,7 +214,7 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     final = {"epoch": ft.epochs, "val_loss": validation_loss(res.model, validation), "done": True,
              **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
              **_flat_privacy(res.privacy.to_dict()), "layers": res.privacy.layers,
-             "time/finetune_s": t_ft, "time/sample_s": t_sample, "time/evaluate_s": t_eval}
+             "time/finetune_s": t_ft, "time/sample_s": t_sample, "time/evaluate_s": t_eval, **where}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         save_ldm(res.model.to("cpu"), d / "model", extra={"privacy": res.privacy.to_dict()})
@@ -238,12 +242,28 @@ def _load_or_make_validation(meta: Store, model_files, private, space: SearchSpa
     return v, priv
 
 
+def _cluster_gpus() -> float:
+    """GPUs the cluster has now or can add: GPU workers that autoscale from zero count too, or a sweep
+    started on a CPU head would never ask for them and never make the autoscaler add one."""
+    import ray
+
+    now = ray.cluster_resources().get("GPU", 0)
+    try:  # the autoscaler's node types, as Ray Train reads them; None on a cluster without an autoscaler
+        from ray._private.state import state
+
+        most = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
+    except Exception as e:  # noqa: BLE001 - a private API: fall back to what the cluster has now
+        log.debug("could not read the autoscaler's node types: %s", e)
+        most = 0
+    return max(now, min(most, 1e6))
+
+
 def _resources(opts: SweepOptions) -> dict:
     import ray
 
     total = ray.cluster_resources()
     cpus = int(total.get("CPU", 1))
-    gpus = total.get("GPU", 0)
+    gpus = _cluster_gpus()
     per_cpu = max(1, cpus // opts.concurrency) if not gpus else 1
     per_gpu = opts.gpus_per_trial if opts.gpus_per_trial is not None else (min(1.0, gpus / opts.concurrency) if gpus else 0)
     return {"cpu": per_cpu, "gpu": per_gpu, "threads": per_cpu}
@@ -277,7 +297,7 @@ def _connect(opts: SweepOptions) -> tuple[str, Optional[str]]:
     return storage, uri
 
 
-def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
+def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: bool = False) -> SweepResult:
     import ray
     from ray import tune
 
@@ -351,7 +371,10 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
         saved["mlflow_parent_run"] = parent
     meta.write_text("sweep.json", json.dumps(saved, indent=2))
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file left behind by a local ray.init()
+    if not opts.address:  # a local Ray of our own: no token file left behind in ~/.ray by ray.init()
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # With an address, Ray's own rule applies: a cluster started with token auth is joined with the token in
+    # ~/.ray/auth_token (or RAY_AUTH_TOKEN), so `--address auto` on a head node with a token just works.
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
@@ -373,7 +396,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None) -> SweepResult:
             callbacks.append(TrialTracker(uri, name, parent))
         path = Store(storage).uri(name)
         if resume and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                         resume_errored=retry_errored)
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space),
                                run_config=tune.RunConfig(
@@ -485,7 +509,7 @@ def _rows(grid) -> list[dict]:
             "delta": m.get("privacy/delta"), "q": m.get("privacy/q"), "steps": m.get("privacy/steps"),
             "accountant": m.get("privacy/accountant"), "objective": m.get(METRIC), "oracle_accuracy": m.get("oracle/accuracy"),
             "synthetic_fid": m.get("synthetic/fid_to_validation"), "oracle_fid": m.get("oracle/fid"),
-            "trainable_fraction": m.get("privacy/trainable_fraction"),
+            "trainable_fraction": m.get("privacy/trainable_fraction"), "node": m.get("node"), "device": m.get("device"),
             "checkpoint": _checkpoint_uri(r.checkpoint) if r.checkpoint else None,
             "error": _error_line(r.error) if r.error else None})
     return rows

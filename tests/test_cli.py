@@ -55,3 +55,8 @@ def test_layers_prints_table(tiny_model_dir, capsys):
     assert main(["layers", str(tiny_model_dir), "--range", "2-4"]) == 0
     out = capsys.readouterr().out
     assert "L = 7 attention modules" in out and "range 2-4" in out
+
+
+def test_retry_errored_needs_a_sweep_to_resume(capsys):
+    assert main(["sweep", "--retry-errored", "--quiet"]) == 2
+    assert "--retry-errored only applies with --resume" in capsys.readouterr().err

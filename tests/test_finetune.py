@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dpsearch.config import ConfigError, FinetuneConfig, ModelConfig
 from dpsearch.data import printed_digits
-from dpsearch.finetune import DiffusionLoss, dp_finetune, plan_privacy, privatize
+from dpsearch.finetune import DiffusionLoss, FinetuneState, dp_finetune, plan_privacy, privatize
 from dpsearch.models import build_ldm, select_attention_layers
 
 CFG = ModelConfig(ae_channels=(8, 16, 16), unet_channels=(16, 32), cross_attention_dim=32)
@@ -108,6 +108,34 @@ def test_finetune_changes_only_selected_layers_and_meets_epsilon():
     assert p.steps == 6 and p.layers == "2-3" and 0 < p.trainable_fraction < 1
     assert [h["epoch"] for h in res.history] == [1, 2] and res.history[-1]["eps_spent"] <= 3.0
     assert not hasattr(m.unet, "_forward_hooks") or not any(m.unet._forward_hooks)
+
+
+def test_a_state_saved_mid_run_loads_and_the_run_continues_to_the_same_budget(tmp_path):
+    """A sweep stopped mid-trial resumes from this file; it must load with weights_only (the regression:
+    the accountant's numpy ε in the history made every mid-trial resume fail)."""
+    data = printed_digits(60, progress=False)
+    cfg = FinetuneConfig(eps=3.0, layers="2-3", clip=0.1, batch=20, epochs=2, physical_batch=8, lr=1e-2)
+    saved = []
+
+    def keep_first(rec, state):
+        if rec["epoch"] == 1:
+            state.save(tmp_path / "state.pt")
+            saved.append(state)
+
+    torch.manual_seed(0)
+    dp_finetune(build_ldm(CFG), data, cfg, progress=False, on_epoch=keep_first)
+    state = FinetuneState.load(tmp_path / "state.pt")
+    assert (state.epoch, state.steps) == (1, saved[0].steps) and state.history == saved[0].history
+    assert all(torch.equal(state.trainable[k], v) for k, v in saved[0].trainable.items())
+    torch.manual_seed(0)
+    res = dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=state)
+    assert [h["epoch"] for h in res.history] == [1, 2] and res.privacy.steps == 6 and res.privacy.eps <= 3.0
+
+
+def test_a_damaged_state_is_a_clear_error(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="corrupt"):
+        FinetuneState.load(tmp_path / "state.pt")
 
 
 def test_plan_refuses_bad_delta_and_batch():
