@@ -68,8 +68,14 @@ def sweep_report(sweep_dir: str | Path) -> dict:
                       mean_trials=opts.get("mean_trials"))
     trials = [{k2: r.get(k2) for k2 in ("trial", "status", "eps", "delta", "sigma", "q", "steps", "clip", "batch",
                                          "epochs", "layers", "accountant")} for r in rows]
-    return {"sweep": opts["name"], "trials": trials, "validation": vp, "released": g.to_dict(),
-            "statement": coverage_statement(g)}
+    rep = {"sweep": opts["name"], "trials": trials, "validation": vp, "released": g.to_dict(),
+           "statement": coverage_statement(g)}
+    done = sum(r.get("status") == "DONE" for r in rows)
+    if selection and done < int(opts["trials"]):
+        rep["incomplete"] = (f"only {done} of the K = {opts['trials']} drawn trials finished: repeat-and-select assumes "
+                             f"every drawn run finishes and the best of all K is released. Do not release yet: "
+                             f"`dpsearch sweep --resume {opts['name']} --retry-errored`.")
+    return rep
 
 
 def format_report(rep: dict) -> str:
@@ -90,6 +96,8 @@ def format_report(rep: dict) -> str:
     lines.append(f"one trial at the worst mechanism the space allows: (ε = {g['trial_eps_worst']:.3f}, "
                  f"δ = {g['delta']:g}) by {g['accountant']}")
     lines.append(rep["statement"])
+    if rep.get("incomplete"):
+        lines.append("WARNING: " + rep["incomplete"])
     return "\n".join(lines)
 
 

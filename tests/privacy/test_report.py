@@ -51,6 +51,9 @@ def test_report_of_private_selection_uses_repeat_and_select(tmp_path):
     rep = sweep_report(path)
     assert rep["released"]["mode"] == "geometric" and rep["released"]["mean_trials"] == 3.0
     assert "whoever reads all of it sees the composition of all trials" in rep["statement"]
+    # 1 of the 5 drawn trials finished (t2 errored, 3 never ran): the release must wait for all of them.
+    assert "only 1 of the K = 5 drawn trials finished" in format_report(rep) and "--retry-errored" in rep["incomplete"]
+    assert "incomplete" not in sweep_report(_fake_sweep(tmp_path / "adaptive", trials=2)[0])  # adaptive: no such rule
 
 
 @pytest.mark.parametrize("selection", ["geometric", "logarithmic", "poisson"])
