@@ -248,14 +248,35 @@ def _cluster_gpus() -> float:
     import ray
 
     now = ray.cluster_resources().get("GPU", 0)
-    try:  # the autoscaler's node types, as Ray Train reads them; None on a cluster without an autoscaler
+    most = 0.0
+    try:  # autoscaler v2 / KubeRay report their node types to the GCS (Ray Train reads them the same way)
         from ray._private.state import state
 
-        most = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
-    except Exception as e:  # noqa: BLE001 - a private API: fall back to what the cluster has now
-        log.debug("could not read the autoscaler's node types: %s", e)
-        most = 0
+        most = float((state.get_max_resources_from_cluster_config() or {}).get("GPU", 0))
+    except Exception as e:  # noqa: BLE001 - a private API: fall back to the next source
+        log.debug("could not read the autoscaler's node types from the GCS: %s", e)
+    if not most:  # the classic autoscaler does not: on a `ray up` head its config is this file
+        boot = Path.home() / "ray_bootstrap_config.yaml"
+        if boot.exists():
+            import yaml
+
+            try:
+                most = autoscalable_gpus(yaml.safe_load(boot.read_text()))
+            except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+                log.warning("could not read the autoscaler config %s: %s", boot, e)
     return max(now, min(most, 1e6))
+
+
+def autoscalable_gpus(cluster_config: dict) -> float:
+    """The most GPUs the autoscaler of a cluster launcher config can bring up."""
+    types = cluster_config.get("available_node_types") or {}
+    head = cluster_config.get("head_node_type")
+    total = 0.0
+    for name, t in types.items():
+        gpus = float((t.get("resources") or {}).get("GPU", 0))
+        count = 1 if name == head else int(t.get("max_workers", cluster_config.get("max_workers", 0)))
+        total += gpus * count
+    return total
 
 
 def _resources(opts: SweepOptions) -> dict:

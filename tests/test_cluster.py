@@ -42,7 +42,16 @@ def test_aws_cluster_autoscales_gpu_workers_from_zero_with_declared_resources():
     assert ".venv" in cfg["rsync_exclude"]  # the local virtualenv never goes to the nodes
 
 
-@pytest.mark.parametrize("name", ["cluster.yaml", "local.yaml"])
+def test_sweeps_on_these_clusters_know_how_many_gpus_the_autoscaler_can_add():
+    from dpsearch.sweep import autoscalable_gpus
+
+    def gpus(name):
+        return autoscalable_gpus(yaml.safe_load((CLUSTER / name).read_text()))
+
+    assert gpus("cluster.yaml") >= 1 and gpus("fake_multinode.yaml") >= 2 and gpus("local.yaml") == 0
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "local.yaml", "fake_multinode.yaml"])
 def test_no_secret_is_written_into_a_cluster_file(name):
     text = (CLUSTER / name).read_text()
     assert not re.search(r"(?i)(aws_secret_access_key|aws_access_key_id|secret_key|password|token)\s*[:=]", text)
@@ -183,11 +192,14 @@ def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_mod
            "HOME": str(root)}  # no ~/.ray token written in the real home
     env.pop("RAY_ADDRESS", None)
     name = f"fake-{root.name[5:]}"
+    # Where `ray up` leaves the autoscaler config on a head node; the sweep reads its GPU node types there.
+    boot = root / "ray_bootstrap_config.yaml"
+    shutil.copy(CLUSTER / "fake_multinode.yaml", boot)
     log = []
     try:
         log.append(_ray(venv_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6379", "--num-cpus=1",
                         "--num-gpus=0", f"--temp-dir={root}/ray", "--include-dashboard=false", "--disable-usage-stats",
-                        f"--autoscaling-config={CLUSTER / 'fake_multinode.yaml'}", env=env))
+                        f"--autoscaling-config={boot}", env=env))
         r = subprocess.run([str(venv_bin / "dpsearch"), "sweep", "--space", "smoke", "--eps", "5", "--trials", "2",
                             "--concurrency", "2", "--sampler", "random", "--address", "auto", "--model",
                             str(tiny_model_dir), "--name", name, "--quiet"],
