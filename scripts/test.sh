@@ -4,12 +4,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 VENV="${DPSEARCH_VENV:-.venv}"
-# The MLflow UI test drives Debian's headless Chromium through chromedriver (no browser download).
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  echo "[test] installing Debian's chromium and chromium-driver for the MLflow UI test"
+# Debian packages the tests drive for real: headless Chromium + chromedriver (the MLflow UI and report
+# tests, no browser download), OpenSSH server + rsync (`ray up` over SSH on 127.0.0.1).
+need=""
+[ -x /usr/bin/chromium ] || need="$need chromium"
+[ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"
+command -v rsync >/dev/null || need="$need rsync"
+if [ -n "$need" ]; then
+  echo "[test] installing Debian packages:$need"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver \
-    >/dev/null) || { echo "could not install chromium + chromium-driver (apt-get); install them and run again" >&2; exit 1; }
+  ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null) \
+    || { echo "could not install$need (apt-get); install them and run again" >&2; exit 1; }
 fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
 rc=$?

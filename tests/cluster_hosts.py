@@ -85,19 +85,21 @@ def start_sshd(root: Path) -> SSHHost:
 
 
 def processes_under(path: Path) -> list[psutil.Process]:
-    """Processes whose command line names `path` (Ray's processes name their temp/session dir)."""
-    out, needle = [], str(path)
+    """Processes whose command line names `path` (Ray's processes name their temp/session dir), and all
+    their descendants (Ray's agents retitle themselves `ray::DashboardAgent` and name no path)."""
+    found, needle = {}, str(path)
     for p in psutil.process_iter(["cmdline"]):
         try:
             if p.pid != os.getpid() and any(needle in a for a in (p.info["cmdline"] or [])):
-                out.append(p)
+                found[p.pid] = p
+                found.update({c.pid: c for c in p.children(recursive=True)})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return out
+    return list(found.values())
 
 
-def kill_under(path: Path) -> int:
-    """Kills what a test left running under `path`; returns how many there were."""
+def kill_under(path: Path) -> list[psutil.Process]:
+    """Kills what a test left running under `path`, descendants included; returns what there was."""
     procs = processes_under(path)
     for p in procs:
         try:
@@ -105,4 +107,4 @@ def kill_under(path: Path) -> int:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=10)
-    return len(procs)
+    return procs
