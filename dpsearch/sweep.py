@@ -429,6 +429,12 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         rows = _rows(grid)
         status = "FINISHED"
     finally:
+        # Time across every run of this sweep, interrupted ones included (summary.seconds is this run's).
+        saved["elapsed_s"] = saved.get("elapsed_s", 0.0) + (time.time() - t0)
+        try:
+            meta.write_text("sweep.json", json.dumps(saved, indent=2))
+        except Exception as e:  # noqa: BLE001 - bookkeeping only: never hide the error that got us here
+            log.warning("could not record the sweep's elapsed time: %s", e)
         if started_ray:
             ray.shutdown()
         if uri and status != "FINISHED":
@@ -438,6 +444,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     from dpsearch.privacy.report import format_report, sweep_report
 
     result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0)
+    result.extra["elapsed_s"] = saved["elapsed_s"]
     meta.write_text("summary.json", json.dumps(asdict(result), indent=2, default=str))
     result.extra["privacy"] = sweep_report(Store(storage).uri(name))
     meta.write_text("privacy_report.json", json.dumps(result.extra["privacy"], indent=2))
