@@ -220,7 +220,9 @@ def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_mod
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
     rows = _summary(name, s.client_env(), s.storage)["rows"]
-    assert [r["status"] for r in rows] == ["DONE", "DONE"], rows
     nodes = {r["node"] for r in rows}
+    with open("test-artifacts/fake-cluster.log", "a") as f:
+        f.write("\n\ntrials ran on: " + ", ".join(f"{r['trial']} node {r['node']} ({r['device']})" for r in rows) + "\n")
+    assert [r["status"] for r in rows] == ["DONE", "DONE"], rows
     # The provider numbers the nodes it adds FAKE_HEAD_NODE_ID + 1, + 2, ...: one GPU each, so two nodes.
     assert len(nodes) == 2 and all(n[:-5] == FAKE_HEAD_NODE_ID[:-5] and n != FAKE_HEAD_NODE_ID for n in nodes), nodes
