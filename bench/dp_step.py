@@ -1,6 +1,6 @@
 """DP step time vs non-private step time on the same model, trainable layers and batch.
 
-    python bench/dp_step.py [--model DIR] [--layers all] [--batch 512] [--physical 128] [--modes hooks,functorch]
+    python bench/dp_step.py [--model DIR] [--layers all] [--batch 512] [--physical 128] [--modes non-private,hooks,functorch,ghost]
 
 Prints a table and writes bench/results/dp_step.json. Times are medians over --repeats logical steps
 after one warm-up; the machine must be otherwise idle (two torch jobs on 2 cores distort everything).
@@ -35,6 +35,15 @@ def _step_nonprivate(module, opt, x, y, physical):
     opt.step()
 
 
+class _PerSample(torch.nn.Module):
+    """Opacus' ghost mode wraps a criterion; DiffusionLoss already returns the per-sample loss [B]."""
+
+    reduction = "mean"
+
+    def forward(self, loss):
+        return loss if self.reduction == "none" else loss.mean()
+
+
 def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -52,13 +61,27 @@ def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean", force_functorch=(mode == "functorch"))
-            opt = DPOptimizer(torch.optim.Adam(trainable, lr=1e-4), noise_multiplier=0.7, max_grad_norm=0.01,
-                              expected_batch_size=batch)
+            if mode == "ghost":  # two backward passes: per-sample norms without per-sample gradients, then the clipped sum
+                from opacus.grad_sample import GradSampleModuleFastGradientClipping
+                from opacus.optimizers import DPOptimizerFastGradientClipping
+                from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+                gsm = GradSampleModuleFastGradientClipping(module, batch_first=True, loss_reduction="mean",
+                                                           max_grad_norm=0.01, use_ghost_clipping=True)
+                opt = DPOptimizerFastGradientClipping(torch.optim.Adam(trainable, lr=1e-4), noise_multiplier=0.7,
+                                                      max_grad_norm=0.01, expected_batch_size=batch,
+                                                      loss_reduction="mean")
+                criterion = DPLossFastGradientClipping(gsm, opt, _PerSample(), "mean")
+            else:
+                gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean",
+                                       force_functorch=(mode == "functorch"))
+                opt = DPOptimizer(torch.optim.Adam(trainable, lr=1e-4), noise_multiplier=0.7, max_grad_norm=0.01,
+                                  expected_batch_size=batch)
+                criterion = torch.mean
         for r in range(repeats + 1):
             t = time.perf_counter()
             for i in range(0, len(x), physical):
-                gsm(x[i: i + physical], y[i: i + physical]).mean().backward()
+                criterion(gsm(x[i: i + physical], y[i: i + physical])).backward()
                 if i + physical < len(x):
                     opt.signal_skip_step(True)
                     opt.step()  # accumulates clipped per-sample grads, as BatchMemoryManager does
@@ -78,7 +101,7 @@ def main(argv=None):
     ap.add_argument("--layers", default="all")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--physical", type=int, default=128)
-    ap.add_argument("--modes", default="non-private,hooks,functorch")
+    ap.add_argument("--modes", default="non-private,hooks,functorch,ghost")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
