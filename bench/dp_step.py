@@ -3,7 +3,7 @@
     python bench/dp_step.py [--model DIR] [--layers all] [--batch 512] [--physical 128] [--modes non-private,hooks,functorch,ghost]
 
 Prints a table and writes bench/results/dp_step.json. Times are medians over --repeats logical steps
-after one warm-up; the machine must be otherwise idle (two torch jobs on 2 cores distort everything).
+after one warm-up, each mode in a fresh process (its own peak RSS); the machine must be otherwise idle (two torch jobs on 2 cores distort everything).
 """
 
 from __future__ import annotations
@@ -95,7 +95,25 @@ def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
     return statistics.median(times[1:])
 
 
+def _one_mode(model_dir: str, layers: str, batch: int, physical: int, mode: str, repeats: int) -> tuple[float, float]:
+    """Runs in a fresh process, so the peak RSS it reports is this mode's alone."""
+    torch.set_num_threads(_THREADS)
+    model = load_ldm(model_dir, "cpu")
+    train, _ = load_mnist()
+    sub = train.subset(batch)
+    with torch.no_grad():
+        latents = model.encode(sub.as_float())
+    sec = bench_mode(model, latents, sub.labels, layers, batch, physical, mode, repeats)
+    return sec, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_THREADS = torch.get_num_threads()
+
+
 def main(argv=None):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="pretrained model dir (default: the cached default)")
     ap.add_argument("--layers", default="all")
@@ -105,22 +123,21 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
-    model = load_ldm(args.model or default_model_dir(PretrainConfig()), "cpu")
-    train, _ = load_mnist()
-    with torch.no_grad():
-        latents = model.encode(train.subset(args.batch).as_float())
-    labels = train.subset(args.batch).labels
+    model_dir = str(args.model or default_model_dir(PretrainConfig()))
     rows = []
     base = None
     for mode in args.modes.split(","):
-        sec = bench_mode(model, latents, labels, args.layers, args.batch, args.physical, mode, args.repeats)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            sec, peak = pool.submit(_one_mode, model_dir, args.layers, args.batch, args.physical, mode,
+                                    args.repeats).result()
         base = sec if mode == "non-private" else base
         rows.append({"mode": mode, "seconds_per_step": sec, "ratio_to_nonprivate": sec / base if base else None,
-                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-        print(f"{mode:>12}  {sec:7.3f} s/step  " + (f"{sec / base:5.2f}× non-private" if base else ""), flush=True)
+                     "peak_rss_mb": peak})
+        print(f"{mode:>12}  {sec:7.3f} s/step  {peak:7.0f} MB peak  "
+              + (f"{sec / base:5.2f}× non-private" if base else ""), flush=True)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"dp_step{('-' + args.tag) if args.tag else ''}.json"
-    out.write_text(json.dumps({"args": vars(args), "machine": platform.platform(), "threads": torch.get_num_threads(),
+    out.write_text(json.dumps({"args": vars(args), "machine": platform.platform(), "threads": _THREADS,
                                "torch": torch.__version__, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
