@@ -110,16 +110,17 @@ def render(rows: dict[float, list[dict]], baseline: dict) -> str:
             lines.append(f"| {eps:g} | {r['what']} | {r['layers']} | {_fmt(r['clip'], '.3g')} | {r['batch']} | "
                          f"{r['epochs']} | {100 * r['oracle_accuracy']:.2f}% | {_fmt(r['oracle_fid'], '.1f')} | "
                          f"({r['released_eps']:.2f}, {r['delta']:g}) | {r['minutes']:.0f} min"
-                         f"{' (last run of it)' if r.get('resumed_untimed') else ''} |")
+                         f"{' (its last run only)' if r.get('resumed_untimed') else ''} |")
     lines += ["", "## Anchors (published, not run here)", "",
-              "| method | ε = 1 | ε = 10 | dpsearch at ε = 1 | dpsearch at ε = 10 |", "|---|---|---|---|---|"]
+              "| method | ε = 1 | ε = 10 | dpsearch, per-trial ε = 1 | dpsearch, per-trial ε = 10 |", "|---|---|---|---|---|"]
     ours = {eps: next((r for r in rs if r["what"].startswith("sweep")), None) for eps, rs in rows.items()}
     for name, a1, a10 in ANCHORS:
         cells = []
         for eps, anchor in ((1.0, a1), (10.0, a10)):
             r = ours.get(eps)
             cells.append("not run yet" if r is None else
-                         f"{100 * r['oracle_accuracy']:.1f}% ({100 * r['oracle_accuracy'] - anchor:+.1f} points)")
+                         f"{100 * r['oracle_accuracy']:.1f}% ({100 * r['oracle_accuracy'] - anchor:+.1f} points; "
+                         f"released ε = {r['released_eps']:.2f})")
         lines.append(f"| {name} | {a1}% | {a10}% | {cells[0]} | {cells[1]} |")
     lines += ["", f"Source of the anchors: {ANCHOR_SOURCE}. They train for GPU-days on larger models; the dpsearch "
               "rows are a 5 MB model on 2 CPU cores. The anchors' ε is per released model; compare with the "
