@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import jsonschema
@@ -70,22 +69,10 @@ def _ray(venv_bin: Path, *args, env: dict, timeout: float = 600, cwd: Path | Non
     return out
 
 
-def _summary(name: str, client_env: dict, storage: str) -> dict:
+def _summary(name: str, storage: str) -> dict:
     from dpsearch.storage import Store
 
-    with _env(client_env):
-        return json.loads(Store(storage).child(name, "dpsearch").read_text("summary.json"))
-
-
-@contextmanager
-def _env(values: dict):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return json.loads(Store(storage).child(name, "dpsearch").read_text("summary.json"))
 
 
 @pytest.fixture
@@ -99,7 +86,7 @@ def ssh_host():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_host, tiny_model_dir):
+def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_host, tiny_model_dir, monkeypatch):
     """cluster/local.yaml against 127.0.0.1 over SSH: ray up, a smoke sweep through ray exec (MLflow runs on
     the shared server, checkpoints on S3), ray down. Token auth on, its token kept out of the real ~/.ray."""
     from mlflow import MlflowClient
@@ -164,17 +151,18 @@ def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_ho
     assert not processes_under(root / "ray"), "ray down left Ray processes behind"
     assert (real_token.read_bytes() if real_token.exists() else None) == token_before  # the real ~/.ray untouched
 
-    summary = _summary(name, s.client_env(), f"s3://{s.bucket}/cluster")
+    for k, v in s.client_env().items():  # this process reads S3 and MLflow as a client from here on
+        monkeypatch.setenv(k, v)
+    summary = _summary(name, f"s3://{s.bucket}/cluster")
     done = [r for r in summary["rows"] if r["status"] == "DONE"]
     assert len(done) == 2, summary["rows"]
     assert all(r["checkpoint"].startswith(f"s3://{s.bucket}/cluster/{name}/") for r in done)
     assert all(r["eps"] <= 5.0 + 1e-9 for r in done)
     from dpsearch.storage import Store
 
-    with _env(s.client_env()):
-        for r in done:  # the checkpoint really is on S3, with its model and manifest
-            ck = Store(r["checkpoint"])
-            assert ck.exists("manifest.json") and ck.exists("model/dpsearch_model.json")
+    for r in done:  # the checkpoint really is on S3, with its model and manifest
+        ck = Store(r["checkpoint"])
+        assert ck.exists("manifest.json") and ck.exists("model/dpsearch_model.json")
     client = MlflowClient(s.mlflow_uri)
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id])
@@ -182,7 +170,7 @@ def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_ho
     assert len(trials) == 2 and all("objective" in r.data.metrics for r in trials)
 
 
-def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_model_dir):
+def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_model_dir, monkeypatch):
     """cluster/fake_multinode.yaml: a CPU-only head, GPU workers from zero. The sweep sees GPUs it can
     autoscale to, so its trials ask for one each; the autoscaler adds nodes and the trials run on them."""
     from dpsearch import services
@@ -219,7 +207,9 @@ def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_mod
     assert re.search(r"\d+ gpu_worker", status), status  # the autoscaler added GPU nodes
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
-    rows = _summary(name, s.client_env(), s.storage)["rows"]
+    for k, v in s.client_env().items():
+        monkeypatch.setenv(k, v)
+    rows = _summary(name, s.storage)["rows"]
     nodes = {r["node"] for r in rows}
     with open("test-artifacts/fake-cluster.log", "a") as f:
         f.write("\n\ntrials ran on: " + ", ".join(f"{r['trial']} node {r['node']} ({r['device']})" for r in rows) + "\n")
