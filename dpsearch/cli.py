@@ -44,7 +44,9 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", type=int, default=DEFAULT_SAMPLE.per_class)
-    p.add_argument("--ddim-steps", type=int, default=DEFAULT_SAMPLE.ddim_steps)
+    p.add_argument("--ddim-steps", type=int, default=DEFAULT_SAMPLE.ddim_steps, help="denoising steps")
+    p.add_argument("--scheduler", choices=["ddim", "dpm++"], default=DEFAULT_SAMPLE.scheduler,
+                   help="sampling scheduler (bench/sampling.py compares them)")
     p.add_argument("--guidance", type=_float("--guidance"), default=DEFAULT_SAMPLE.guidance)
 
 
@@ -62,7 +64,8 @@ def _ft_config(a) -> FinetuneConfig:
 
 
 def _sample_config(a) -> SampleConfig:
-    return validate(SampleConfig, per_class=a.per_class, ddim_steps=a.ddim_steps, guidance=a.guidance, seed=a.seed)
+    return validate(SampleConfig, per_class=a.per_class, ddim_steps=a.ddim_steps, scheduler=a.scheduler,
+                    guidance=a.guidance, seed=a.seed)
 
 
 def _pretrain_config(a) -> PretrainConfig:
