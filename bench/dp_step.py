@@ -85,7 +85,7 @@ def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
                 if i + physical < len(x):
                     opt.signal_skip_step(True)
                     opt.step()  # accumulates clipped per-sample grads, as BatchMemoryManager does
-                    opt.zero_grad(set_to_none=False)
+                    opt.zero_grad(set_to_none=True)  # as dp_sgd_epoch: summed_grad survives a skipped step
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t)
