@@ -31,7 +31,6 @@ def sample(model: LDM, cfg: SampleConfig, progress: bool = True) -> ImageSet:
     # Latents are unbounded: x0-clipping (diffusers' pixel-space default) must be off, whatever
     # the saved scheduler config says (models pretrained before this fix carry clip_sample=True).
     sched = _scheduler(model, cfg.scheduler)
-    sched.set_timesteps(cfg.ddim_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = model.device
     unet, emb = model.unet.eval(), model.embedder.eval()
@@ -41,6 +40,7 @@ def sample(model: LDM, cfg: SampleConfig, progress: bool = True) -> ImageSet:
     batches = range(0, len(labels), cfg.batch)
     bar = tqdm(total=len(batches) * cfg.ddim_steps, desc=f"{cfg.scheduler.upper()} sampling", disable=not progress, leave=False)
     for i in batches:
+        sched.set_timesteps(cfg.ddim_steps)  # resets a multistep solver's history between batches
         y = labels[i: i + cfg.batch].to(dev)
         z = torch.randn((len(y), *shape), generator=gen).to(dev)
         cond = emb(y)

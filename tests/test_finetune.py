@@ -44,6 +44,33 @@ def test_per_sample_gradients_match_one_at_a_time_reference():
     dp_module._close()
 
 
+def test_clipped_sum_over_physical_batches_matches_the_one_at_a_time_reference():
+    """The default path (hooks, logical batch split into physical batches) against a slow reference."""
+    m, module, trainable, z, y = _setup(n=8)
+    noise, t = torch.randn_like(z), torch.randint(0, 1000, (len(z),))
+    grads = []
+    for i in range(len(z)):
+        module.zero_grad()
+        module(z[i:i + 1], y[i:i + 1], noise[i:i + 1], t[i:i + 1]).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainable]).clone())
+    grads = torch.stack(grads)
+    clip = grads.norm(dim=1).median().item()  # half the samples are clipped, half are not
+    reference = (grads * (clip / (grads.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)).sum(0)
+    module.zero_grad()
+    before = torch.cat([p.detach().flatten() for p in trainable]).clone()
+    loader = DataLoader(TensorDataset(z, y), batch_size=4)  # expected logical batch 4 (q = 1/2)
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=0.0, clip=clip)
+    for chunk in (slice(0, 3), slice(3, 8)):  # two physical batches of one logical step
+        dp_module(z[chunk], y[chunk], noise[chunk], t[chunk]).mean().backward()
+        if chunk.stop < len(z):
+            opt.signal_skip_step(True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    update = before - torch.cat([p.detach().flatten() for p in trainable])
+    torch.testing.assert_close(update, reference / 4, rtol=1e-4, atol=1e-9)  # Opacus divides by the expected batch
+    dp_module._close()
+
+
 def test_without_noise_one_sample_update_has_norm_clip():
     m, module, trainable, z, y = _setup(n=1)
     before = [p.detach().clone() for p in trainable]
