@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd_finetune)
 
-    p = sub.add_parser("sample", help="DDIM-sample a class-balanced synthetic dataset with a PNG grid")
+    p = sub.add_parser("sample", help="sample a class-balanced synthetic dataset with a PNG grid")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     _add_sample_args(p)
@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=_float("--eps"), default=None, help="ε of every trial (default: the space's)")
     p.add_argument("--space", default="mnist", help="search space YAML or the name of one in search_spaces/")
     p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--concurrency", type=int, default=1, help="trials at once (each gets CPUs / concurrency)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="trials at once, each with CPUs / concurrency threads (default: one per GPU, else one per "
+                        "CPU core, at most --trials)")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
     p.add_argument("--scheduler", choices=["none", "asha"], default="none",
                    help="asha stops trials on the diffusion loss on the DP synthetic validation set")

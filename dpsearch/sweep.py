@@ -33,7 +33,7 @@ class SweepOptions:
     eps: Optional[float] = None  # default: the space's ε
     space: str = "mnist"
     trials: int = 8
-    concurrency: int = 1
+    concurrency: Optional[int] = None  # trials at once; None: auto_concurrency() once Ray is up
     sampler: str = "tpe"
     scheduler: str = "none"
     address: Optional[str] = None
@@ -61,7 +61,7 @@ class SweepOptions:
                 raise ConfigError("give either --eps (per trial) or --eps-total (the released model), not both")
         if self.trials < 1:
             raise ConfigError(f"--trials must be ≥ 1, got {self.trials}")
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"--concurrency must be ≥ 1, got {self.concurrency}")
         if self.sampler not in ("tpe", "random"):
             raise ConfigError(f"--sampler must be tpe or random, got {self.sampler}")
@@ -235,8 +235,9 @@ def _load_or_make_validation(meta: Store, model_files, private, space: SearchSpa
     if meta.exists("validation.npz") and meta.exists("validation_privacy.json"):
         return load_npz(meta.read_bytes("validation.npz"), ImageSet.load), json.loads(meta.read_text("validation_privacy.json"))
     log.info("making the DP synthetic validation set (reference config %s, ε = %g)", space.reference.model_dump(), val_eps)
-    task = ray.remote(make_validation_set).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
-    v, priv = ray.get(task.remote(model_files, private, space.model_dump_json(), val_eps, seed, resources["threads"]))
+    # It runs alone, before any trial: on CPUs it gets a whole node, not one trial's share.
+    task = ray.remote(make_validation_set).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
+    v, priv = ray.get(task.remote(model_files, private, space.model_dump_json(), val_eps, seed, resources["val_cpu"]))
     meta.write_bytes("validation.npz", npz_bytes(v.save))
     meta.write_text("validation_privacy.json", json.dumps(priv, indent=2))
     return v, priv
@@ -279,7 +280,32 @@ def autoscalable_gpus(cluster_config: dict) -> float:
     return total
 
 
+TRIAL_MEMORY = 2 * 2**30  # bytes a default trial may hold: measured peak RSS ≈ 1.4 GB (bench/dp_step.py)
+
+
+def _largest_node_cpus() -> int:
+    import ray
+
+    return max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1]) or 1
+
+
+def auto_concurrency(trials: int) -> int:
+    """Trials at once when --concurrency is not given: one per GPU, else one per CPU core, at most
+    `trials` and no more than Ray's memory holds. One core per trial, because bench/concurrency.py measured
+    on 2 cores that 2 trials × 1 thread do 29% more work than 1 trial × 2 threads (small matmuls scale
+    badly across threads)."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = _cluster_gpus()
+    c = int(gpus) if gpus >= 1 else int(total.get("CPU", 1))
+    if total.get("memory"):
+        c = min(c, int(total["memory"] // TRIAL_MEMORY))
+    return max(1, min(c, trials))
+
+
 def _resources(opts: SweepOptions) -> dict:
+    """Per trial: CPUs (= torch threads: never more threads than cores, see bench/concurrency.py) and GPUs."""
     import ray
 
     total = ray.cluster_resources()
@@ -287,7 +313,7 @@ def _resources(opts: SweepOptions) -> dict:
     gpus = _cluster_gpus()
     per_cpu = max(1, cpus // opts.concurrency) if not gpus else 1
     per_gpu = opts.gpus_per_trial if opts.gpus_per_trial is not None else (min(1.0, gpus / opts.concurrency) if gpus else 0)
-    return {"cpu": per_cpu, "gpu": per_gpu, "threads": per_cpu}
+    return {"cpu": per_cpu, "gpu": per_gpu, "threads": per_cpu, "val_cpu": per_cpu if gpus else _largest_node_cpus()}
 
 
 def _connect(opts: SweepOptions) -> tuple[str, Optional[str]]:
@@ -403,6 +429,13 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     t0 = time.time()
     status = "FAILED"
     try:
+        if opts.concurrency is None:  # saved options keep "auto": a resumed sweep decides again where it runs
+            opts.concurrency = saved["concurrency_used"] = auto_concurrency(opts.trials)
+            log.info("running %d trials at once (auto; --concurrency sets it)", opts.concurrency)
+            if uri:
+                from mlflow import MlflowClient
+
+                MlflowClient(uri).set_tag(parent, "concurrency_used", opts.concurrency)
         res = _resources(opts)
         model_files = pack_model(Path(model_dir))
         validation, val_privacy = _load_or_make_validation(meta, model_files, private, space, val_eps, opts.seed, res)
@@ -475,7 +508,7 @@ def _node_env(address: Optional[str]) -> Optional[dict]:
 def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:
     o = saved["options"]
     return {"eps": eps, "val_eps": val_eps, "space": saved["space"]["name"], "trials": o["trials"],
-            "sampler": o["sampler"], "scheduler": o["scheduler"], "concurrency": o["concurrency"], "seed": o["seed"],
+            "sampler": o["sampler"], "scheduler": o["scheduler"], "concurrency": o["concurrency"] or "auto", "seed": o["seed"],
             "private_selection": o.get("private_selection"), "mean_trials": o.get("mean_trials"),
             "n_private": saved.get("n_private"), "storage": o["storage"], "model": o["model"]}
 
@@ -504,14 +537,20 @@ def _probe_configs(space: SearchSpace, eps: float):
         yield space.finetune_config({"layers": "1-1", "clip": 1.0, "batch": b, "epochs": 1, "lr": 1e-3}, eps)
 
 
+def tpe_startup_trials(trials: int) -> int:
+    """Random trials before TPE models the scores: half the budget, 2 to 10. Optuna's default of 10
+    would make a default 8-trial sweep pure random search while calling itself TPE."""
+    return max(2, min(10, trials // 2))
+
+
 def _tune_config(opts: SweepOptions, space: SearchSpace):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = (optuna.samplers.TPESampler(seed=opts.seed) if opts.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=opts.seed))
+    sampler = (optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=tpe_startup_trials(opts.trials))
+               if opts.sampler == "tpe" else optuna.samplers.RandomSampler(seed=opts.seed))
     searcher = OptunaSearch(space=define_by_run(space), metric=METRIC, mode=MODE, sampler=sampler)
     scheduler = None
     if opts.scheduler == "asha":

@@ -57,17 +57,17 @@ def test_clipped_sum_over_physical_batches_matches_the_one_at_a_time_reference()
     clip = grads.norm(dim=1).median().item()  # half the samples are clipped, half are not
     reference = (grads * (clip / (grads.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)).sum(0)
     module.zero_grad()
-    before = torch.cat([p.detach().flatten() for p in trainable]).clone()
     loader = DataLoader(TensorDataset(z, y), batch_size=4)  # expected logical batch 4 (q = 1/2)
-    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=0.0, clip=clip)
-    for chunk in (slice(0, 3), slice(3, 8)):  # two physical batches of one logical step
-        dp_module(z[chunk], y[chunk], noise[chunk], t[chunk]).mean().backward()
-        if chunk.stop < len(z):
-            opt.signal_skip_step(True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    update = before - torch.cat([p.detach().flatten() for p in trainable])
-    torch.testing.assert_close(update, reference / 4, rtol=1e-4, atol=1e-9)  # Opacus divides by the expected batch
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=clip)
+    dp_module(z[:3], y[:3], noise[:3], t[:3]).mean().backward()  # two physical batches of one logical step
+    opt.signal_skip_step(True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    dp_module(z[3:], y[3:], noise[3:], t[3:]).mean().backward()
+    opt.step()  # p.grad is now the step's gradient: the clipped sum over both, divided by the expected batch
+    step_grad = torch.cat([p.grad.flatten() for p in trainable])
+    # float32 sums in another order: absolute tolerance at 1e-5 of the largest coordinate
+    torch.testing.assert_close(step_grad, reference / 4, rtol=1e-4, atol=1e-5 * reference.abs().max().item() / 4)
     dp_module._close()
 
 

@@ -129,3 +129,29 @@ def test_trials_on_other_nodes_get_the_storage_endpoint_but_never_credentials(mo
     env = _node_env("auto")["env_vars"]
     assert env == {"AWS_ENDPOINT_URL": "http://s3.internal:8333", "AWS_DEFAULT_REGION": "eu-west-1"}
     assert _node_env(None) is None  # local workers inherit the driver's environment
+
+
+def test_tpe_models_scores_after_half_the_budget_not_after_optunas_ten():
+    from dpsearch.space import load_space
+    from dpsearch.sweep import _tune_config, tpe_startup_trials
+
+    assert [tpe_startup_trials(k) for k in (1, 4, 8, 30)] == [2, 2, 4, 10]
+    cfg = _tune_config(SweepOptions(trials=8, concurrency=2), load_space("smoke"))
+    assert cfg.search_alg._sampler._n_startup_trials == 4  # an 8-trial "TPE" sweep is not random search
+
+
+def test_auto_concurrency_is_one_trial_per_core_capped_by_memory_and_trials(monkeypatch):
+    import ray
+
+    from dpsearch.sweep import _resources, auto_concurrency
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=3, num_gpus=0, _memory=5 * 2**30, include_dashboard=False, log_to_driver=False)
+    try:
+        assert auto_concurrency(8) == 2  # 3 cores, but 5 GiB holds two 2-GiB trials
+        assert auto_concurrency(1) == 1
+        res = _resources(SweepOptions(concurrency=3))
+        assert (res["cpu"], res["threads"], res["gpu"]) == (1, 1, 0)  # one thread per trial: no oversubscription
+        assert res["val_cpu"] == 3  # the validation generator runs alone and gets the whole node
+    finally:
+        ray.shutdown()
