@@ -280,7 +280,7 @@ def autoscalable_gpus(cluster_config: dict) -> float:
     return total
 
 
-TRIAL_MEMORY = 2 * 2**30  # bytes a default trial may hold: measured peak RSS ≈ 1.4 GB (bench/dp_step.py)
+TRIAL_MEMORY = 3 * 2**30  # bytes per default trial: a Ray trial process peaked at 2.15 GB RSS (sweep, 2026-11-26)
 
 
 def _largest_node_cpus() -> int:
@@ -291,9 +291,9 @@ def _largest_node_cpus() -> int:
 
 def auto_concurrency(trials: int) -> int:
     """Trials at once when --concurrency is not given: one per GPU, else one per CPU core, at most
-    `trials` and no more than Ray's memory holds. One core per trial, because bench/concurrency.py measured
-    on 2 cores that 2 trials × 1 thread do 29% more work than 1 trial × 2 threads (small matmuls scale
-    badly across threads)."""
+    `trials` and no more than Ray's memory holds at TRIAL_MEMORY each. One core per trial, because
+    bench/concurrency.py measured on 2 cores that 2 trials × 1 thread do 29% more work than 1 trial ×
+    2 threads (small matmuls scale badly across threads)."""
     import ray
 
     total = ray.cluster_resources()

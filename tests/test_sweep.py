@@ -146,9 +146,9 @@ def test_auto_concurrency_is_one_trial_per_core_capped_by_memory_and_trials(monk
     from dpsearch.sweep import _resources, auto_concurrency
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=3, num_gpus=0, _memory=5 * 2**30, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=3, num_gpus=0, _memory=7 * 2**30, include_dashboard=False, log_to_driver=False)
     try:
-        assert auto_concurrency(8) == 2  # 3 cores, but 5 GiB holds two 2-GiB trials
+        assert auto_concurrency(8) == 2  # 3 cores, but 7 GiB holds two 3-GiB trials
         assert auto_concurrency(1) == 1
         res = _resources(SweepOptions(concurrency=3))
         assert (res["cpu"], res["threads"], res["gpu"]) == (1, 1, 0)  # one thread per trial: no oversubscription
