@@ -23,15 +23,20 @@ def _setup(layers="2-5", n=8, seed=0):
     return m, module, trainable, z, y
 
 
-def test_per_sample_gradients_match_one_at_a_time_reference():
-    m, module, trainable, z, y = _setup()
-    noise, t = torch.randn_like(z), torch.randint(0, 1000, (len(z),))
-    reference = []
+def _one_at_a_time(module, trainable, z, y, noise, t) -> torch.Tensor:
+    """The slow reference: one backward pass per example, [N, trainable parameters]."""
+    grads = []
     for i in range(len(z)):
         module.zero_grad()
         module(z[i:i + 1], y[i:i + 1], noise[i:i + 1], t[i:i + 1]).sum().backward()
-        reference.append(torch.cat([p.grad.flatten() for p in trainable]).clone())
-    reference = torch.stack(reference)
+        grads.append(torch.cat([p.grad.flatten() for p in trainable]).clone())
+    return torch.stack(grads)
+
+
+def test_per_sample_gradients_match_one_at_a_time_reference():
+    m, module, trainable, z, y = _setup()
+    noise, t = torch.randn_like(z), torch.randint(0, 1000, (len(z),))
+    reference = _one_at_a_time(module, trainable, z, y, noise, t)
     module.zero_grad()
     loader = DataLoader(TensorDataset(z, y), batch_size=4)
     _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=1e9)
@@ -48,12 +53,7 @@ def test_clipped_sum_over_physical_batches_matches_the_one_at_a_time_reference()
     """The default path (hooks, logical batch split into physical batches) against a slow reference."""
     m, module, trainable, z, y = _setup(n=8)
     noise, t = torch.randn_like(z), torch.randint(0, 1000, (len(z),))
-    grads = []
-    for i in range(len(z)):
-        module.zero_grad()
-        module(z[i:i + 1], y[i:i + 1], noise[i:i + 1], t[i:i + 1]).sum().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in trainable]).clone())
-    grads = torch.stack(grads)
+    grads = _one_at_a_time(module, trainable, z, y, noise, t)
     clip = grads.norm(dim=1).median().item()  # half the samples are clipped, half are not
     reference = (grads * (clip / (grads.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)).sum(0)
     module.zero_grad()
