@@ -291,15 +291,15 @@ def _largest_node_cpus() -> int:
 
 def auto_concurrency(trials: int) -> int:
     """Trials at once when --concurrency is not given: one per GPU, else one per CPU core, at most
-    `trials` and no more than Ray's memory holds at TRIAL_MEMORY each. One core per trial, because
-    bench/concurrency.py measured on 2 cores that 2 trials × 1 thread do 29% more work than 1 trial ×
-    2 threads (small matmuls scale badly across threads)."""
+    `trials` and, on CPUs, no more than Ray's memory holds at TRIAL_MEMORY each. One core per trial,
+    because bench/concurrency.py measured on 2 cores that 2 trials × 1 thread do 29% more work than
+    1 trial × 2 threads (small matmuls scale badly across threads)."""
     import ray
 
     total = ray.cluster_resources()
     gpus = _cluster_gpus()
     c = int(gpus) if gpus >= 1 else int(total.get("CPU", 1))
-    if total.get("memory"):
+    if gpus < 1 and total.get("memory"):  # GPU nodes may not exist yet (autoscaling): their memory is unknown
         c = min(c, int(total["memory"] // TRIAL_MEMORY))
     return max(1, min(c, trials))
 
