@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dpsearch.config import SampleConfig
+
 RESULTS = Path(__file__).parent / "results"
 
 # Downstream accuracy on MNIST (CNN trained on synthetic data, tested on real), ε = 1 / ε = 10, δ = 1e-5.
@@ -70,28 +72,36 @@ def _run_row(path: str) -> dict:
             "minutes": sum(s["seconds"].values()) / 60}
 
 
+SCHEDULER_NAMES = {"ddim": "DDIM", "dpm++": "DPM-Solver++"}
+
+
 def _sampler(cfg: dict) -> str:
-    return f"{ {'dpm++': 'DPM-Solver++'}.get(cfg.get('scheduler', 'ddim'), 'DDIM')} {cfg['ddim_steps']}"
+    """A row's sampler; sample configs from before the scheduler option were DDIM."""
+    return f"{SCHEDULER_NAMES[cfg.get('scheduler', 'ddim')]} {cfg['ddim_steps']}"
+
+
+# DDIM 25: the sampler the cached baseline files under bench/results were made with
+BASELINE_SAMPLE = SampleConfig(scheduler="ddim", ddim_steps=25)
 
 
 def _baseline(per_class: int) -> dict:
     """The public-only model scored like the trials: the same number of synthetic images per class (the
     cached baseline of `dpsearch pretrain` may use another), computed once and kept under bench/results."""
     from dpsearch.baseline import public_baseline
-    from dpsearch.config import EvaluateConfig, PretrainConfig, SampleConfig
+    from dpsearch.config import EvaluateConfig, PretrainConfig
     from dpsearch.pretrain import default_model_dir
 
     model_dir = Path(default_model_dir(PretrainConfig()))
     cached = RESULTS / f"baseline-{model_dir.name}-{per_class}perclass.json"
     if not cached.exists():
-        # DDIM 25, the sampler the row is labelled with (and the one the cached file was made with)
-        res = public_baseline(model_dir, SampleConfig(per_class=per_class, scheduler="ddim", ddim_steps=25),
+        res = public_baseline(model_dir, BASELINE_SAMPLE.model_copy(update={"per_class": per_class}),
                               EvaluateConfig(), write=False)
         RESULTS.mkdir(exist_ok=True)
         cached.write_text(json.dumps(res, indent=2))
     b = json.loads(cached.read_text())
     return {"what": f"public-only baseline (no private data, {per_class}/class)", "oracle_accuracy": b["oracle/accuracy"],
-            "oracle_fid": b["oracle/fid"], "released_eps": 0.0, "fid_extractor": b["fid_extractor"]}
+            "oracle_fid": b["oracle/fid"], "released_eps": 0.0, "fid_extractor": b["fid_extractor"],
+            "sampler": _sampler(BASELINE_SAMPLE.model_dump())}
 
 
 def _fmt(x, spec: str, dash: str = "–") -> str:
@@ -114,7 +124,7 @@ def render(rows: dict[float, list[dict]], baseline: dict) -> str:
              "",
              "| ε per trial | what | layers | C | B | epochs | sampler | oracle acc. | oracle FID | released (ε, δ) | wall |",
              "|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| – | {baseline['what']} | – | – | – | – | DDIM 25 | {100 * baseline['oracle_accuracy']:.2f}% | "
+             f"| – | {baseline['what']} | – | – | – | – | {baseline['sampler']} | {100 * baseline['oracle_accuracy']:.2f}% | "
              f"{baseline['oracle_fid']:.1f} | (0, 0) | – |"]
     for eps in sorted(rows):
         for r in rows[eps]:
@@ -128,9 +138,7 @@ def render(rows: dict[float, list[dict]], baseline: dict) -> str:
                  for eps, rs in rows.items()}
     lines += ["", "## What the layer-range search buys", "",
               "Selected sweep trial minus one full-attention run (reference config), oracle accuracy:", ""]
-    for r in sorted(all_rows, key=lambda r: r.get("eps_total") or r["trial_eps"]):
-        if r["kind"] != "run":
-            continue
+    for r in sorted((r for r in all_rows if r["kind"] == "run"), key=lambda r: r["trial_eps"]):
         same_trial = per_trial.get(round(r["trial_eps"]))
         if same_trial:
             lines.append(f"- at the same per-trial ε = {round(r['trial_eps']):g}: "
