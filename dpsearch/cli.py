@@ -106,7 +106,8 @@ def cmd_layers(a) -> int:
 
 def cmd_finetune(a) -> int:
     from dpsearch.device import pick_device
-    from dpsearch.finetune import dp_finetune, plan_privacy
+    from dpsearch.finetune import dp_finetune
+    from dpsearch.privacy.dpsgd import plan_privacy
     from dpsearch.models import load_ldm, save_ldm
     from dpsearch.outputs import atomic_dir, check_output, write_json
 

@@ -15,6 +15,20 @@ class ConfigError(ValueError):
     """A config value is invalid; the message says which and what to do."""
 
 
+EPS_MAX = 100.0  # above this, DP-SGD's noise is negligible and PRV's discretisation grows without bound
+
+
+def check_eps_range(eps: float) -> None:
+    """ε must be in (0, EPS_MAX]: σ calibration is bounded in time and memory there (privacy/accounting.py)."""
+    if math.isnan(eps) or eps <= 0:
+        raise ConfigError(f"ε must be a positive number, got {eps}")
+    if eps > EPS_MAX:
+        raise ConfigError(
+            f"ε = {eps:g} is above {EPS_MAX:g}: there DP-SGD adds next to no noise, the guarantee means little and "
+            f"the PRV accountant's memory and time grow without bound. For a non-private reference run use "
+            f"`dpsearch run --non-private` (no clipping, no noise, labelled NOT DP)")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -89,13 +103,16 @@ class FinetuneConfig(_Strict):
     label_dropout: float = Field(0.1, ge=0, lt=1)
     n_private: Optional[int] = None  # use a random subset of the private set (tests, quick looks)
     accountant: Literal["prv", "rdp"] = "prv"
-    seed: int = 0
+    secure_rng: bool = False  # draw sampling and noise from the OS CSPRNG (privacy/randomness.py)
+    seed: int = 0  # what is not a DP mechanism only; DP randomness is fresh OS entropy per run
 
     @field_validator("eps")
     @classmethod
     def _eps(cls, v: float) -> float:
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"ε must be a positive finite number, got {v}")
+        try:
+            check_eps_range(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return v
 
     @field_validator("delta")

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
-from opacus import PrivacyEngine
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from dpsearch.config import ConfigError, FinetuneConfig, default_delta, parse_layers
+from dpsearch.config import ConfigError, FinetuneConfig, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.models import LDM, attention_modules, select_attention_layers
 from dpsearch.pretrain import diffusion_loss
-from dpsearch.privacy import PrivacyRecord, calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
+from dpsearch.privacy import PrivacyRecord, epsilon_for
+from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
+from dpsearch.privacy.randomness import MechanismRandomness
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +44,7 @@ class DiffusionLoss(nn.Module):
 class FinetuneResult:
     model: LDM
     privacy: PrivacyRecord
-    history: list[dict] = field(default_factory=list)  # per epoch: loss, ε spent
+    history: list[dict] = field(default_factory=list)  # per epoch: ε spent and steps (public: from the plan)
 
 
 @dataclass
@@ -89,67 +87,6 @@ def _trainable_named(model: LDM) -> dict[str, nn.Parameter]:
             for n, p in m.named_parameters() if p.requires_grad}
 
 
-def plan_privacy(cfg: FinetuneConfig, n: int) -> tuple[float, float, int, float]:
-    """(δ, q, steps, σ) for this config on N private images; raises ConfigError on impossible input."""
-    cfg.check_against_data(n)
-    delta = cfg.delta if cfg.delta is not None else default_delta(n)
-    q, steps = poisson_plan(n, cfg.batch, cfg.epochs)
-    sigma = calibrate_sigma(cfg.eps, delta, q, steps, cfg.accountant)
-    return delta, q, steps, sigma
-
-
-def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, sigma: float, clip: float,
-              accountant: str = "prv"):
-    """Opacus wrapping with Poisson sampling: (engine, module, optimizer, loader).
-
-    The one place DP-SGD is configured; the trainable set must already be frozen/unfrozen.
-    """
-    with warnings.catch_warnings():
-        # secure_mode (a CSPRNG for the noise) is off, as everywhere in research code; the privacy
-        # report says so. Opacus' own warning would otherwise print once per trial.
-        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        engine = PrivacyEngine(accountant=accountant)
-        dp_module, dp_optimizer, dp_loader = engine.make_private(
-            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
-            max_grad_norm=clip, poisson_sampling=True, loss_reduction="mean", grad_sample_mode="hooks")
-    return engine, dp_module, dp_optimizer, dp_loader
-
-
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to "
-                        "module outputs since no inputs require gradients")  # frozen inputs: expected with Opacus hooks
-
-
-def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainable: list[nn.Parameter],
-                 device, physical_batch: int, on_step: Callable[[], object] | None = None) -> tuple[list, int]:
-    """One pass over a Poisson-sampled Opacus loader: ([(loss sum, count) per physical batch], logical steps).
-
-    The one DP-SGD loop: dp_finetune trains with it and the privacy audit (privacy/audit.py) attacks it.
-    dp_module(x, y) must return one loss per example, shape [B].
-    """
-    losses, done = [], 0
-    with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=physical_batch,
-                            optimizer=optimizer) as mem_loader:
-        for x, y in mem_loader:
-            x, y = x.to(device), y.to(device)
-            if len(x):
-                loss = dp_module(x, y)
-                loss.mean().backward()
-                losses.append((loss.detach().sum().item(), len(x)))
-            else:
-                # An empty Poisson batch still takes a noise-only step: skipping it would leak
-                # whether a record was sampled. A zero per-sample gradient clips to zero, so
-                # Opacus' step below adds exactly the σC noise the accountant assumes.
-                for p in trainable:
-                    p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not optimizer._is_last_step_skipped:
-                done += 1
-                if on_step is not None:
-                    on_step()
-    return losses, done
-
-
 def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True,
                 on_epoch: Callable[[dict, FinetuneState], None] | None = None,
                 resume: FinetuneState | None = None) -> FinetuneResult:
@@ -159,12 +96,17 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     resume continues from such a state: same plan, the accountant already holding the steps done.
     """
     n = len(private)
-    delta, q, steps, sigma = plan_privacy(cfg, n)
+    plan = plan_privacy(cfg, n)
+    delta, q, steps, sigma = plan.delta, plan.q, plan.steps, plan.sigma
     n_layers = len(attention_modules(model.unet))
     a, b = parse_layers(cfg.layers, n_layers)
     device = model.device
     start_epoch = resume.epoch if resume else 0
-    torch.manual_seed(cfg.seed + 1009 * start_epoch)  # a resumed run does not replay the same noise
+    # --seed drives only what is not a DP mechanism here: the diffusion loss's timesteps, noise draws and
+    # label dropout (any per-example loss may use public randomness). Poisson sampling and the Gaussian
+    # noise come from `rng`: fresh OS entropy for this run and again for every resume, never recorded.
+    torch.manual_seed(cfg.seed + 1009 * start_epoch)
+    rng = MechanismRandomness(secure=cfg.secure_rng)
 
     # The autoencoder is public and frozen: encoding is a fixed per-image map, computed once.
     model.vae.requires_grad_(False)
@@ -185,9 +127,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
                 p.copy_(resume.trainable[k])
         optimizer.load_state_dict(resume.optimizer)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
-    engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant)
-    if abs(dp_loader.sample_rate - q) > 1e-12:  # the accountant must see the sampling that runs
-        raise RuntimeError(f"Opacus sampling rate {dp_loader.sample_rate} differs from the planned q = {q}")
+    engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
+                                                        rng=rng, steps_per_epoch=plan.steps_per_epoch)
 
     history = list(resume.history) if resume else []
     done = resume.steps if resume else 0
@@ -195,17 +136,15 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
     bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune layers {a}-{b}", disable=not progress, leave=False)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        losses, n_steps = dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,
-                                       on_step=bar.update)
-        done += n_steps
+        done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch, on_step=bar.update)
         eps_spent = float(engine.accountant.get_epsilon(delta=delta))
-        mean_loss = sum(s for s, _ in losses) / max(1, sum(c for _, c in losses))
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"DP fine-tune diverged: loss is {mean_loss} at epoch {epoch} with lr {cfg.lr:g}, "
+        # Divergence is judged on the DP output (the noisy weights), never on the private training loss.
+        if not all(torch.isfinite(p).all() for p in trainable):
+            raise FloatingPointError(f"DP fine-tune diverged: non-finite weights after epoch {epoch} with lr {cfg.lr:g}, "
                                      f"layers {a}-{b}; lower the learning rate")
-        record = {"epoch": epoch, "loss": mean_loss, "eps_spent": eps_spent, "delta": delta, "steps": done}
+        record = {"epoch": epoch, "eps_spent": eps_spent, "delta": delta, "steps": done}
         history.append(record)
-        msg = f"epoch {epoch}/{cfg.epochs}: loss {mean_loss:.4f}, ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
+        msg = f"epoch {epoch}/{cfg.epochs}: ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
         (bar.write if progress else log.info)(msg)
         if on_epoch is not None:
             state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
@@ -222,10 +161,11 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     if eps > cfg.eps * 1.001:
         raise RuntimeError(f"accountant reports ε = {eps:.4f} above the target {cfg.eps}; refusing to release")
     record = PrivacyRecord(
-        eps_target=cfg.eps, eps=eps, delta=delta, accountant=cfg.accountant, eps_pld_check=pld_epsilon(sigma, q, steps, delta),
+        eps_target=cfg.eps, eps=eps, delta=delta, accountant=cfg.accountant, eps_pld_check=plan.eps_pld_check,
         sigma=sigma, q=q, steps=steps, epochs=cfg.epochs, clip=cfg.clip, batch=cfg.batch, n=n, layers=f"{a}-{b}",
-        trainable_params=n_trainable, trainable_fraction=n_trainable / n_total)
+        trainable_params=n_trainable, trainable_fraction=n_trainable / n_total,
+        randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded")
     return FinetuneResult(model, record, history)
 
 
-__all__ = ["dp_finetune", "dp_sgd_epoch", "plan_privacy", "privatize", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]
+__all__ = ["dp_finetune", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]

@@ -9,7 +9,8 @@ from pathlib import Path
 from dpsearch.config import EvaluateConfig, FinetuneConfig, SampleConfig
 from dpsearch.data import ImageSet
 from dpsearch.evaluate import evaluate
-from dpsearch.finetune import dp_finetune, plan_privacy
+from dpsearch.finetune import dp_finetune
+from dpsearch.privacy.dpsgd import plan_privacy
 from dpsearch.models import load_ldm, save_ldm
 from dpsearch.outputs import atomic_dir, check_output, write_json
 from dpsearch.sample import sample, save_grid

@@ -9,7 +9,8 @@ from dpsearch.cli import main
 @pytest.mark.parametrize("args,message", [
     (["--eps", "0"], "ε must be a positive"),
     (["--eps", "-1"], "ε must be a positive"),
-    (["--eps", "inf"], "ε must be a positive"),
+    (["--eps", "inf"], "dpsearch run --non-private"),
+    (["--eps", "1000"], "dpsearch run --non-private"),
     (["--eps", "5", "--delta", "0.5"], "not below 1/N"),
     (["--eps", "5", "--layers", "0-3"], "outside this model's attention modules 1-7"),
     (["--eps", "5", "--layers", "5-3"], "outside this model's attention modules 1-7"),

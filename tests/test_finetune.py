@@ -7,7 +7,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dpsearch.config import ConfigError, FinetuneConfig, ModelConfig
 from dpsearch.data import printed_digits
-from dpsearch.finetune import DiffusionLoss, FinetuneState, dp_finetune, plan_privacy, privatize
+from dpsearch.finetune import DiffusionLoss, FinetuneState, dp_finetune
+from dpsearch.privacy.dpsgd import plan_privacy, privatize
+from dpsearch.privacy.randomness import MechanismRandomness
 from dpsearch.models import build_ldm, select_attention_layers
 
 CFG = ModelConfig(ae_channels=(8, 16, 16), unet_channels=(16, 32), cross_attention_dim=32)
@@ -85,12 +87,14 @@ def test_without_noise_one_sample_update_has_norm_clip():
     dp_module._close()
 
 
-def test_noise_std_is_sigma_times_clip():
+@pytest.mark.parametrize("secure", [False, True])
+def test_noise_std_is_sigma_times_clip(secure):
     m, module, trainable, z, y = _setup(n=1)
     before = [p.detach().clone() for p in trainable]
     loader = DataLoader(TensorDataset(z, y), batch_size=1)
     sigma, clip = 1.3, 0.05
-    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=sigma, clip=clip)
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=sigma, clip=clip,
+                                     rng=MechanismRandomness(secure=secure))
     for p in trainable:  # the noise-only step dp_finetune takes on an empty Poisson batch
         p.grad_sample = torch.zeros((1, *p.shape))
     opt.step()
@@ -106,7 +110,7 @@ def test_poisson_batch_sizes_follow_binomial():
     m, module, trainable, _, _ = _setup(n=1)
     data = TensorDataset(torch.zeros(n, 1), torch.zeros(n))
     _, dp_module, _, dp_loader = privatize(module, torch.optim.SGD(trainable, lr=0.0), DataLoader(data, batch_size=batch), 1.0, 1.0)
-    q = dp_loader.sample_rate
+    q = dp_loader.batch_sampler.sample_rate
     sizes = np.array([len(x) for _ in range(25) for x, _ in dp_loader])
     assert len(sizes) == 25 * 20
     assert sizes.mean() == pytest.approx(n * q, rel=0.05)
@@ -135,6 +139,19 @@ def test_finetune_changes_only_selected_layers_and_meets_epsilon():
     assert p.steps == 6 and p.layers == "2-3" and 0 < p.trainable_fraction < 1
     assert [h["epoch"] for h in res.history] == [1, 2] and res.history[-1]["eps_spent"] <= 3.0
     assert not hasattr(m.unet, "_forward_hooks") or not any(m.unet._forward_hooks)
+
+
+def test_two_runs_with_identical_arguments_and_global_seed_draw_different_noise():
+    """The DP noise and sampling must not be recomputable from --seed (or anything recorded)."""
+    data = printed_digits(60, progress=False)
+    cfg = FinetuneConfig(eps=3.0, layers="2-3", clip=0.1, batch=20, epochs=1, physical_batch=8, lr=1e-2, seed=0)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = build_ldm(CFG)
+        dp_finetune(m, data, cfg, progress=False)
+        weights.append(torch.cat([p.detach().flatten() for n, p in m.unet.named_parameters() if "attentions" in n]))
+    assert not torch.equal(weights[0], weights[1])
 
 
 def test_a_state_saved_mid_run_loads_and_the_run_continues_to_the_same_budget(tmp_path):

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from dpsearch.config import EPS_MAX, ConfigError, check_eps_range
+
 
 def poisson_plan(n: int, batch: int, epochs: int) -> tuple[float, int]:
-    """(q, steps) exactly as Opacus' DPDataLoader runs them: q = 1/⌈N/B⌉, ⌈N/B⌉ steps per epoch.
+    """(q, steps) exactly as privacy/dpsgd.py's Poisson loader runs them: q = 1/⌈N/B⌉, ⌈N/B⌉ steps per epoch.
 
     q is then ≈ B/N (never above it), and the accountant sees the sampling that really happens.
     """
@@ -22,10 +24,67 @@ def poisson_plan(n: int, batch: int, epochs: int) -> tuple[float, int]:
     return 1.0 / per_epoch, per_epoch * epochs
 
 
+# PRV and PLD are both numerical approximations of the same privacy curve; they must agree this closely.
+ACCOUNTANT_REL_TOL, ACCOUNTANT_ABS_TOL = 0.03, 0.01
+
+
 def calibrate_sigma(eps: float, delta: float, q: float, steps: int, accountant: str = "prv") -> float:
-    """The smallest σ (to Opacus' tolerance) for which the run is (ε, δ)-DP by `accountant`."""
-    return float(get_noise_multiplier(target_epsilon=eps, target_delta=delta, sample_rate=q, steps=steps,
-                                      accountant=accountant, epsilon_tolerance=0.01))
+    """The smallest σ (to 0.2%) for which the run is (ε, δ)-DP by `accountant`, in bounded time and memory.
+
+    Opacus' own search (get_noise_multiplier) evaluates PRV some twenty times, and at large ε each
+    evaluation costs seconds and GBs (ε = 1000 ran 14 minutes to 19 GB). So the search runs on
+    dp-accounting's PLD, which is fast at every ε accepted here, and the answer is then checked, and
+    raised where needed, with the requested Opacus accountant: the final σ is one that accountant accepts.
+    """
+    check_eps_range(eps)
+    if accountant == "rdp":  # RDP is cheap at every ε: Opacus' search as it is
+        return float(get_noise_multiplier(target_epsilon=eps, target_delta=delta, sample_rate=q, steps=steps,
+                                          accountant="rdp", epsilon_tolerance=0.01))
+    hi = 1.0
+    while pld_epsilon(hi, q, steps, delta) > eps:
+        hi *= 2
+        if hi > 1e4:
+            raise ConfigError(f"no noise level σ ≤ 1e4 makes {steps} steps at q = {q:.3g} (ε = {eps:g}, δ = {delta:g})-DP; "
+                              f"use fewer epochs, a smaller batch or a larger ε")
+    lo = hi / 2
+    while lo > 1e-3 and pld_epsilon(lo, q, steps, delta) <= eps:
+        hi, lo = lo, lo / 2
+    while hi / lo > 1.002:
+        mid = math.sqrt(lo * hi)
+        if pld_epsilon(mid, q, steps, delta) <= eps:
+            hi = mid
+        else:
+            lo = mid
+    def ok(sigma: float) -> bool:  # the requested accountant has the last word
+        return epsilon_for(sigma, q, steps, delta, accountant) <= eps
+
+    if ok(hi):
+        return float(hi)
+    for _ in range(40):  # PRV sits up to its eps_error (0.01) above PLD: at small ε that is many percent of σ
+        lo, hi = hi, hi * 1.02
+        if ok(hi):
+            for _ in range(4):  # to 0.125% with four more evaluations
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+            return float(hi)
+    raise ConfigError(f"the {accountant.upper()} accountant does not reach ε = {eps:g} near PLD's σ = {hi:.4f}; "
+                      f"the accountants disagree, refusing to run")
+
+
+def check_accountants(sigma: float, q: float, steps: int, delta: float, accountant: str) -> float:
+    """dp-accounting's PLD on the same mechanism must confirm the accountant's ε; returns PLD's ε.
+
+    PRV and PLD must agree within ACCOUNTANT_REL_TOL·ε + ACCOUNTANT_ABS_TOL; RDP is an upper bound,
+    so it may be larger than PLD but never smaller by more than that tolerance.
+    """
+    eps = epsilon_for(sigma, q, steps, delta, accountant)
+    pld = pld_epsilon(sigma, q, steps, delta)
+    tol = ACCOUNTANT_REL_TOL * pld + ACCOUNTANT_ABS_TOL
+    if eps < pld - tol or (accountant == "prv" and eps > pld + tol):
+        raise RuntimeError(f"privacy accountants disagree on σ = {sigma:.4f}, q = {q:.4g}, {steps} steps, δ = {delta:g}: "
+                           f"{accountant.upper()} ε = {eps:.4f}, dp-accounting PLD ε = {pld:.4f} (tolerance {tol:.4f}); "
+                           f"refusing to run on a guarantee that is not confirmed")
+    return pld
 
 
 def epsilon_for(sigma: float, q: float, steps: int, delta: float, accountant: str = "prv") -> float:
@@ -65,6 +124,7 @@ class PrivacyRecord:
     layers: str
     trainable_params: int
     trainable_fraction: float
+    randomness: str = "torch-generator-os-seeded"  # or "os-csprng" (--secure-rng); never a recorded seed
     sampling: str = "poisson"
     unit: str = "one private image (add/remove)"
 
@@ -74,4 +134,5 @@ class PrivacyRecord:
     def summary(self) -> str:
         return (f"(ε = {self.eps:.3f}, δ = {self.delta:g})-DP by the {self.accountant.upper()} accountant "
                 f"[PLD check ε = {self.eps_pld_check:.3f}]; σ = {self.sigma:.4f}, q = {self.q:.5f}, "
-                f"steps = {self.steps}, C = {self.clip:g}, layers {self.layers}")
+                f"steps = {self.steps}, C = {self.clip:g}, layers {self.layers}; noise and sampling from fresh OS entropy "
+                f"({self.randomness})")

@@ -7,7 +7,7 @@ by a binomial with success rate e^ε/(1+e^ε) (plus a δ term), so many correct 
 bound on ε at confidence 1-β. A lower bound above the claimed ε proves the implementation broken; a
 lower bound below it proves nothing about privacy (audits in one run are loose) and is reported so.
 
-The run goes through dpsearch's own `privatize` (Opacus, Poisson sampling) and `dp_sgd_epoch` loop on
+The run goes through dpsearch's own `privatize` (privacy/dpsgd.py: Opacus, Poisson sampling) and `dp_sgd_epoch` loop on
 a linear model. Each canary is a "Dirac" input: one input coordinate no other example uses, so its
 weight column moves only by that canary's clipped gradient and the noise (the strongest input-space
 canary for a linear model). The number of guesses is fixed before the run (a small grid, Bonferroni-
@@ -100,7 +100,7 @@ def canary_audit(real_x, real_y, num_classes: int, *, eps: float, delta: float, 
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dpsearch.finetune import dp_sgd_epoch, privatize
+    from dpsearch.privacy.dpsgd import dp_sgd_epoch, privatize
     from dpsearch.privacy import calibrate_sigma, poisson_plan
 
     if broken not in (None, *BREAKS):

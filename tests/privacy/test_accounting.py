@@ -32,6 +32,36 @@ def test_default_delta_is_strictly_below_one_over_n():
         assert default_delta(n) < 1 / n and math.log10(default_delta(n)).is_integer()
 
 
-def test_poisson_plan_matches_opacus_sampling():
+def test_poisson_plan_q_is_one_over_steps_per_epoch():
     q, steps = poisson_plan(60000, 512, 3)
     assert steps == 3 * 118 and q == 1 / 118 and q <= 512 / 60000
+
+
+@pytest.mark.parametrize("eps", [1000, 101, float("inf")])
+def test_an_epsilon_above_the_bound_is_refused_at_once_with_the_non_private_route(eps):
+    from dpsearch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--non-private"):
+        calibrate_sigma(eps, 1e-5, 1 / 60, 300)
+
+
+def test_calibration_at_the_largest_accepted_epsilon_meets_it():
+    q, steps = poisson_plan(60000, 1000, 5)
+    sigma = calibrate_sigma(100, 1e-5, q, steps)
+    assert 0.98 * 100 < epsilon_for(sigma, q, steps, 1e-5) <= 100
+
+
+def test_accountants_that_disagree_stop_the_run(monkeypatch):
+    from dpsearch.privacy import accounting
+
+    q, steps = poisson_plan(60000, 1000, 5)
+    sigma = calibrate_sigma(2, 1e-5, q, steps)
+    assert accounting.check_accountants(sigma, q, steps, 1e-5, "prv") == pytest.approx(2, rel=0.03)
+    real = accounting.pld_epsilon
+    monkeypatch.setattr(accounting, "pld_epsilon", lambda *a: 1.1 * real(*a))  # PLD says 10% more than PRV
+    with pytest.raises(RuntimeError, match="accountants disagree"):
+        accounting.check_accountants(sigma, q, steps, 1e-5, "prv")
+    monkeypatch.setattr(accounting, "pld_epsilon", lambda *a: 0.5 * real(*a))  # RDP may exceed PLD, PRV may not
+    accounting.check_accountants(sigma, q, steps, 1e-5, "rdp")
+    with pytest.raises(RuntimeError, match="accountants disagree"):
+        accounting.check_accountants(sigma, q, steps, 1e-5, "prv")
