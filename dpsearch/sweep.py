@@ -174,6 +174,7 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     from dpsearch.finetune import FinetuneState, dp_finetune
     from dpsearch.models import load_ldm, save_ldm
     from dpsearch.outputs import write_json
+    from dpsearch.privacy.release import release
     from dpsearch.sample import sample, save_grid
 
     torch.set_num_threads(threads)
@@ -196,8 +197,8 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     where = {"node": ray.get_runtime_context().get_node_id(), "device": str(device)}  # which machine ran it
 
     def on_epoch(rec: dict, state: FinetuneState) -> None:
-        metrics = {"epoch": rec["epoch"], "val_loss": validation_loss(model, validation), "eps_spent": rec["eps_spent"],
-                   "delta": rec["delta"], "oracle/train_loss": rec["loss"], METRIC: float("nan"), "done": False}
+        metrics = release({"epoch": rec["epoch"], "val_loss": validation_loss(model, validation),
+                           "eps_spent": rec["eps_spent"], "delta": rec["delta"], METRIC: float("nan"), "done": False})
         with tempfile.TemporaryDirectory() as d:
             state.save(Path(d) / "state.pt")
             report_verified(metrics, Path(d))
@@ -211,10 +212,10 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     t = time.time()
     scores = evaluate(synthetic, oracle, space.evaluate, progress=False, validation=validation)
     t_eval = time.time() - t
-    final = {"epoch": ft.epochs, "val_loss": validation_loss(res.model, validation), "done": True,
-             **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
-             **_flat_privacy(res.privacy.to_dict()), "layers": res.privacy.layers,
-             "time/finetune_s": t_ft, "time/sample_s": t_sample, "time/evaluate_s": t_eval, **where}
+    final = release({"epoch": ft.epochs, "val_loss": validation_loss(res.model, validation), "done": True,
+                     **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
+                     **_flat_privacy(res.privacy.to_dict()), "layers": res.privacy.layers,
+                     "time/finetune_s": t_ft, "time/sample_s": t_sample, "time/evaluate_s": t_eval, **where})
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         save_ldm(res.model.to("cpu"), d / "model", extra={"privacy": res.privacy.to_dict()})
