@@ -6,28 +6,42 @@ generator's reference configuration) and says what varies (layer range, C, B, lr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dpsearch.config import ConfigError, EvaluateConfig, FinetuneConfig, SampleConfig, parse_layers
+from dpsearch.config import EPS_MAX, ConfigError, EvaluateConfig, FinetuneConfig, SampleConfig, parse_layers
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class IntRange(_Strict):
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
+MAX_INT_VALUES = 64  # an integer range is a grid the privacy report enumerates (one σ per batch × epochs)
 
-    @model_validator(mode="after")
-    def _order(self):
-        if self.low > self.high:
-            raise ValueError(f"low {self.low} > high {self.high}")
-        return self
+
+def _number(name: str, v) -> float:
+    """YAML 1.1 reads 1e3 and 1e-3 (no dot) as strings: accept numeric strings, refuse the rest."""
+    if isinstance(v, bool):
+        raise ValueError(f"{name}: {v!r} is not a number")
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            raise ValueError(f"{name}: {v!r} is not a number") from None
+    if not isinstance(v, (int, float)):
+        raise ValueError(f"{name}: {v!r} is not a number")
+    return float(v)
+
+
+def _integer(name: str, v) -> int:
+    x = _number(name, v)
+    if not (math.isfinite(x) and x == int(x) and x >= 1):
+        raise ValueError(f"{name}: {v!r} is not a whole number ≥ 1")
+    return int(x)
 
 
 class LogUniform(_Strict):
@@ -41,15 +55,81 @@ class LogUniform(_Strict):
         return self
 
 
-class Choice(_Strict):
-    choice: list[Union[int, float, str]] = Field(min_length=1)
+class FloatChoice(_Strict):
+    choice: list[float] = Field(min_length=1)
 
 
-class Fixed(_Strict):
-    value: Union[int, float, str]
+class FloatFixed(_Strict):
+    value: float
 
 
-Param = Union[LogUniform, Choice, Fixed]
+class IntChoice(_Strict):
+    choice: list[int] = Field(min_length=1)
+
+    def values(self) -> list[int]:
+        return sorted(set(self.choice))
+
+
+class IntRange(_Strict):
+    """Every integer low, low + step, ..., ≤ high; searched with Optuna's suggest_int."""
+
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} > high {self.high}")
+        if len(self.values()) > MAX_INT_VALUES:
+            raise ValueError(f"low {self.low}, high {self.high}, step {self.step} gives {len(self.values())} values; the "
+                             f"privacy report calibrates σ for each, so at most {MAX_INT_VALUES}: raise step or use choice")
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class IntFixed(_Strict):
+    value: int = Field(ge=1)
+
+    def values(self) -> list[int]:
+        return [self.value]
+
+
+FloatParam = Union[LogUniform, FloatChoice, FloatFixed]
+IntParam = Union[IntChoice, IntRange, IntFixed]
+
+
+def _float_param(name: str, raw) -> FloatParam:
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("log_uniform", "choice", "value"):
+        raise ValueError(f"{name} must be one of {{log_uniform: [low, high]}}, {{choice: [...]}}, {{value: x}}; got {raw!r}")
+    (kind, v), = raw.items()
+    if kind == "log_uniform":
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise ValueError(f"{name}: log_uniform takes [low, high], got {v!r}")
+        return LogUniform(log_uniform=tuple(_number(name, x) for x in v))
+    if kind == "choice":
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{name}: choice takes a non-empty list, got {v!r}")
+        return FloatChoice(choice=[_number(name, x) for x in v])
+    return FloatFixed(value=_number(name, v))
+
+
+def _int_param(name: str, raw) -> IntParam:
+    if isinstance(raw, dict) and "log_uniform" in raw:
+        raise ValueError(f"{name} is a whole number: log_uniform would draw fractions; use {{choice: [...]}} or an "
+                         f"integer range {{low: a, high: b, step: s}}")
+    if isinstance(raw, dict) and set(raw) <= {"low", "high", "step"} and {"low", "high"} <= set(raw):
+        return IntRange(**{k: _integer(f"{name}.{k}", v) for k, v in raw.items()})
+    if isinstance(raw, dict) and set(raw) == {"choice"}:
+        v = raw["choice"]
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{name}: choice takes a non-empty list, got {v!r}")
+        return IntChoice(choice=[_integer(name, x) for x in v])
+    if isinstance(raw, dict) and set(raw) == {"value"}:
+        return IntFixed(value=_integer(name, raw["value"]))
+    raise ValueError(f"{name} must be {{choice: [...]}}, {{low: a, high: b, step: s}} or {{value: n}}; got {raw!r}")
 
 
 class LayerSpace(_Strict):
@@ -86,15 +166,25 @@ class Reference(_Strict):
 
 class Params(_Strict):
     layers: LayerSpace
-    clip: Param
-    batch: Param
-    lr: Param
-    epochs: Param
+    clip: FloatParam
+    batch: IntParam
+    lr: FloatParam
+    epochs: IntParam
+
+    @field_validator("clip", "lr", mode="before")
+    @classmethod
+    def _floats(cls, v, info):
+        return v if isinstance(v, BaseModel) else _float_param(info.field_name, v)
+
+    @field_validator("batch", "epochs", mode="before")
+    @classmethod
+    def _ints(cls, v, info):
+        return v if isinstance(v, BaseModel) else _int_param(info.field_name, v)
 
 
 class Validation(_Strict):
     per_class: int = Field(100, gt=0)
-    eps: Optional[float] = Field(None, gt=0)  # default: the sweep's ε
+    eps: Optional[float] = Field(None, gt=0, le=EPS_MAX)  # the validation generator's ε; default: the sweep's
 
 
 class SearchSpace(_Strict):
@@ -147,15 +237,20 @@ def load_space(path: str | Path) -> SearchSpace:
     except ValidationError as e:
         msgs = []
         for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("LogUniform", "Choice", "Fixed")))
+            where = ".".join(str(p) for p in err["loc"])
             msgs.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError(f"search space {path} is malformed: " + "; ".join(dict.fromkeys(msgs))) from None
 
 
-def _suggest(trial, name: str, p: Param):
+FIXED = (FloatFixed, IntFixed)
+
+
+def _suggest(trial, name: str, p):
     if isinstance(p, LogUniform):
         return trial.suggest_float(name, *p.log_uniform, log=True)
-    if isinstance(p, Choice):
+    if isinstance(p, IntRange):
+        return trial.suggest_int(name, p.low, p.high, step=p.step)
+    if isinstance(p, (FloatChoice, IntChoice)):
         return trial.suggest_categorical(name, p.choice)
     return p.value
 
@@ -185,7 +280,7 @@ class DefineByRun:
         for name in ("clip", "batch", "lr", "epochs"):
             p = getattr(ps, name)
             v = _suggest(trial, name, p)
-            if isinstance(p, Fixed):
+            if isinstance(p, FIXED):
                 fixed[name] = v
         return fixed
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dpsearch.config import ConfigError, parse_layers
+from dpsearch.config import ConfigError, check_eps_range, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.paths import home
 from dpsearch.privacy.search_cost import SELECTIONS
@@ -50,13 +50,13 @@ class SweepOptions:
     progress: bool = True
 
     def check(self) -> None:
-        if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
-            raise ConfigError(f"--eps must be a positive number, got {self.eps}")
-        if self.val_eps is not None and not (math.isfinite(self.val_eps) and self.val_eps > 0):
-            raise ConfigError(f"--val-eps must be a positive number, got {self.val_eps}")
+        for flag, value in (("--eps", self.eps), ("--val-eps", self.val_eps), ("--eps-total", self.eps_total)):
+            if value is not None:
+                try:
+                    check_eps_range(value)
+                except ConfigError as e:
+                    raise ConfigError(f"{flag}: {e}") from None
         if self.eps_total is not None:
-            if not (math.isfinite(self.eps_total) and self.eps_total > 0):
-                raise ConfigError(f"--eps-total must be a positive number, got {self.eps_total}")
             if self.eps is not None or self.val_eps is not None:
                 raise ConfigError("give either --eps (per trial) or --eps-total (the released model), not both")
         if self.trials < 1:
@@ -369,6 +369,10 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     if opts.eps_total is not None and not resume:
         from dpsearch.privacy.report import solve_per_trial_eps
 
+        if space.validation.eps is not None:
+            raise ConfigError(f"the space sets validation.eps = {space.validation.eps:g}, but --eps-total solves the "
+                              f"validation generator's ε together with the trials'; remove one of them")
+
         n = space.n_private or len(load_dataset(space.private)[0])
         log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
         per, g = solve_per_trial_eps(space, n, opts.eps_total, trials=None if opts.private_selection else opts.trials,
@@ -377,7 +381,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                  "ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
         opts.eps = opts.val_eps = per
     eps = opts.eps if opts.eps is not None else space.eps
-    val_eps = opts.val_eps if opts.val_eps is not None else eps
+    val_eps = validation_eps(opts, space, eps)
     budget = f"epstotal{opts.eps_total:g}" if opts.eps_total else f"eps{eps:g}"  # what the user asked for
     name = resume or opts.name or f"{space.name}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -514,6 +518,11 @@ def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:
             "n_private": saved.get("n_private"), "storage": o["storage"], "model": o["model"]}
 
 
+def validation_eps(opts: SweepOptions, space: SearchSpace, eps: float) -> float:
+    """The validation generator's ε: --val-eps, else the space's validation.eps, else the trials' ε."""
+    return next(e for e in (opts.val_eps, space.validation.eps, eps) if e is not None)
+
+
 def draw_trials(selection: str, mean: float) -> int:
     """K for private selection, from OS entropy (never from --seed: a K anyone can recompute is a fixed K,
     and the repeat-and-select bound assumes a random one). γ is the one dp-accounting's bound uses."""
@@ -533,8 +542,7 @@ def draw_trials(selection: str, mean: float) -> int:
 
 def _probe_configs(space: SearchSpace, eps: float):
     """The extreme configurations of the space, to catch batch > N or δ ≥ 1/N before training."""
-    batches = space.params.batch.choice if hasattr(space.params.batch, "choice") else [space.params.batch.value]
-    for b in [*batches, space.reference.batch]:
+    for b in [*space.params.batch.values(), space.reference.batch]:
         yield space.finetune_config({"layers": "1-1", "clip": 1.0, "batch": b, "epochs": 1, "lr": 1e-3}, eps)
 
 
@@ -557,7 +565,7 @@ def _tune_config(opts: SweepOptions, space: SearchSpace):
     if opts.scheduler == "asha":
         # Stops trials on the diffusion loss measured on the DP synthetic validation set (post-processing),
         # never on the private training loss.
-        max_epochs = max(space.params.epochs.choice) if hasattr(space.params.epochs, "choice") else space.params.epochs.value
+        max_epochs = max(space.params.epochs.values())
         scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration",
                                   grace_period=1, max_t=int(max_epochs) + 1, reduction_factor=2)
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.trials,

@@ -72,3 +72,49 @@ def test_define_by_run_survives_pickling_for_searcher_checkpoints():
     fn = pickle.loads(pickle.dumps(define_by_run(load_space("smoke"))))
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2)).ask()
     assert set(fn(trial)) >= {"layers"} and {"clip", "batch", "lr", "epochs"} <= set(trial.params)
+
+
+def _params(tmp_path, **over):
+    params = {"layers": "{low: 1, high: 2}", "clip": "{value: 1}", "batch": "{value: 5}", "lr": "{value: 1e-3}",
+              "epochs": "{value: 1}", **over}
+    p = tmp_path / "s.yaml"
+    p.write_text("name: x\nparams: {" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}\n")
+    return p
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"batch": "{log_uniform: [100, 1000]}"}, "batch is a whole number: log_uniform would draw fractions"),
+    ({"epochs": "{log_uniform: [1, 5]}"}, "epochs is a whole number: log_uniform would draw fractions"),
+    ({"batch": "{choice: [abc]}"}, "batch: 'abc' is not a number"),
+    ({"batch": "{choice: [10.5]}"}, "batch: 10.5 is not a whole number"),
+    ({"epochs": "{low: 1, high: 1000}"}, "at most 64"),
+    ({"clip": "{choice: [big]}"}, "clip: 'big' is not a number"),
+    ({"lr": "{uniform: [1, 2]}"}, "lr must be one of"),
+])
+def test_malformed_parameter_types_are_clear_errors_at_load_time(tmp_path, over, message):
+    with pytest.raises(ConfigError, match="malformed") as e:
+        load_space(_params(tmp_path, **over))
+    assert message in str(e.value)
+
+
+def test_yaml_numbers_without_a_dot_arrive_as_numbers(tmp_path):
+    space = load_space(_params(tmp_path, batch="{choice: [1e3, 500]}", clip="{choice: [1e-3]}",
+                               epochs="{low: 1, high: 5, step: 2}"))
+    assert space.params.batch.choice == [1000, 500] and all(type(b) is int for b in space.params.batch.choice)
+    assert space.params.clip.choice == [1e-3] and space.params.epochs.values() == [1, 3, 5]
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    define_by_run(space)(trial)
+    assert trial.params["epochs"] in (1, 3, 5) and trial.params["batch"] in (1000, 500)
+
+
+def test_validation_eps_of_the_space_is_used_and_bounded(tmp_path):
+    from dpsearch.sweep import SweepOptions, validation_eps
+
+    p = _params(tmp_path)
+    p.write_text(p.read_text() + "validation: {eps: 2.5}\n")
+    space = load_space(p)
+    assert validation_eps(SweepOptions(), space, 5.0) == 2.5
+    assert validation_eps(SweepOptions(val_eps=1.0), space, 5.0) == 1.0
+    p.write_text(p.read_text().replace("eps: 2.5", "eps: 1000"))
+    with pytest.raises(ConfigError, match="validation.eps"):
+        load_space(p)

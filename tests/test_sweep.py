@@ -90,7 +90,7 @@ def test_sweep_killed_after_first_checkpoint_resumes_and_finishes(tiny_model_dir
 def test_sweep_rejects_bad_values_before_starting_ray(tiny_model_dir, tmp_path, capsys):
     base = ["sweep", "--space", "smoke", "--model", str(tiny_model_dir), "--storage", str(tmp_path), "--quiet"]
     assert main(base + ["--eps", "0"]) == 2
-    assert "--eps must be a positive number" in capsys.readouterr().err
+    assert "--eps: ε must be a positive number" in capsys.readouterr().err
     assert main(base + ["--trials", "0"]) == 2
     assert "--trials must be ≥ 1" in capsys.readouterr().err
     assert main(base + ["--resume", "nope"]) == 2

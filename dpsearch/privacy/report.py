@@ -15,24 +15,16 @@ from dpsearch.privacy.accounting import calibrate_sigma, poisson_plan
 from dpsearch.privacy.search_cost import Mechanism, SearchGuarantee, coverage_statement, search_guarantee
 
 
-def _choices(p) -> list:
-    return list(p.choice) if hasattr(p, "choice") else [p.value]
-
-
 def space_grid(space, eps: float, n: int) -> list[Mechanism]:
-    """Every mechanism a trial of this space can run: one per (batch, epochs) choice, σ calibrated.
+    """Every mechanism a trial of this space can run: one per (batch, epochs) value, σ calibrated.
 
     Clip norm, learning rate and layer range do not change the mechanism (σ is relative to C).
-    A continuous batch or epochs parameter has no finite grid and is refused.
+    batch and epochs are whole-number parameters with finite value lists (space.py enforces it).
     """
-    from dpsearch.space import LogUniform
-
-    if isinstance(space.params.batch, LogUniform) or isinstance(space.params.epochs, LogUniform):
-        raise ConfigError("the sweep-level guarantee needs batch and epochs as choice or value lists, not ranges")
     delta = space.delta if space.delta is not None else default_delta(n)
     grid = []
-    for b in sorted({int(x) for x in _choices(space.params.batch)}):
-        for e in sorted({int(x) for x in _choices(space.params.epochs)}):
+    for b in space.params.batch.values():
+        for e in space.params.epochs.values():
             q, steps = poisson_plan(n, b, e)
             grid.append(Mechanism(calibrate_sigma(eps, delta, q, steps, space.accountant), q, steps))
     return grid
