@@ -353,6 +353,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     from dpsearch.data import load_dataset
     from dpsearch.models import attention_modules, load_ldm
     from dpsearch.pretrain import pretrain
+    from dpsearch.started_trials import TrialCounter
 
     opts.check()
     if resume:
@@ -448,7 +449,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
             tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,
                                  space_json=space.model_dump_json(), eps=eps, seed=opts.seed, threads=res["threads"]),
             {"cpu": res["cpu"], "gpu": res["gpu"]})
-        callbacks = []
+        callbacks = [TrialCounter(Store(storage).uri(name, "dpsearch"))]
         if uri:
             from dpsearch.tracking import TrialTracker
 
@@ -458,6 +459,14 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                          resume_errored=retry_errored)
         else:
+            started = TrialCounter(meta.uri()).started()
+            if resume and started:
+                if opts.private_selection:
+                    raise ConfigError(f"sweep {name}: Ray's experiment state cannot be restored, and private selection "
+                                      f"cannot start its K = {opts.trials} trials again (repeat-and-select would no "
+                                      f"longer hold). Start a new sweep.")
+                log.warning("sweep %s: Ray's experiment state cannot be restored; starting %d new trials. The %d trials "
+                            "already started stay counted in the released ε.", name, opts.trials, len(started))
             tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space),
                                run_config=tune.RunConfig(
                                    name=name, storage_path=storage, verbose=1 if opts.progress else 0,

@@ -155,3 +155,18 @@ def test_auto_concurrency_is_one_trial_per_core_capped_by_memory_and_trials(monk
         assert res["val_cpu"] == 3  # the validation generator runs alone and gets the whole node
     finally:
         ray.shutdown()
+
+
+@pytest.mark.e2e
+def test_a_sweep_restarted_without_ray_state_still_counts_the_first_trials(tiny_model_dir, tmp_path):
+    space = _space(tmp_path, epochs={"value": 1}, batch={"value": 100})
+    storage = tmp_path / "sweeps"
+    opts = dict(eps=5.0, space=space, trials=2, concurrency=1, sampler="random", model=str(tiny_model_dir),
+                storage=str(storage), tracking="none", progress=False)
+    first = run_sweep(SweepOptions(**opts, name="r"))
+    assert first.extra["privacy"]["released"]["trials"] == 2
+    (storage / "r" / "tuner.pkl").unlink()  # Ray's state is gone: a fresh Tuner has to start
+    res = run_sweep(SweepOptions(progress=False, storage=str(storage), tracking="none"), resume="r")
+    rep = res.extra["privacy"]
+    assert rep["trials_started"] == 4 and rep["released"]["trials"] == 4
+    assert rep["released"]["eps"] > first.extra["privacy"]["released"]["eps"]

@@ -55,19 +55,32 @@ def sweep_report(sweep_dir: str | Path) -> dict:
         raise ConfigError(f"sweep {sweep_dir} records no private-set size; it stopped before its first DP run")
     validation = Mechanism(vp["sigma"], vp["q"], vp["steps"]) if vp else None
     selection = opts.get("private_selection")
-    k = None if selection else max(int(opts["trials"]), len(rows))
-    g = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=k, selection=selection,
-                      mean_trials=opts.get("mean_trials"))
+    started = json.loads(meta.read_text(STARTED)) if meta.exists(STARTED) else []
+    # Every trial ever started counts, restored or not, errored included: each one touched the private data.
+    k_run = max(int(opts["trials"]), len(rows), len(started))
+    g = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=None if selection else k_run,
+                      selection=selection, mean_trials=opts.get("mean_trials"))
     trials = [{k2: r.get(k2) for k2 in ("trial", "status", "eps", "delta", "sigma", "q", "steps", "clip", "batch",
                                          "epochs", "layers", "accountant")} for r in rows]
-    rep = {"sweep": opts["name"], "trials": trials, "validation": vp, "released": g.to_dict(),
-           "statement": coverage_statement(g)}
+    rep = {"sweep": opts["name"], "trials": trials, "trials_started": len(started), "validation": vp,
+           "released": g.to_dict(), "statement": coverage_statement(g)}
+    if selection:
+        # What repeat-and-select covers is the selected model alone; the tracking store holds every trial.
+        store = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=k_run)
+        rep["tracking_store"] = {**store.to_dict(), "statement": (
+            f"the whole tracking store (MLflow runs, every trial's checkpoint, samples and metrics in the sweep's "
+            f"storage): (ε = {store.eps:.3f}, δ = {store.delta:g})-DP by composition of all {k_run} trials run and "
+            f"the validation generator. Share only the selected trial's artifacts to release at the repeat-and-select "
+            f"figure above.")}
     done = sum(r.get("status") == "DONE" for r in rows)
     if selection and done < int(opts["trials"]):
         rep["incomplete"] = (f"only {done} of the K = {opts['trials']} drawn trials finished: repeat-and-select assumes "
                              f"every drawn run finishes and the best of all K is released. Do not release yet: "
                              f"`dpsearch sweep --resume {opts['name']} --retry-errored`.")
     return rep
+
+
+STARTED = "trials_started.json"  # ids of every trial a sweep ever started, written by search's TrialCounter
 
 
 def format_report(rep: dict) -> str:
@@ -88,6 +101,8 @@ def format_report(rep: dict) -> str:
     lines.append(f"one trial at the worst mechanism the space allows: (ε = {g['trial_eps_worst']:.3f}, "
                  f"δ = {g['delta']:g}) by {g['accountant']}")
     lines.append(rep["statement"])
+    if rep.get("tracking_store"):
+        lines.append(rep["tracking_store"]["statement"])
     if rep.get("incomplete"):
         lines.append("WARNING: " + rep["incomplete"])
     return "\n".join(lines)

@@ -141,8 +141,8 @@ def coverage_statement(g: SearchGuarantee) -> str:
     lines = [
         f"released model: (ε = {g.eps:.3f}, δ = {g.delta:g})-DP by {g.accountant}, covering {what}, {val}.",
         "covered: the selected model, its synthetic samples, the objective, and which configuration won.",
-        "not covered by this number alone: per-trial noise draws use torch's default RNG (Opacus secure_mode off), "
-        "and the oracle metrics (computed on the real test split) are not DP and not counted.",
+        "noise and Poisson sampling of every DP run come from fresh OS entropy (never a recorded seed); "
+        "not covered: the oracle metrics (computed on the real test split) are not DP and not counted.",
     ]
     if g.mode != "adaptive":
         lines.append("the tracking store (MLflow, sweep storage) holds every trial's synthetic outputs and metrics: "

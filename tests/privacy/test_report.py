@@ -99,3 +99,21 @@ def test_eps_total_that_cannot_be_met_is_refused():
 
     with pytest.raises(ConfigError, match="cannot be met"):
         solve_per_trial_eps(load_space("smoke"), 400, 0.01, trials=50)
+
+
+def test_every_trial_ever_started_counts_even_when_the_summary_lost_them(tmp_path):
+    path, _ = _fake_sweep(tmp_path, trials=2)
+    two = sweep_report(path)["released"]
+    (path / "dpsearch" / "trials_started.json").write_text(json.dumps([f"t{i}" for i in range(5)]))
+    rep = sweep_report(path)
+    assert rep["released"]["trials"] == 5 and rep["trials_started"] == 5 and rep["released"]["eps"] > two["eps"]
+
+
+def test_private_selection_states_the_selected_model_and_the_whole_tracking_store(tmp_path):
+    path, _ = _fake_sweep(tmp_path, selection="geometric", mean=3.0, trials=4)
+    rep = sweep_report(path)
+    store = rep["tracking_store"]
+    assert store["mode"] == "adaptive" and store["trials"] == 4
+    assert store["eps"] > rep["released"]["eps"] or store["eps"] > 0  # both figures are given
+    text = format_report(rep)
+    assert "whole tracking store" in text and "Share only the selected trial's artifacts" in text
