@@ -55,8 +55,15 @@ class ModelConfig(_Strict):
         return self
 
 
+# Sources pretraining may read. Only data known to be public: printed digits rendered from fonts that ship
+# with matplotlib, or a folder the user declares public by naming it `public-folder:PATH`. mnist, folder:
+# and torchvision: are private sources here; pretraining on them would void "public data only".
+PUBLIC_SOURCES = ("printed-digits",)
+PUBLIC_FOLDER = "public-folder:"
+
+
 class PretrainConfig(_Strict):
-    public: str = "printed-digits"
+    public: str = "printed-digits"  # one of PUBLIC_SOURCES or public-folder:PATH
     n_public: int = Field(20000, gt=0)
     ae_epochs: int = Field(2, gt=0)
     ae_batch: int = Field(128, gt=0)
@@ -67,6 +74,15 @@ class PretrainConfig(_Strict):
     label_dropout: float = Field(0.1, ge=0, lt=1)  # for classifier-free guidance
     seed: int = 0
     model: ModelConfig = ModelConfig()
+
+    @field_validator("public")
+    @classmethod
+    def _public_only(cls, v: str) -> str:
+        if v not in PUBLIC_SOURCES and not (v.startswith(PUBLIC_FOLDER) and len(v) > len(PUBLIC_FOLDER)):
+            raise ValueError(f"{v!r} is not a public source: pretraining reads only public data "
+                             f"({', '.join(PUBLIC_SOURCES)}, or {PUBLIC_FOLDER}PATH for a folder you declare public). "
+                             f"Private data is used only by the DP fine-tune")
+        return v
 
 
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dpsearch.config import PretrainConfig
-from dpsearch.data import ImageSet, load_dataset
+from dpsearch.config import PUBLIC_FOLDER, PretrainConfig
+from dpsearch.data import load_dataset
 from dpsearch.device import pick_device, seed_everything
 from dpsearch.models import LDM, build_ldm, load_ldm, save_ldm
 from dpsearch.models.ldm import ModelError
@@ -110,9 +110,9 @@ def train_ldm(model: LDM, latents: torch.Tensor, labels: torch.Tensor, cfg: Pret
     return losses
 
 
-def pretrain(cfg: PretrainConfig, out: Path | None = None, overwrite: bool = False, device: str = "auto",
-             public: ImageSet | None = None) -> Path:
-    """Trains AE then LDM on public data and saves the model; reuses the cached model when present."""
+def pretrain(cfg: PretrainConfig, out: Path | None = None, overwrite: bool = False, device: str = "auto") -> Path:
+    """Trains AE then LDM on cfg.public (a registered public source only) and saves the model; reuses the
+    cached model when present."""
     out = Path(out) if out else default_model_dir(cfg)
     if out.exists() and not overwrite:
         try:
@@ -124,9 +124,9 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, overwrite: bool = Fal
     dev = pick_device(device)
     gen = seed_everything(cfg.seed)
     t0 = time.time()
-    if public is None:
-        public, _ = load_dataset(cfg.public, size=cfg.model.image_size, channels=cfg.model.channels, seed=cfg.seed, n=cfg.n_public)
-        public = public.subset(cfg.n_public, seed=cfg.seed)
+    source = cfg.public.replace(PUBLIC_FOLDER, "folder:", 1) if cfg.public.startswith(PUBLIC_FOLDER) else cfg.public
+    public, _ = load_dataset(source, size=cfg.model.image_size, channels=cfg.model.channels, seed=cfg.seed, n=cfg.n_public)
+    public = public.subset(cfg.n_public, seed=cfg.seed)
     model = build_ldm(cfg.model).to(dev)
     x = public.as_float()
     ae_losses = train_autoencoder(model, x, cfg, gen, dev)
@@ -137,7 +137,7 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, overwrite: bool = Fal
         model.vae.register_to_config(scaling_factor=scale)
         z = z * scale
     ldm_losses = train_ldm(model, z, public.labels, cfg, gen, dev)
-    info = {"pretrain_config": json.loads(cfg.model_dump_json()), "public_data": public.name, "n_public": len(public),
+    info = {"pretrain_config": json.loads(cfg.model_dump_json()), "public_data": cfg.public, "n_public": len(public),
             "ae_final_loss": sum(ae_losses[-20:]) / len(ae_losses[-20:]),
             "ldm_final_loss": sum(ldm_losses[-20:]) / len(ldm_losses[-20:]),
             "latent_scaling_factor": scale, "seconds": time.time() - t0, "trained_on": "public data only"}
