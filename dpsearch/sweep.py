@@ -353,6 +353,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     from dpsearch.data import load_dataset
     from dpsearch.models import attention_modules, load_ldm
     from dpsearch.pretrain import pretrain
+    from dpsearch.fingerprints import check_resume, files_fingerprint, private_fingerprint, text_fingerprint
     from dpsearch.started_trials import TrialCounter
 
     opts.check()
@@ -409,12 +410,16 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                  opts.trials)
         if opts.trials == 0:
             raise ConfigError("the Poisson draw gave K = 0 trials: by design nothing is trained or released; run again")
+    model_files = pack_model(Path(model_dir))
+    fingerprints = {"private": private_fingerprint(private.images, private.labels, create_key=not resume),
+                    "model": files_fingerprint(model_files), "space": text_fingerprint(space.model_dump_json())}
     if resume:
         saved = json.loads(meta.read_text("sweep.json"))
+        check_resume(saved.get("fingerprints", {}), fingerprints, name)
     else:
         saved = {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
                              "storage": storage, "tracking": None},
-                 "n_private": len(private), "space": json.loads(space.model_dump_json())}
+                 "n_private": len(private), "space": json.loads(space.model_dump_json()), "fingerprints": fingerprints}
     parent = None
     if uri:
         from dpsearch.tracking import start_parent
@@ -443,7 +448,6 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
 
                 MlflowClient(uri).set_tag(parent, "concurrency_used", opts.concurrency)
         res = _resources(opts)
-        model_files = pack_model(Path(model_dir))
         validation, val_privacy = _load_or_make_validation(meta, model_files, private, space, val_eps, opts.seed, res)
         trainable = tune.with_resources(
             tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,

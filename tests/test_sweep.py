@@ -170,3 +170,29 @@ def test_a_sweep_restarted_without_ray_state_still_counts_the_first_trials(tiny_
     rep = res.extra["privacy"]
     assert rep["trials_started"] == 4 and rep["released"]["trials"] == 4
     assert rep["released"]["eps"] > first.extra["privacy"]["released"]["eps"]
+
+
+@pytest.mark.parametrize("changed, message", [("private", "its private data differs"), ("model", "its base model differs"),
+                                              ("space", "its search space differs")])
+def test_resume_refuses_other_data_model_or_space(changed, message, tiny_model_dir, tmp_path):
+    from dataclasses import asdict
+
+    from dpsearch.config import ConfigError
+    from dpsearch.data import load_dataset
+    from dpsearch.fingerprints import files_fingerprint, private_fingerprint, text_fingerprint
+    from dpsearch.space import load_space
+    from dpsearch.sweep import pack_model
+
+    space = load_space("smoke")
+    private = load_dataset("mnist")[0].subset(space.n_private, seed=0)
+    prints = {"private": private_fingerprint(private.images, private.labels),
+              "model": files_fingerprint(pack_model(tiny_model_dir)), "space": text_fingerprint(space.model_dump_json())}
+    prints[changed] = "0" * 64
+    opts = {**asdict(SweepOptions(eps=5.0, space="smoke", name="f", model=str(tiny_model_dir))),
+            "val_eps": 5.0, "storage": str(tmp_path), "tracking": None}
+    meta = tmp_path / "f" / "dpsearch"
+    meta.mkdir(parents=True)
+    (meta / "sweep.json").write_text(json.dumps({"options": opts, "n_private": 400, "fingerprints": prints,
+                                                 "space": json.loads(space.model_dump_json())}))
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(SweepOptions(storage=str(tmp_path), tracking="none", progress=False), resume="f")
