@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "status", "down"])
     p.add_argument("--dir", type=Path, default=None, help="where their data lives (default ~/.dpsearch/services)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host that is not loopback (the servers hold every sweep's artifacts)")
     p.add_argument("--s3-port", type=int, default=None, help="default: DPSEARCH_S3_PORT or 8333")
     p.add_argument("--mlflow-port", type=int, default=None, help="default: DPSEARCH_MLFLOW_PORT or 5000")
     p.set_defaults(fn=cmd_services)
@@ -383,7 +385,7 @@ def cmd_services(a) -> int:
 
     if a.action == "up":
         t = time.time()
-        s, started = services.up(a.dir, a.host, a.s3_port, a.mlflow_port)
+        s, started = services.up(a.dir, a.host, a.s3_port, a.mlflow_port, allow_remote=a.allow_remote)
         print(("started in %.1f s" % (time.time() - t)) if started else "already running")
         print(services.describe(s))
     elif a.action == "status":

@@ -26,6 +26,9 @@ from typing import Optional
 from dpsearch.config import ConfigError
 
 BUCKET = "dpsearch"
+# MLflow's usage telemetry (server, client and the UI's "MLflow collects usage data") off; SeaweedFS's is
+# switched off by its -master.telemetry=false flag below.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
 class ServiceError(ConfigError):
@@ -61,7 +64,7 @@ class Services:
     def client_env(self) -> dict[str, str]:
         """What a client (a sweep, Ray workers, boto3, pyarrow) needs to reach these services."""
         key, secret = _credentials(Path(self.dir))
-        return {"MLFLOW_TRACKING_URI": self.mlflow_uri, "AWS_ENDPOINT_URL": self.s3_endpoint,
+        return {**NO_TELEMETRY, "MLFLOW_TRACKING_URI": self.mlflow_uri, "AWS_ENDPOINT_URL": self.s3_endpoint,
                 "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
                 "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
 
@@ -151,8 +154,28 @@ def _wait(pred, seconds: float, what: str, log: Path) -> None:
     raise ServiceError(f"{what} did not become ready within {seconds:.0f} s; its log {log} ends with:\n{tail}")
 
 
+def check_host(host: str, allow_remote: bool = False) -> None:
+    """Loopback only, unless the user asks for more: the servers hold every sweep's artifacts and the S3
+    server accepts its key pair from anyone who can reach it."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return
+    if not allow_remote:
+        raise ServiceError(f"--host {host} would expose the S3 and MLflow servers beyond this machine; they listen on "
+                           f"loopback only unless you pass --allow-remote as well (then protect them with a firewall)")
+    import logging
+
+    logging.getLogger(__name__).warning("the embedded S3 and MLflow servers will listen on %s: anyone who can reach it "
+                                        "can read every sweep's artifacts; keep it behind a firewall", host)
+
+
 def up(d: Optional[Path] = None, host: str = "127.0.0.1", s3_port: Optional[int] = None,
-       mlflow_port: Optional[int] = None, timeout: float = 90) -> tuple[Services, bool]:
+       mlflow_port: Optional[int] = None, timeout: float = 90, allow_remote: bool = False) -> tuple[Services, bool]:
     """Starts both services (or reuses a healthy running pair): (services, started_now).
 
     Ports default to DPSEARCH_S3_PORT / DPSEARCH_MLFLOW_PORT, else 8333 and 5000.
@@ -160,7 +183,9 @@ def up(d: Optional[Path] = None, host: str = "127.0.0.1", s3_port: Optional[int]
     d = Path(d or services_dir())
     s3_port = int(s3_port or os.environ.get("DPSEARCH_S3_PORT", 8333))
     mlflow_port = int(mlflow_port or os.environ.get("DPSEARCH_MLFLOW_PORT", 5000))
+    check_host(host, allow_remote)
     d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)  # the S3 keys, the MLflow database and every sweep's artifacts live here
     cur = load(d)
     if cur is not None:
         h = healthy(cur)
@@ -198,7 +223,8 @@ def up(d: Optional[Path] = None, host: str = "127.0.0.1", s3_port: Optional[int]
         _kill(weed.pid)
         raise
     ml_log = d / "mlflow.log"
-    ml_env = {**env, "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{s3_port}", "AWS_ENDPOINT_URL": f"http://{host}:{s3_port}"}
+    ml_env = {**env, "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{s3_port}", "AWS_ENDPOINT_URL": f"http://{host}:{s3_port}",
+              **NO_TELEMETRY}
     with open(ml_log, "w") as out:
         ml = subprocess.Popen(
             [_bin("mlflow"), "server", "--host", host, "--port", str(mlflow_port),

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -429,11 +430,15 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         saved["mlflow_parent_run"] = parent
     meta.write_text("sweep.json", json.dumps(saved, indent=2))
 
-    if not opts.address:  # a local Ray of our own: no token file left behind in ~/.ray by ray.init()
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # With an address, Ray's own rule applies: a cluster started with token auth is joined with the token in
     # ~/.ray/auth_token (or RAY_AUTH_TOKEN), so `--address auto` on a head node with a token just works.
     started_ray = not ray.is_initialized()
+    ray_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+    if started_ray and not opts.address:
+        # A local Ray of our own holds the private set in its object store. Ray listens on the node's address
+        # (it refuses loopback as a node IP), so it runs with token auth and a fresh token for this sweep, kept
+        # in this process's environment only (no ~/.ray/auth_token left behind).
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
     if started_ray:
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=True, logging_level=logging.WARNING, runtime_env=_node_env(opts.address))
@@ -488,6 +493,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
             log.warning("could not record the sweep's elapsed time: %s", e)
         if started_ray:
             ray.shutdown()
+            for k, v in ray_env.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         if uri and status != "FINISHED":
             from mlflow import MlflowClient
 

@@ -108,3 +108,23 @@ def kill_under(path: Path) -> list[psutil.Process]:
             pass
     psutil.wait_procs(procs, timeout=10)
     return procs
+
+
+def kill_tree(proc) -> None:
+    """Kills a subprocess started with start_new_session=True and every process under it (the local Ray
+    it started included), and nothing else: never a machine-wide `ray stop`."""
+    try:
+        procs = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)

@@ -59,8 +59,8 @@ def test_no_secret_is_written_into_a_cluster_file(name):
 
 
 # --- for real, on this machine ------------------------------------------------------------------
-# Both tests start Ray from the command line the way users do. `ray up` runs the YAML's `ray stop`, which
-# stops every Ray process of this user on the machine: run them alone, as the suite does.
+# Both tests start Ray from the command line the way users do, each with its own --temp-dir, and stop only
+# the Ray processes under it (never a machine-wide `ray stop`, which would stop a user's other Ray jobs).
 
 def _ray(venv_bin: Path, *args, env: dict, timeout: float = 600, cwd: Path | None = None) -> str:
     r = subprocess.run([str(venv_bin / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
@@ -118,8 +118,9 @@ def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_ho
                provider={"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
                auth={"ssh_user": ssh_host.user, "ssh_private_key": str(ssh_host.key)},
                setup_commands=[c for c in cfg["setup_commands"] if "pip install" not in c],
+               # the YAML's `ray stop` would stop every Ray of this user on the machine: the test cleans up by path
                head_start_ray_commands=[c + f" --temp-dir={root}/ray --num-cpus=2" if "ray start" in c else c
-                                        for c in cfg["head_start_ray_commands"]])
+                                        for c in cfg["head_start_ray_commands"] if c.strip() != "ray stop"])
     cfg_path = root / "cluster.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     repo = CLUSTER.parent

@@ -39,6 +39,12 @@ def test_up_is_idempotent_serves_s3_and_mlflow_and_down_stops_them(svc_dir, caps
                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
     assert "dpsearch" in [b["Name"] for b in c.list_buckets()["Buckets"]]
     assert oct((svc_dir / "credentials.json").stat().st_mode & 0o777) == "0o600"
+    assert oct(svc_dir.stat().st_mode & 0o777) == "0o700"  # keys, MLflow's database, every sweep's artifacts
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{s.mlflow_uri}/ajax-api/3.0/mlflow/ui-telemetry", timeout=10) as r:
+        assert json.loads(r.read())["disable_ui_telemetry"] is True  # no "MLflow collects usage data" in the UI
     assert main(["services", "status", "--dir", str(svc_dir)]) == 0
     assert main(["services", "down", "--dir", str(svc_dir)]) == 0
     assert not services._alive(pids[0]) and not services._alive(pids[1])
@@ -75,3 +81,12 @@ def test_unreachable_storage_and_tracking_fail_before_training(tmp_path, capsys,
         else:
             os.environ["AWS_ENDPOINT_URL"] = old
     assert "not reachable or not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "example.org"])
+def test_a_host_beyond_loopback_is_refused_unless_asked_for(host, svc_dir, capsys):
+    assert main(["services", "up", "--dir", str(svc_dir), "--host", host]) == 2
+    assert "--allow-remote" in capsys.readouterr().err and services.load(svc_dir) is None
+    services.check_host(host, allow_remote=True)  # explicitly asked: allowed, with a warning
+    services.check_host("127.0.0.1")
+    services.check_host("::1")

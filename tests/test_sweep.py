@@ -1,8 +1,6 @@
 """Real Ray Tune + Optuna sweeps on the smoke space with a tiny pretrained model (seconds per trial)."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ import pytest
 import yaml
 
 from dpsearch.cli import main
+from tests.cluster_hosts import kill_tree
 from dpsearch.sweep import SweepOptions, run_sweep
 
 SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
@@ -66,8 +65,7 @@ def test_sweep_killed_after_first_checkpoint_resumes_and_finishes(tiny_model_dir
     storage = tmp_path / "sweeps"
     cmd = [sys.executable, "-m", "dpsearch.cli", "sweep", "--space", space, "--eps", "5", "--trials", "2",
            "--concurrency", "1", "--model", str(tiny_model_dir), "--storage", str(storage), "--name", "k", "--quiet"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     try:
         while not list((storage / "k").glob("*/checkpoint_*")):
@@ -75,9 +73,7 @@ def test_sweep_killed_after_first_checkpoint_resumes_and_finishes(tiny_model_dir
             assert time.time() < deadline, "no checkpoint within 5 minutes"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, env=env)
+        kill_tree(proc)
     vset = storage / "k" / "dpsearch" / "validation.npz"
     made = vset.stat().st_mtime
     assert main(["sweep", "--resume", "k", "--storage", str(storage), "--quiet"]) == 0

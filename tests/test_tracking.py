@@ -2,9 +2,7 @@
 fields, no secrets anywhere, checkpoints on S3, and a resume from S3 alone."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import yaml
 
 from dpsearch import services
 from dpsearch.cli import main
+from tests.cluster_hosts import kill_tree
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
@@ -98,10 +97,9 @@ def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
     sp = tmp_path / "space.yaml"
     sp.write_text(yaml.safe_dump(space))
     services.up()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-m", "dpsearch.cli", "sweep", "--space", str(sp), "--eps", "5", "--trials", "2",
            "--model", str(tiny_model_dir), "--name", "s3resume", "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     s = services.load()
     import boto3
 
@@ -119,12 +117,7 @@ def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
             assert time.time() < deadline, "no checkpoint on S3 within 5 minutes"
             time.sleep(0.5)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, env=env)
+        kill_tree(proc)
     shutil.rmtree(Path.home() / "ray_results" / "s3resume", ignore_errors=True)  # nothing local survives
     assert main(["sweep", "--resume", "s3resume", "--quiet"]) == 0
     summary = json.loads(s3.get_object(Bucket="dpsearch", Key="sweeps/s3resume/dpsearch/summary.json")["Body"].read())

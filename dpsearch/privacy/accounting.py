@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from dpsearch.config import EPS_MAX, ConfigError, check_eps_range
+from dpsearch.config import ConfigError, check_eps_range
 
 
 def poisson_plan(n: int, batch: int, epochs: int) -> tuple[float, int]:

@@ -2,7 +2,6 @@
 accounted for, public, or an oracle metric labelled as one."""
 
 import json
-from pathlib import Path
 
 import pytest
 
