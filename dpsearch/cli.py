@@ -28,8 +28,14 @@ def _float(name):
     return conv
 
 
-def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eps", type=_float("--eps"), required=True, help="target ε of this DP fine-tune")
+def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) -> None:
+    if non_private:
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--eps", type=_float("--eps"), help="target ε of this DP fine-tune")
+        g.add_argument("--non-private", action="store_true",
+                       help="a reference run without clipping or noise (NOT DP): what DP costs at the same settings")
+    else:
+        p.add_argument("--eps", type=_float("--eps"), required=True, help="target ε of this DP fine-tune")
     p.add_argument("--delta", type=_float("--delta"), default=None, help="δ (default: 1/N rounded down to a power of 10, < 1/N)")
     p.add_argument("--layers", default=DEFAULT_FT.layers, help="attention modules a-b to train (1-based, inclusive) or 'all'")
     p.add_argument("--clip", type=_float("--clip"), default=DEFAULT_FT.clip, help="per-sample clip norm C")
@@ -38,6 +44,8 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_float("--lr"), default=DEFAULT_FT.lr)
     p.add_argument("--physical-batch", type=int, default=DEFAULT_FT.physical_batch, help="memory-bound micro-batch")
     p.add_argument("--accountant", choices=["prv", "rdp"], default=DEFAULT_FT.accountant)
+    p.add_argument("--secure-rng", action="store_true",
+                   help="draw Poisson sampling and noise from the OS CSPRNG (slower; bench/secure_rng.py measures it)")
     p.add_argument("--n-private", type=int, default=None, help="use a random subset of N private images")
     p.add_argument("--private", default="mnist", help="private dataset: mnist, folder:PATH, torchvision:NAME")
 
@@ -60,7 +68,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _ft_config(a) -> FinetuneConfig:
     return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, clip=a.clip, batch=a.batch,
                     epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
-                    n_private=a.n_private, seed=a.seed)
+                    n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
+                    non_private=getattr(a, "non_private", False))
 
 
 def _sample_config(a) -> SampleConfig:
@@ -162,7 +171,8 @@ def cmd_run(a) -> int:
     from dpsearch.trial import run_trial
 
     ft = _ft_config(a)
-    out = Path(a.out or f"runs/trial-eps{a.eps:g}-layers{ft.layers}-{time.strftime('%Y%m%d-%H%M%S')}")
+    budget = "nonprivate" if ft.non_private else f"eps{a.eps:g}"
+    out = Path(a.out or f"runs/trial-{budget}-layers{ft.layers}-{time.strftime('%Y%m%d-%H%M%S')}")
     from dpsearch.outputs import check_output
 
     check_output(out, a.overwrite)
@@ -173,9 +183,13 @@ def cmd_run(a) -> int:
     summary = run_trial(model, private, test, ft, _sample_config(a), EvaluateConfig(seed=a.seed), out, a.overwrite,
                         str(pick_device(a.device)), progress=not a.quiet)
     p, m = summary["privacy"], summary["metrics"]
-    print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:g}) by {p['accountant'].upper()} "
-          f"[PLD check {p['eps_pld_check']:.3f}], σ = {p['sigma']:.4f}, q = {p['q']:.5f}, steps = {p['steps']}, "
-          f"layers {p['layers']} ({100 * p['trainable_fraction']:.1f}% of UNet trainable)")
+    if not p.get("dp", True):
+        print(f"privacy: NONE. {p['statement']}")
+    else:
+        print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:g}) by {p['accountant'].upper()} "
+              f"[PLD check {p['eps_pld_check']:.3f}], σ = {p['sigma']:.4f}, q = {p['q']:.5f}, steps = {p['steps']}, "
+              f"layers {p['layers']} ({100 * p['trainable_fraction']:.1f}% of UNet trainable); noise and sampling "
+              f"from fresh OS entropy ({p['randomness']})")
     if "oracle/accuracy" in m:
         print(f"oracle accuracy (real test split, not DP): {100 * m['oracle/accuracy']:.2f}%; "
               f"oracle FID {m['oracle/fid']:.2f} [{m['fid_extractor']}]")
@@ -240,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="pretrained model (default: pretrain or reuse the cached default)")
     p.add_argument("--config", help="YAML PretrainConfig for the pretraining step")
     p.add_argument("--out", default=None, help="trial directory (default: runs/trial-…)")
-    _add_finetune_args(p)
+    _add_finetune_args(p, non_private=True)
     _add_sample_args(p)
     _common(p)
     p.set_defaults(fn=cmd_run)

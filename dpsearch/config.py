@@ -106,7 +106,8 @@ def parse_layers(spec: str | tuple[int, int] | None, n_layers: int) -> tuple[int
 
 
 class FinetuneConfig(_Strict):
-    eps: float
+    eps: Optional[float] = None  # required unless non_private
+    non_private: bool = False  # a reference run without clipping or noise: NOT DP, labelled so everywhere
     delta: Optional[float] = None  # default: 1/N rounded down to a power of ten, strictly below 1/N
     layers: str = "all"
     clip: float = 0.01
@@ -124,7 +125,9 @@ class FinetuneConfig(_Strict):
 
     @field_validator("eps")
     @classmethod
-    def _eps(cls, v: float) -> float:
+    def _eps(cls, v):
+        if v is None:
+            return v
         try:
             check_eps_range(v)
         except ConfigError as e:
@@ -158,6 +161,14 @@ class FinetuneConfig(_Strict):
         if v != "all" and not _RANGE.match(v):
             raise ValueError(f"layer range {v!r} is not of the form a-b (e.g. 3-7) or 'all'")
         return v.replace(" ", "")
+
+    @model_validator(mode="after")
+    def _eps_or_non_private(self):
+        if self.non_private and self.eps is not None:
+            raise ValueError("a non-private reference run has no ε: drop --eps or --non-private")
+        if not self.non_private and self.eps is None:
+            raise ValueError("ε is required for a DP fine-tune (or ask for a non-private reference run)")
+        return self
 
     def check_against_data(self, n: int) -> None:
         """The checks that need N: batch ≤ N and δ < 1/N."""

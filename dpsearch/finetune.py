@@ -43,7 +43,7 @@ class DiffusionLoss(nn.Module):
 @dataclass
 class FinetuneResult:
     model: LDM
-    privacy: PrivacyRecord
+    privacy: PrivacyRecord | None  # None only for a non-private reference run
     history: list[dict] = field(default_factory=list)  # per epoch: ε spent and steps (public: from the plan)
 
 
@@ -87,6 +87,41 @@ def _trainable_named(model: LDM) -> dict[str, nn.Parameter]:
             for n, p in m.named_parameters() if p.requires_grad}
 
 
+NOT_DP = {"dp": False, "statement": "non-private reference run: no per-sample clipping, no noise. NOT differentially "
+                                     "private; never release this model or its samples as DP"}
+
+
+def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
+    """The same layers, loss, optimizer, batch size and epochs as dp_finetune without clipping or noise:
+    the reference that says what DP costs. Its privacy record is NOT_DP."""
+    if not cfg.non_private:
+        raise ValueError("finetune_non_private needs a config with non_private=True")
+    a, b = parse_layers(cfg.layers, len(attention_modules(model.unet)))
+    torch.manual_seed(cfg.seed)
+    model.vae.requires_grad_(False)
+    latents = model.encode(private.as_float()).cpu()
+    trainable = select_attention_layers(model.unet, model.embedder, (a, b), frozen=(model.vae,))
+    module = DiffusionLoss(model, cfg.label_dropout).train()
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=True)
+    history = []
+    bar = tqdm(total=cfg.epochs * len(loader), desc=f"NON-PRIVATE fine-tune layers {a}-{b}", disable=not progress,
+               leave=False)
+    for epoch in range(1, cfg.epochs + 1):
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            for i in range(0, len(x), cfg.physical_batch):  # the mean loss over the batch, in memory-sized parts
+                xs, ys = x[i:i + cfg.physical_batch].to(model.device), y[i:i + cfg.physical_batch].to(model.device)
+                (module(xs, ys).sum() / len(x)).backward()
+            optimizer.step()
+            bar.update()
+        history.append({"epoch": epoch, "steps": epoch * len(loader)})
+    bar.close()
+    model.unet.eval().requires_grad_(False)
+    model.embedder.eval().requires_grad_(False)
+    return FinetuneResult(model, None, history)
+
+
 def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True,
                 on_epoch: Callable[[dict, FinetuneState], None] | None = None,
                 resume: FinetuneState | None = None) -> FinetuneResult:
@@ -95,6 +130,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     on_epoch(record, state) is called after every epoch (a sweep reports and checkpoints there);
     resume continues from such a state: same plan, the accountant already holding the steps done.
     """
+    if cfg.non_private:
+        raise ValueError("dp_finetune got a non-private config; call finetune_non_private")
     n = len(private)
     plan = plan_privacy(cfg, n)
     delta, q, steps, sigma = plan.delta, plan.q, plan.steps, plan.sigma
@@ -168,4 +205,4 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     return FinetuneResult(model, record, history)
 
 
-__all__ = ["dp_finetune", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]
+__all__ = ["dp_finetune", "finetune_non_private", "NOT_DP", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]

@@ -29,3 +29,22 @@ def test_tiny_trial_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert Image.open(out / "samples.png").size == (10 * 28 * 2, 10 * 28 * 2)
     assert load_ldm(out / "model").meta["privacy"]["eps"] == privacy["eps"]
     assert not list(tmp_path.glob(".trial*"))
+
+
+@pytest.mark.e2e
+def test_non_private_reference_run_is_labelled_not_dp(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "ref"
+    code = main(["run", "--model", str(tiny_model_dir), "--out", str(out), "--non-private", "--layers", "3-7",
+                 "--batch", "100", "--epochs", "1", "--n-private", "300", "--per-class", "5", "--ddim-steps", "2",
+                 "--quiet"])
+    assert code == 0
+    assert "privacy: NONE. non-private reference run" in capsys.readouterr().out
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert privacy["dp"] is False and "NOT differentially private" in privacy["statement"] and "eps" not in privacy
+    assert load_ldm(out / "model").meta["privacy"]["dp"] is False
+
+
+def test_non_private_and_eps_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--non-private", "--eps", "5"])
+    assert "not allowed with argument" in capsys.readouterr().err
