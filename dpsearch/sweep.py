@@ -439,12 +439,13 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         # (it refuses loopback as a node IP), so it runs with token auth and a fresh token for this sweep, kept
         # in this process's environment only (no ~/.ray/auth_token left behind).
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
-    if started_ray:
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=True, logging_level=logging.WARNING, runtime_env=_node_env(opts.address))
+        _reload_ray_auth()
     t0 = time.time()
     status = "FAILED"
     try:
+        if started_ray:
+            ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=True, logging_level=logging.WARNING, runtime_env=_node_env(opts.address))
         if opts.concurrency is None:  # saved options keep "auto": a resumed sweep decides again where it runs
             opts.concurrency = saved["concurrency_used"] = auto_concurrency(opts.trials)
             log.info("running %d trials at once (auto; --concurrency sets it)", opts.concurrency)
@@ -492,9 +493,12 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         except Exception as e:  # noqa: BLE001 - bookkeeping only: never hide the error that got us here
             log.warning("could not record the sweep's elapsed time: %s", e)
         if started_ray:
-            ray.shutdown()
-            for k, v in ray_env.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            if ray.is_initialized():
+                ray.shutdown()
+            if not opts.address:
+                for k, v in ray_env.items():
+                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                _reload_ray_auth()
         if uri and status != "FINISHED":
             from mlflow import MlflowClient
 
@@ -513,6 +517,15 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                       format_report(result.extra["privacy"]))
         result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent}
     return result
+
+
+def _reload_ray_auth() -> None:
+    """Ray reads RAY_AUTH_MODE and the token once per process and caches both; a sweep that starts its own
+    Ray with a fresh token makes Ray read them again (what Ray's own authentication tests do)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 # Client settings a trial on another node needs to reach the sweep's storage. Credentials are not among

@@ -100,7 +100,7 @@ def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_ho
     launcher = root / "launcher"  # the HOME of the machine running `ray up`: its token, its ~/.ray
     launcher.mkdir()
     lenv = {**os.environ, "HOME": str(launcher), "PATH": f"{ssh_host.bin}:{venv / 'bin'}:{os.environ['PATH']}"}
-    for k in ("RAY_AUTH_MODE", "RAY_ADDRESS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         lenv.pop(k, None)
     _ray(venv / "bin", "get-auth-token", "--generate", env=lenv)
     # The "node" has dpsearch installed already: its venv is this one (the YAML's pip line is skipped), and
