@@ -47,6 +47,9 @@ class FinetuneResult:
     history: list[dict] = field(default_factory=list)  # per epoch: ε spent and steps (public: from the plan)
 
 
+HISTORY_FIELDS = ("epoch", "eps_spent", "delta", "steps")  # per epoch; all from the privacy plan
+
+
 @dataclass
 class FinetuneState:
     """What a checkpoint must hold to continue a DP fine-tune exactly where it stopped.
@@ -76,7 +79,9 @@ class FinetuneState:
         try:
             with torch.serialization.safe_globals(allowed):
                 d = torch.load(path, weights_only=True)
-            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], list(d["history"]))
+            # States written before the release boundary also held the private training loss: it is dropped.
+            history = [{k: v for k, v in h.items() if k in HISTORY_FIELDS} for h in d["history"]]
+            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history)
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
             raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
                               f"delete it to restart the trial from scratch") from e
