@@ -347,7 +347,6 @@ def _connect(opts: SweepOptions) -> tuple[str, Optional[str]]:
 
 
 def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: bool = False) -> SweepResult:
-    import ray
     from ray import tune
 
     from dpsearch.config import PretrainConfig
@@ -355,6 +354,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     from dpsearch.models import attention_modules, load_ldm
     from dpsearch.pretrain import pretrain
     from dpsearch.fingerprints import check_resume, files_fingerprint, private_fingerprint, text_fingerprint
+    from dpsearch.ray_session import ray_session
     from dpsearch.started_trials import TrialCounter
 
     opts.check()
@@ -430,61 +430,49 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         saved["mlflow_parent_run"] = parent
     meta.write_text("sweep.json", json.dumps(saved, indent=2))
 
-    # With an address, Ray's own rule applies: a cluster started with token auth is joined with the token in
-    # ~/.ray/auth_token (or RAY_AUTH_TOKEN), so `--address auto` on a head node with a token just works.
-    started_ray = not ray.is_initialized()
-    ray_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
-    if started_ray and not opts.address:
-        # A local Ray of our own holds the private set in its object store. Ray listens on the node's address
-        # (it refuses loopback as a node IP), so it runs with token auth and a fresh token for this sweep, kept
-        # in this process's environment only (no ~/.ray/auth_token left behind).
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
-        _reload_ray_auth()
     t0 = time.time()
     status = "FAILED"
     try:
-        if started_ray:
-            ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=True, logging_level=logging.WARNING, runtime_env=_node_env(opts.address))
-        if opts.concurrency is None:  # saved options keep "auto": a resumed sweep decides again where it runs
-            opts.concurrency = saved["concurrency_used"] = auto_concurrency(opts.trials)
-            log.info("running %d trials at once (auto; --concurrency sets it)", opts.concurrency)
+        with ray_session(opts.address, runtime_env=_node_env(opts.address)):
+            if opts.concurrency is None:  # saved options keep "auto": a resumed sweep decides again where it runs
+                opts.concurrency = saved["concurrency_used"] = auto_concurrency(opts.trials)
+                log.info("running %d trials at once (auto; --concurrency sets it)", opts.concurrency)
+                if uri:
+                    from mlflow import MlflowClient
+
+                    MlflowClient(uri).set_tag(parent, "concurrency_used", opts.concurrency)
+            res = _resources(opts)
+            validation, val_privacy = _load_or_make_validation(meta, model_files, private, space, val_eps, opts.seed, res)
+            trainable = tune.with_resources(
+                tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,
+                                     space_json=space.model_dump_json(), eps=eps, seed=opts.seed, threads=res["threads"]),
+                {"cpu": res["cpu"], "gpu": res["gpu"]})
+            callbacks = [TrialCounter(Store(storage).uri(name, "dpsearch"))]
             if uri:
-                from mlflow import MlflowClient
+                from dpsearch.tracking import TrialTracker
 
-                MlflowClient(uri).set_tag(parent, "concurrency_used", opts.concurrency)
-        res = _resources(opts)
-        validation, val_privacy = _load_or_make_validation(meta, model_files, private, space, val_eps, opts.seed, res)
-        trainable = tune.with_resources(
-            tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,
-                                 space_json=space.model_dump_json(), eps=eps, seed=opts.seed, threads=res["threads"]),
-            {"cpu": res["cpu"], "gpu": res["gpu"]})
-        callbacks = [TrialCounter(Store(storage).uri(name, "dpsearch"))]
-        if uri:
-            from dpsearch.tracking import TrialTracker
-
-            callbacks.append(TrialTracker(uri, name, parent))
-        path = Store(storage).uri(name)
-        if resume and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                         resume_errored=retry_errored)
-        else:
-            started = TrialCounter(meta.uri()).started()
-            if resume and started:
-                if opts.private_selection:
-                    raise ConfigError(f"sweep {name}: Ray's experiment state cannot be restored, and private selection "
-                                      f"cannot start its K = {opts.trials} trials again (repeat-and-select would no "
-                                      f"longer hold). Start a new sweep.")
-                log.warning("sweep %s: Ray's experiment state cannot be restored; starting %d new trials. The %d trials "
-                            "already started stay counted in the released ε.", name, opts.trials, len(started))
-            tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space),
-                               run_config=tune.RunConfig(
-                                   name=name, storage_path=storage, verbose=1 if opts.progress else 0,
-                                   failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
-                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-        grid = tuner.fit()
-        rows = _rows(grid)
-        status = "FINISHED"
+                callbacks.append(TrialTracker(uri, name, parent))
+            path = Store(storage).uri(name)
+            if resume and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                             resume_errored=retry_errored)
+            else:
+                started = TrialCounter(meta.uri()).started()
+                if resume and started:
+                    if opts.private_selection:
+                        raise ConfigError(f"sweep {name}: Ray's experiment state cannot be restored, and private selection "
+                                          f"cannot start its K = {opts.trials} trials again (repeat-and-select would no "
+                                          f"longer hold). Start a new sweep.")
+                    log.warning("sweep %s: Ray's experiment state cannot be restored; starting %d new trials. The %d trials "
+                                "already started stay counted in the released ε.", name, opts.trials, len(started))
+                tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space),
+                                   run_config=tune.RunConfig(
+                                       name=name, storage_path=storage, verbose=1 if opts.progress else 0,
+                                       failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
+                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+            grid = tuner.fit()
+            rows = _rows(grid)
+            status = "FINISHED"
     finally:
         # Time across every run of this sweep, interrupted ones included (summary.seconds is this run's).
         saved["elapsed_s"] = saved.get("elapsed_s", 0.0) + (time.time() - t0)
@@ -492,13 +480,6 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
             meta.write_text("sweep.json", json.dumps(saved, indent=2))
         except Exception as e:  # noqa: BLE001 - bookkeeping only: never hide the error that got us here
             log.warning("could not record the sweep's elapsed time: %s", e)
-        if started_ray:
-            if ray.is_initialized():
-                ray.shutdown()
-            if not opts.address:
-                for k, v in ray_env.items():
-                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-                _reload_ray_auth()
         if uri and status != "FINISHED":
             from mlflow import MlflowClient
 
@@ -517,15 +498,6 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                       format_report(result.extra["privacy"]))
         result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent}
     return result
-
-
-def _reload_ray_auth() -> None:
-    """Ray reads RAY_AUTH_MODE and the token once per process and caches both; a sweep that starts its own
-    Ray with a fresh token makes Ray read them again (what Ray's own authentication tests do)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
 
 
 # Client settings a trial on another node needs to reach the sweep's storage. Credentials are not among
@@ -559,7 +531,6 @@ def validation_eps(opts: SweepOptions, space: SearchSpace, eps: float) -> float:
 def draw_trials(selection: str, mean: float) -> int:
     """K for private selection, from OS entropy (never from --seed: a K anyone can recompute is a fixed K,
     and the repeat-and-select bound assumes a random one). γ is the one dp-accounting's bound uses."""
-    import secrets
 
     import numpy as np
     from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib

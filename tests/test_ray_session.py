@@ -1,0 +1,32 @@
+"""The local Ray a sweep starts holds the private set: it refuses clients without the sweep's token."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dpsearch.ray_session import ray_session
+
+CONNECT = "import ray; ray.init(address={addr!r}); print('CONNECTED', ray.cluster_resources().get('CPU'))"
+
+
+def _client(addr: str, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return subprocess.run([sys.executable, "-c", CONNECT.format(addr=addr)], env={**base, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_local_ray_needs_the_sweeps_fresh_token_and_leaves_no_token_behind(monkeypatch, tmp_path):
+    import ray
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # where Ray would write ~/.ray/auth_token
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    with ray_session(None):
+        addr = ray.get_runtime_context().gcs_address
+        token = os.environ["RAY_AUTH_TOKEN"]
+        assert os.environ["RAY_AUTH_MODE"] == "token" and len(token) == 64
+        assert "CONNECTED" not in _client(addr, RAY_AUTH_MODE="disabled").stdout
+        assert "CONNECTED" not in _client(addr, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64).stdout
+        assert "CONNECTED" in _client(addr, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token).stdout
+    assert not ray.is_initialized() and "RAY_AUTH_TOKEN" not in os.environ
+    assert not (Path(tmp_path) / ".ray" / "auth_token").exists()
