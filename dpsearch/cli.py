@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--eps", type=_float("--eps"), required=True)
         else:
             q.add_argument("--sigma", type=_float("--sigma"), required=True)
-        q.add_argument("--delta", type=_float("--delta"), default=None, help="default: below 1/N as in DESIGN.md")
+        q.add_argument("--delta", type=_float("--delta"), default=None, help="default: 1/N rounded down to a power of ten, strictly below 1/N")
         q.add_argument("--batch", type=int, required=True, help="expected (Poisson) batch size B")
         q.add_argument("--n", type=int, required=True, help="private set size N")
         q.add_argument("--epochs", type=int, required=True)

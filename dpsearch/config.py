@@ -180,7 +180,7 @@ class FinetuneConfig(_Strict):
 
 
 def default_delta(n: int) -> float:
-    """1/N rounded down to a power of ten, and strictly below 1/N (DESIGN.md)."""
+    """1/N rounded down to a power of ten, and strictly below 1/N (docs/privacy.md)."""
     k = math.ceil(math.log10(n))
     d = 10.0 ** (-k)
     return d if d < 1.0 / n else 10.0 ** (-(k + 1))

@@ -163,7 +163,7 @@ def validation_loss(model, validation: ImageSet, n_max: int = 1000, seed: int = 
     A per-epoch signal computed only from DP outputs (free post-processing), so a scheduler such as
     ASHA may stop trials on it; the private training loss must not be used for that.
     """
-    from dpsearch.pretrain import diffusion_loss
+    from dpsearch.models import diffusion_loss
 
     v = validation.subset(n_max, seed=seed)
     gen = torch.Generator().manual_seed(seed)

@@ -14,8 +14,7 @@ from tqdm import tqdm
 
 from dpsearch.config import ConfigError, FinetuneConfig, parse_layers
 from dpsearch.data import ImageSet
-from dpsearch.models import LDM, attention_modules, select_attention_layers
-from dpsearch.pretrain import diffusion_loss
+from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
 from dpsearch.privacy import PrivacyRecord, epsilon_for
 from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
 from dpsearch.privacy.randomness import MechanismRandomness

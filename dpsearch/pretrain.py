@@ -15,7 +15,7 @@ from tqdm import tqdm
 from dpsearch.config import PUBLIC_FOLDER, PretrainConfig
 from dpsearch.data import load_dataset
 from dpsearch.device import pick_device, seed_everything
-from dpsearch.models import LDM, build_ldm, load_ldm, save_ldm
+from dpsearch.models import LDM, build_ldm, diffusion_loss, load_ldm, save_ldm
 from dpsearch.models.ldm import ModelError
 from dpsearch.outputs import atomic_dir
 from dpsearch.paths import home
@@ -63,23 +63,6 @@ def train_autoencoder(model: LDM, data: torch.Tensor, cfg: PretrainConfig, gen: 
     bar.close()
     vae.eval().requires_grad_(False)
     return losses
-
-
-def diffusion_loss(unet, embedder, scheduler, latents, labels, label_dropout: float,
-                   noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-example ε-prediction loss, shape [B]: the per-sample criterion DP-SGD clips.
-
-    noise and t are drawn here unless given (tests pass them to compare against a reference).
-    """
-    b = latents.shape[0]
-    noise = torch.randn_like(latents) if noise is None else noise
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=latents.device) if t is None else t
-    if label_dropout > 0:
-        drop = torch.rand(b, device=latents.device) < label_dropout
-        labels = torch.where(drop, torch.full_like(labels, embedder.null_class), labels)
-    noisy = scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=embedder(labels)).sample
-    return (pred - noise).pow(2).flatten(1).mean(1)
 
 
 def train_ldm(model: LDM, latents: torch.Tensor, labels: torch.Tensor, cfg: PretrainConfig, gen, device) -> list[float]:

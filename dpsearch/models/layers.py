@@ -1,4 +1,4 @@
-"""Attention-layer numbering: the `a-b` range of DESIGN.md.
+"""Attention-layer numbering: the `a-b` range (docs/design.md).
 
 Modules are the UNet's Transformer2DModel blocks numbered 1..L down blocks → mid block → up
 blocks. `named_modules()` is not used for the order: UNet2DConditionModel registers
