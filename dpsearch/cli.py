@@ -199,7 +199,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    from dpsearch.sweep import SweepOptions, format_summary, run_sweep
+    from dpsearch.search import SweepOptions, format_summary, run_sweep
 
     opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,

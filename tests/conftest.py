@@ -58,7 +58,7 @@ def embedded_services_dir(tmp_path_factory):
 def tracked(tiny_model_dir, embedded_services_dir):
     """One real smoke sweep, tracked on the embedded MLflow and stored on the embedded S3 (several tests
     read it: MLflow fields, the UI, the HTML report)."""
-    from dpsearch.sweep import SweepOptions, run_sweep
+    from dpsearch.search import SweepOptions, run_sweep
 
     return run_sweep(SweepOptions(eps=5.0, space="smoke", trials=3, concurrency=1, sampler="random", seed=1,
                                   model=str(tiny_model_dir), name="tracked", progress=False))

@@ -12,8 +12,8 @@ LAYERS = [
     {"checkpoints", "privacy"},
     {"pretrain", "sample", "evaluate", "finetune"},
     {"trial", "baseline", "report"},
-    {"tracking", "started_trials", "ray_session"},
-    {"sweep"},
+    {"tracking"},
+    {"search"},
     {"cli"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dpsearch.ray_session import ray_session
+from dpsearch.search.ray_session import ray_session
 
 CONNECT = "import ray; ray.init(address={addr!r}); print('CONNECTED', ray.cluster_resources().get('CPU'))"
 

@@ -108,7 +108,7 @@ def test_yaml_numbers_without_a_dot_arrive_as_numbers(tmp_path):
 
 
 def test_validation_eps_of_the_space_is_used_and_bounded(tmp_path):
-    from dpsearch.sweep import SweepOptions, validation_eps
+    from dpsearch.search.options import SweepOptions, validation_eps
 
     p = _params(tmp_path)
     p.write_text(p.read_text() + "validation: {eps: 2.5}\n")

@@ -11,7 +11,7 @@ import yaml
 
 from dpsearch.cli import main
 from tests.cluster_hosts import kill_tree
-from dpsearch.sweep import SweepOptions, run_sweep
+from dpsearch.search import SweepOptions, run_sweep
 
 SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
 
@@ -114,39 +114,40 @@ def test_private_selection_is_refused_where_its_bound_does_not_hold(extra, messa
 
 
 def test_trials_on_other_nodes_get_the_storage_endpoint_but_never_credentials(monkeypatch):
-    from dpsearch.sweep import _NODE_ENV, _node_env
+    from dpsearch.search.resources import NODE_ENV, node_env
 
-    for k in _NODE_ENV:
+    for k in NODE_ENV:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.internal:8333")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-runtime-env")
-    env = _node_env("auto")["env_vars"]
+    env = node_env("auto")["env_vars"]
     assert env == {"AWS_ENDPOINT_URL": "http://s3.internal:8333", "AWS_DEFAULT_REGION": "eu-west-1"}
-    assert _node_env(None) is None  # local workers inherit the driver's environment
+    assert node_env(None) is None  # local workers inherit the driver's environment
 
 
 def test_tpe_models_scores_after_half_the_budget_not_after_optunas_ten():
     from dpsearch.space import load_space
-    from dpsearch.sweep import _tune_config, tpe_startup_trials
+    from dpsearch.search.options import tpe_startup_trials
+    from dpsearch.search.runner import tune_config
 
     assert [tpe_startup_trials(k) for k in (1, 4, 8, 30)] == [2, 2, 4, 10]
-    cfg = _tune_config(SweepOptions(trials=8, concurrency=2), load_space("smoke"))
+    cfg = tune_config(SweepOptions(trials=8, concurrency=2), load_space("smoke"))
     assert cfg.search_alg._sampler._n_startup_trials == 4  # an 8-trial "TPE" sweep is not random search
 
 
 def test_auto_concurrency_is_one_trial_per_core_capped_by_memory_and_trials(monkeypatch):
     import ray
 
-    from dpsearch.sweep import _resources, auto_concurrency
+    from dpsearch.search.resources import auto_concurrency, trial_resources
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=3, num_gpus=0, _memory=7 * 2**30, include_dashboard=False, log_to_driver=False)
     try:
         assert auto_concurrency(8) == 2  # 3 cores, but 7 GiB holds two 3-GiB trials
         assert auto_concurrency(1) == 1
-        res = _resources(SweepOptions(concurrency=3))
+        res = trial_resources(SweepOptions(concurrency=3))
         assert (res["cpu"], res["threads"], res["gpu"]) == (1, 1, 0)  # one thread per trial: no oversubscription
         assert res["val_cpu"] == 3  # the validation generator runs alone and gets the whole node
     finally:
@@ -177,7 +178,7 @@ def test_resume_refuses_other_data_model_or_space(changed, message, tiny_model_d
     from dpsearch.data import load_dataset
     from dpsearch.fingerprints import files_fingerprint, private_fingerprint, text_fingerprint
     from dpsearch.space import load_space
-    from dpsearch.sweep import pack_model
+    from dpsearch.search.model_files import pack_model
 
     space = load_space("smoke")
     private = load_dataset("mnist")[0].subset(space.n_private, seed=0)

@@ -80,7 +80,7 @@ def sweep_report(sweep_dir: str | Path) -> dict:
     return rep
 
 
-STARTED = "trials_started.json"  # ids of every trial a sweep ever started, written by search's TrialCounter
+STARTED = "trials_started.json"  # ids of every trial a sweep ever started, written by search/trial_counter.py
 
 
 def format_report(rep: dict) -> str:

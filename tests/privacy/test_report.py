@@ -8,7 +8,7 @@ import pytest
 from dpsearch.cli import main
 from dpsearch.privacy.report import format_report, space_grid, sweep_report
 from dpsearch.space import load_space
-from dpsearch.sweep import draw_trials
+from dpsearch.search.options import draw_trials
 
 
 def _fake_sweep(tmp_path, selection=None, mean=None, trials=3):

@@ -1,0 +1,241 @@
+"""A sweep end to end: check the input, connect the services, make or load V, run Ray Tune + Optuna,
+summarize and report the privacy of the whole search. It orchestrates; the steps live elsewhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from dpsearch.config import ConfigError, parse_layers
+from dpsearch.paths import home
+from dpsearch.search.model_files import pack_model
+from dpsearch.search.options import METRIC, MODE, SweepOptions, draw_trials, tpe_startup_trials, validation_eps
+from dpsearch.search.resources import auto_concurrency, node_env, trial_resources
+from dpsearch.search.summary import SweepResult, rows_of, summarize
+from dpsearch.search.trainable import dp_trial
+from dpsearch.search.validation import load_or_make_validation
+from dpsearch.space import SearchSpace, define_by_run, load_space
+from dpsearch.storage import Store, check_reachable
+
+log = logging.getLogger(__name__)
+
+
+def connect_services(opts: SweepOptions) -> tuple[str, Optional[str]]:
+    """(storage root, MLflow URI or None). Configured services are used as they are; with nothing
+    configured, the embedded ones are started (and left running for the UI)."""
+    from dpsearch import services
+
+    uri = None if opts.tracking == "none" else (
+        opts.tracking if opts.tracking not in (None, "auto") else os.environ.get("MLFLOW_TRACKING_URI"))
+    storage = opts.storage
+    running = services.load()
+    if uri and running is not None and uri == running.mlflow_uri:
+        uri = None  # MLflow itself exports the embedded server's URI to the environment: that is not a user setting
+    if opts.tracking in (None, "auto") and not uri:
+        s, started = services.up()
+        log.info("%s the embedded services: MLflow %s, S3 %s", "started" if started else "using", s.mlflow_uri,
+                 s.s3_endpoint)
+        uri = s.mlflow_uri
+        if storage is None:  # the embedded S3 too: this process and the local Ray workers it starts reach it
+            os.environ.update({k: v for k, v in s.client_env().items() if k.startswith("AWS_")})
+            storage = s.storage
+    storage = storage or str(home() / "sweeps")
+    check_reachable(storage)
+    if uri:
+        from dpsearch.tracking import check_reachable as check_mlflow
+
+        check_mlflow(uri)
+    return storage, uri
+
+
+def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: bool = False) -> SweepResult:
+    from ray import tune
+
+    from dpsearch.config import PretrainConfig
+    from dpsearch.data import load_dataset
+    from dpsearch.models import attention_modules, load_ldm
+    from dpsearch.pretrain import pretrain
+    from dpsearch.fingerprints import check_resume, files_fingerprint, private_fingerprint, text_fingerprint
+    from dpsearch.search.ray_session import ray_session
+    from dpsearch.search.trial_counter import TrialCounter
+
+    opts.check()
+    if resume:
+        storage, uri = connect_services(opts)
+        meta = Store(storage).child(resume, "dpsearch")
+        if not meta.exists("sweep.json"):
+            raise ConfigError(f"no sweep named {resume!r} under {storage} (looked for {meta.uri('sweep.json')})")
+        saved = json.loads(meta.read_text("sweep.json"))
+        opts = SweepOptions(**{**saved["options"], "progress": opts.progress, "address": opts.address,
+                               "storage": storage, "tracking": opts.tracking})
+        space = SearchSpace(**saved["space"])
+    else:
+        space = load_space(opts.space)
+    if opts.eps_total is not None and not resume:
+        from dpsearch.privacy.report import solve_per_trial_eps
+
+        if space.validation.eps is not None:
+            raise ConfigError(f"the space sets validation.eps = {space.validation.eps:g}, but --eps-total solves the "
+                              f"validation generator's ε together with the trials'; remove one of them")
+
+        n = space.n_private or len(load_dataset(space.private)[0])
+        log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
+        per, g = solve_per_trial_eps(space, n, opts.eps_total, trials=None if opts.private_selection else opts.trials,
+                                     selection=opts.private_selection, mean_trials=opts.mean_trials)
+        log.info("--eps-total %g: every trial and the validation generator get ε = %.4f (δ = %g); released model: "
+                 "ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
+        opts.eps = opts.val_eps = per
+    eps = opts.eps if opts.eps is not None else space.eps
+    val_eps = validation_eps(opts, space, eps)
+    budget = f"epstotal{opts.eps_total:g}" if opts.eps_total else f"eps{eps:g}"  # what the user asked for
+    name = resume or opts.name or f"{space.name}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    # Everything that can be wrong with the input fails here, before any training.
+    private, oracle = load_dataset(space.private)
+    if space.n_private:
+        private = private.subset(space.n_private, seed=opts.seed)
+    for cfg_probe in _probe_configs(space, eps):
+        cfg_probe.check_against_data(len(private))
+    model_dir = opts.model or space.model or pretrain(PretrainConfig())
+    probe = load_ldm(model_dir)
+    space.params.layers.check_model(len(attention_modules(probe.unet)))
+    parse_layers(space.reference.layers, len(attention_modules(probe.unet)))
+    del probe
+    if not resume:
+        storage, uri = connect_services(opts)
+        meta = Store(storage).child(name, "dpsearch")
+        if meta.exists("sweep.json"):
+            raise ConfigError(f"a sweep named {name!r} already exists under {storage}: use --resume {name} or another --name")
+
+    if opts.private_selection and not resume:
+        opts.trials = draw_trials(opts.private_selection, opts.mean_trials)
+        log.info("private selection (%s, mean %g): K = %d trials drawn", opts.private_selection, opts.mean_trials,
+                 opts.trials)
+        if opts.trials == 0:
+            raise ConfigError("the Poisson draw gave K = 0 trials: by design nothing is trained or released; run again")
+    model_files = pack_model(Path(model_dir))
+    fingerprints = {"private": private_fingerprint(private.images, private.labels, create_key=not resume),
+                    "model": files_fingerprint(model_files), "space": text_fingerprint(space.model_dump_json())}
+    if resume:
+        saved = json.loads(meta.read_text("sweep.json"))
+        check_resume(saved.get("fingerprints", {}), fingerprints, name)
+    else:
+        saved = {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
+                             "storage": storage, "tracking": None},
+                 "n_private": len(private), "space": json.loads(space.model_dump_json()), "fingerprints": fingerprints}
+    parent = None
+    if uri:
+        from dpsearch.tracking import start_parent
+
+        parent = start_parent(uri, name, saved.get("mlflow_parent_run"), _parent_params(saved, eps, val_eps),
+                              space.model_dump_json(indent=2))
+        saved["mlflow_parent_run"] = parent
+    meta.write_text("sweep.json", json.dumps(saved, indent=2))
+
+    t0 = time.time()
+    status = "FAILED"
+    try:
+        with ray_session(opts.address, runtime_env=node_env(opts.address)):
+            if opts.concurrency is None:  # saved options keep "auto": a resumed sweep decides again where it runs
+                opts.concurrency = saved["concurrency_used"] = auto_concurrency(opts.trials)
+                log.info("running %d trials at once (auto; --concurrency sets it)", opts.concurrency)
+                if uri:
+                    from mlflow import MlflowClient
+
+                    MlflowClient(uri).set_tag(parent, "concurrency_used", opts.concurrency)
+            res = trial_resources(opts)
+            validation, val_privacy = load_or_make_validation(meta, model_files, private, space, val_eps, opts.seed, res)
+            trainable = tune.with_resources(
+                tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,
+                                     space_json=space.model_dump_json(), eps=eps, seed=opts.seed, threads=res["threads"]),
+                {"cpu": res["cpu"], "gpu": res["gpu"]})
+            callbacks = [TrialCounter(Store(storage).uri(name, "dpsearch"))]
+            if uri:
+                from dpsearch.tracking import TrialTracker
+
+                callbacks.append(TrialTracker(uri, name, parent))
+            path = Store(storage).uri(name)
+            if resume and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                             resume_errored=retry_errored)
+            else:
+                started = TrialCounter(meta.uri()).started()
+                if resume and started:
+                    if opts.private_selection:
+                        raise ConfigError(f"sweep {name}: Ray's experiment state cannot be restored, and private selection "
+                                          f"cannot start its K = {opts.trials} trials again (repeat-and-select would no "
+                                          f"longer hold). Start a new sweep.")
+                    log.warning("sweep %s: Ray's experiment state cannot be restored; starting %d new trials. The %d trials "
+                                "already started stay counted in the released ε.", name, opts.trials, len(started))
+                tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space),
+                                   run_config=tune.RunConfig(
+                                       name=name, storage_path=storage, verbose=1 if opts.progress else 0,
+                                       failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
+                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+            grid = tuner.fit()
+            rows = rows_of(grid)
+            status = "FINISHED"
+    finally:
+        # Time across every run of this sweep, interrupted ones included (summary.seconds is this run's).
+        saved["elapsed_s"] = saved.get("elapsed_s", 0.0) + (time.time() - t0)
+        try:
+            meta.write_text("sweep.json", json.dumps(saved, indent=2))
+        except Exception as e:  # noqa: BLE001 - bookkeeping only: never hide the error that got us here
+            log.warning("could not record the sweep's elapsed time: %s", e)
+        if uri and status != "FINISHED":
+            from mlflow import MlflowClient
+
+            MlflowClient(uri).set_terminated(parent, "KILLED")
+    from dpsearch.privacy.report import format_report, sweep_report
+
+    result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0)
+    result.extra["elapsed_s"] = saved["elapsed_s"]
+    meta.write_text("summary.json", json.dumps(asdict(result), indent=2, default=str))
+    result.extra["privacy"] = sweep_report(Store(storage).uri(name))
+    meta.write_text("privacy_report.json", json.dumps(result.extra["privacy"], indent=2))
+    if uri:
+        from dpsearch.tracking import finish_parent
+
+        finish_parent(uri, parent, json.loads(json.dumps(asdict(result), default=str)), result.extra["privacy"],
+                      format_report(result.extra["privacy"]))
+        result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent}
+    return result
+
+
+def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:
+    o = saved["options"]
+    return {"eps": eps, "val_eps": val_eps, "space": saved["space"]["name"], "trials": o["trials"],
+            "sampler": o["sampler"], "scheduler": o["scheduler"], "concurrency": o["concurrency"] or "auto", "seed": o["seed"],
+            "private_selection": o.get("private_selection"), "mean_trials": o.get("mean_trials"),
+            "n_private": saved.get("n_private"), "storage": o["storage"], "model": o["model"]}
+
+
+def _probe_configs(space: SearchSpace, eps: float):
+    """The extreme configurations of the space, to catch batch > N or δ ≥ 1/N before training."""
+    for b in [*space.params.batch.values(), space.reference.batch]:
+        yield space.finetune_config({"layers": "1-1", "clip": 1.0, "batch": b, "epochs": 1, "lr": 1e-3}, eps)
+
+
+def tune_config(opts: SweepOptions, space: SearchSpace):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=tpe_startup_trials(opts.trials))
+               if opts.sampler == "tpe" else optuna.samplers.RandomSampler(seed=opts.seed))
+    searcher = OptunaSearch(space=define_by_run(space), metric=METRIC, mode=MODE, sampler=sampler)
+    scheduler = None
+    if opts.scheduler == "asha":
+        # Stops trials on the diffusion loss measured on the DP synthetic validation set (post-processing),
+        # never on the private training loss.
+        max_epochs = max(space.params.epochs.values())
+        scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration",
+                                  grace_period=1, max_t=int(max_epochs) + 1, reduction_factor=2)
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.trials,
+                           max_concurrent_trials=opts.concurrency)

@@ -1,0 +1,113 @@
+"""The sweep's result: trials sorted by objective, the Spearman figure against the oracle, the table."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from dpsearch.search.options import METRIC
+
+
+@dataclass
+class SweepResult:
+    name: str
+    path: Path
+    rows: list[dict]  # one per trial, sorted by objective
+    validation_privacy: dict
+    spearman: Optional[float]
+    best: Optional[dict]
+    best_oracle: Optional[dict]
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def rows_of(grid) -> list[dict]:
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        cfg = r.config or {}
+        rows.append({
+            "trial": m.get("trial_id") or (os.path.basename(r.path) if r.path else "?"), "status": "ERROR" if r.error else (
+                "DONE" if m.get("done") else "STOPPED"),
+            "layers": cfg.get("layers"), "clip": cfg.get("clip"), "batch": cfg.get("batch"), "lr": cfg.get("lr"),
+            "epochs": cfg.get("epochs"), "sigma": m.get("privacy/sigma"), "eps": m.get("privacy/eps"),
+            "delta": m.get("privacy/delta"), "q": m.get("privacy/q"), "steps": m.get("privacy/steps"),
+            "accountant": m.get("privacy/accountant"), "objective": m.get(METRIC), "oracle_accuracy": m.get("oracle/accuracy"),
+            "synthetic_fid": m.get("synthetic/fid_to_validation"), "oracle_fid": m.get("oracle/fid"),
+            "trainable_fraction": m.get("privacy/trainable_fraction"), "node": m.get("node"), "device": m.get("device"),
+            "checkpoint": _checkpoint_uri(r.checkpoint) if r.checkpoint else None,
+            "error": _error_line(r.error) if r.error else None})
+    return rows
+
+
+def _checkpoint_uri(ckpt) -> str:
+    return f"s3://{ckpt.path}" if type(ckpt.filesystem).__name__ == "S3FileSystem" else ckpt.path
+
+
+def _error_line(err: BaseException) -> str:
+    """The exception's own message ("FloatingPointError: ..."), not Ray's traceback header."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    named = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)]
+    return (named[-1] if named else lines[-1] if lines else type(err).__name__)[:300]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds: float) -> SweepResult:
+    """Sorts by objective; how well the synthetic validation ranked trials against the oracle."""
+    from scipy.stats import spearmanr
+
+    done = [r for r in rows if _finite(r["objective"]) and r["status"] != "ERROR"]  # an errored trial is never picked
+    done.sort(key=lambda r: -r["objective"])
+    rest = [r for r in rows if r not in done]
+    rho = None
+    both = [r for r in done if _finite(r["oracle_accuracy"])]
+    if len(both) >= 3:
+        rho = float(spearmanr([r["objective"] for r in both], [r["oracle_accuracy"] for r in both]).statistic)
+    best = done[0] if done else None
+    best_oracle = max(both, key=lambda r: r["oracle_accuracy"]) if both else None
+    return SweepResult(name, path, done + rest, val_privacy, rho, best, best_oracle, seconds)
+
+
+def format_summary(res: SweepResult) -> str:
+    cols = [("trial", 11), ("status", 7), ("layers", 6), ("clip", 8), ("batch", 5), ("lr", 8), ("epochs", 6),
+            ("sigma", 7), ("eps", 6), ("objective", 9), ("oracle_accuracy", 15)]
+    def fmt(v, w):
+        if v is None:
+            return "-".rjust(w)
+        if isinstance(v, float):
+            return (f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.4f}").rjust(w)
+        return str(v)[-w:].rjust(w)
+    lines = ["  ".join(c.rjust(w) for c, w in cols)]
+    lines += ["  ".join(fmt(r.get(c), w) for c, w in cols) for r in res.rows]
+    vp = res.validation_privacy
+    lines.append(f"validation generator: (ε = {vp['eps']:.3f}, δ = {vp['delta']:g})-DP ({vp['accountant'].upper()}), "
+                 f"layers {vp['layers']}; the objective is accuracy on its synthetic set, never on private data")
+    if "privacy" in res.extra:
+        from dpsearch.privacy.report import format_report
+
+        lines.append(format_report(res.extra["privacy"]))
+    if res.spearman is not None:
+        lines.append(f"Spearman(objective, oracle accuracy) = {res.spearman:.3f} over {sum(1 for r in res.rows if _finite(r['objective']))} trials")
+    if res.best:
+        b, bo = res.best, res.best_oracle
+        lines.append(f"selected by objective: {b['trial']} (layers {b['layers']}), oracle accuracy "
+                     f"{100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)")
+        if bo:
+            lines.append(f"best oracle trial: {bo['trial']} (layers {bo['layers']}), oracle accuracy {100 * bo['oracle_accuracy']:.2f}%")
+        lines.append(f"best model: {b['checkpoint']}/model")
+    failed = [r for r in res.rows if r["status"] == "ERROR"]
+    for r in failed:
+        lines.append(f"failed: {r['trial']}: {r['error']}")
+    lines.append(f"sweep {res.name}: {len(res.rows)} trials in {res.seconds / 60:.1f} min; results under {res.path}")
+    if "mlflow" in res.extra:
+        m = res.extra["mlflow"]
+        lines.append(f"MLflow: {m['uri']} experiment {m['experiment']!r} (parent run {m['parent_run']}); "
+                     f"`dpsearch ui` prints the address")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""The DP validation generator: one DP fine-tune with the space's reference configuration, then a
+labelled synthetic sample V that scores every trial (post-processing of DP outputs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from dpsearch.data import ImageSet
+from dpsearch.search.model_files import unpack_model
+from dpsearch.space import SearchSpace
+from dpsearch.storage import Store, load_npz, npz_bytes
+
+log = logging.getLogger(__name__)
+
+
+def make_validation_set(model_files: dict[str, bytes], private: ImageSet, space_json: str, eps: float, seed: int,
+                        threads: int) -> tuple[ImageSet, dict]:
+    """One DP fine-tune with the space's reference config under its own ε, then a labelled sample V.
+
+    Not a candidate: trials with the same configuration are separate DP runs with their own noise.
+    """
+    import torch
+
+    from dpsearch.device import pick_device
+    from dpsearch.finetune import dp_finetune
+    from dpsearch.models import load_ldm
+    from dpsearch.sample import sample
+
+    torch.set_num_threads(threads)
+    space = SearchSpace.model_validate_json(space_json)
+    cfg = space.reference_config(eps, seed)
+    model = load_ldm(unpack_model(model_files), pick_device("auto"))
+    res = dp_finetune(model, private, cfg, progress=False)
+    smp = space.sample.model_copy(update={"per_class": space.validation.per_class, "seed": seed + 104729})
+    v = sample(res.model, smp, progress=False)
+    return ImageSet(v.images, v.labels, v.num_classes, "dp-synthetic-validation"), res.privacy.to_dict()
+
+
+def load_or_make_validation(meta: Store, model_files, private, space: SearchSpace, val_eps: float, seed: int,
+                             resources: dict) -> tuple[ImageSet, dict]:
+    """V is made once per sweep and stored with it, so a resumed sweep scores against the same V."""
+    import ray
+
+    if meta.exists("validation.npz") and meta.exists("validation_privacy.json"):
+        return load_npz(meta.read_bytes("validation.npz"), ImageSet.load), json.loads(meta.read_text("validation_privacy.json"))
+    log.info("making the DP synthetic validation set (reference config %s, ε = %g)", space.reference.model_dump(), val_eps)
+    # It runs alone, before any trial: on CPUs it gets a whole node, not one trial's share.
+    task = ray.remote(make_validation_set).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
+    v, priv = ray.get(task.remote(model_files, private, space.model_dump_json(), val_eps, seed, resources["val_cpu"]))
+    meta.write_bytes("validation.npz", npz_bytes(v.save))
+    meta.write_text("validation_privacy.json", json.dumps(priv, indent=2))
+    return v, priv
