@@ -11,13 +11,9 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dpsearch.config import EPS_MAX, ConfigError, EvaluateConfig, FinetuneConfig, SampleConfig, parse_layers
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from dpsearch.config import EPS_MAX, ConfigError, _Strict, EvaluateConfig, FinetuneConfig, SampleConfig, parse_layers
 
 
 MAX_INT_VALUES = 64  # an integer range is a grid the privacy report enumerates (one σ per batch × epochs)
@@ -154,7 +150,7 @@ class LayerSpace(_Strict):
             parse_layers(r, n_layers)
 
 
-class Reference(_Strict):
+class ValidationGenerator(_Strict):
     """The validation generator's configuration (one DP fine-tune, not a candidate)."""
 
     layers: str = "all"
@@ -198,7 +194,7 @@ class SearchSpace(_Strict):
     accountant: Literal["prv", "rdp"] = "prv"
     physical_batch: int = Field(128, gt=0)
     params: Params
-    reference: Reference = Reference()
+    reference: ValidationGenerator = ValidationGenerator()  # YAML key `reference`
     validation: Validation = Validation()
     sample: SampleConfig = SampleConfig(per_class=200)
     evaluate: EvaluateConfig = EvaluateConfig()

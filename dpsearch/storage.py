@@ -112,7 +112,7 @@ class Store:
         return dest
 
 
-def check_reachable(uri: str) -> None:
+def check_storage(uri: str) -> None:
     """Fails before any training when the storage cannot be listed or written (clear message)."""
     store = Store(uri)
     try:
@@ -161,4 +161,4 @@ def load_npz(data: bytes, load):
         return load(p)
 
 
-__all__ = ["Store", "is_remote", "check_reachable", "npz_bytes", "load_npz", "with_retries"]
+__all__ = ["Store", "is_remote", "check_storage", "npz_bytes", "load_npz", "with_retries"]

@@ -49,7 +49,7 @@ def _no_secrets(d: dict) -> dict:
     return {k: v for k, v in d.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
 
 
-def check_reachable(uri: str) -> None:
+def check_tracking(uri: str) -> None:
     """A clear error before any trial trains when the tracking server cannot be used."""
     import mlflow
 

@@ -43,7 +43,8 @@ class ImageSet:
         return self.images.float().div(127.5).sub(1.0)
 
     def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
-        """A class-stratified random subset of n images (all images when n is None or ≥ N)."""
+        """A uniformly random subset of n images, chosen by a seeded permutation that looks at no image (all
+        images when n is None or ≥ N). Not stratified: class counts vary around their proportions."""
         if n is None or n >= len(self):
             return self
         rng = np.random.default_rng(seed)

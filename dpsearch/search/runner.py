@@ -20,7 +20,7 @@ from dpsearch.search.summary import SweepResult, rows_of, summarize
 from dpsearch.search.trainable import dp_trial
 from dpsearch.search.validation import load_or_make_validation
 from dpsearch.space import SearchSpace, define_by_run, load_space
-from dpsearch.storage import Store, check_reachable
+from dpsearch.storage import Store, check_storage
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,11 @@ def connect_services(opts: SweepOptions) -> tuple[str, Optional[str]]:
             os.environ.update({k: v for k, v in s.client_env().items() if k.startswith("AWS_")})
             storage = s.storage
     storage = storage or str(home() / "sweeps")
-    check_reachable(storage)
+    check_storage(storage)
     if uri:
-        from dpsearch.tracking import check_reachable as check_mlflow
+        from dpsearch.tracking import check_tracking
 
-        check_mlflow(uri)
+        check_tracking(uri)
     return storage, uri
 
 
