@@ -77,11 +77,11 @@ SCHEDULER_NAMES = {"ddim": "DDIM", "dpm++": "DPM-Solver++"}
 
 def _sampler(cfg: dict) -> str:
     """A row's sampler; sample configs from before the scheduler option were DDIM."""
-    return f"{SCHEDULER_NAMES[cfg.get('scheduler', 'ddim')]} {cfg['ddim_steps']}"
+    return f"{SCHEDULER_NAMES[cfg.get('scheduler', 'ddim')]} {cfg.get('steps', cfg.get('ddim_steps'))}"
 
 
 # DDIM 25: the sampler the cached baseline files under bench/results were made with
-BASELINE_SAMPLE = SampleConfig(scheduler="ddim", ddim_steps=25)
+BASELINE_SAMPLE = SampleConfig(scheduler="ddim", steps=25)
 
 
 def _baseline(per_class: int) -> dict:

@@ -36,7 +36,7 @@ def measure(model, test, scheduler: str, steps: int, per_class: int, batch: int,
     from dpsearch.evaluate import evaluate
     from dpsearch.sample import sample
 
-    cfg = SampleConfig(per_class=per_class, ddim_steps=steps, scheduler=scheduler, batch=batch, seed=seed)
+    cfg = SampleConfig(per_class=per_class, steps=steps, scheduler=scheduler, batch=batch, seed=seed)
     t = time.perf_counter()
     synthetic = sample(model, cfg, progress=False)
     sec = time.perf_counter() - t
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
                                                   "(default: the cached pretrained model)")
     ap.add_argument("--per-class", type=int, default=200, help="images per class (a sweep trial samples 200)")
     ap.add_argument("--batch", type=int, default=d.batch)
-    ap.add_argument("--default", default=f"{d.scheduler}:{d.ddim_steps}")
+    ap.add_argument("--default", default=f"{d.scheduler}:{d.steps}")
     ap.add_argument("--settings", default="ddim:15,ddim:10,ddim:5,dpm++:15,dpm++:10,dpm++:5")
     ap.add_argument("--default-seeds", type=int, default=3, help="seeds for the default setting (chance spread)")
     ap.add_argument("--tolerance", type=float, default=0.5, help="accuracy points the fastest setting may lose")

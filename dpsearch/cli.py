@@ -52,7 +52,8 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
 
 def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", type=int, default=DEFAULT_SAMPLE.per_class)
-    p.add_argument("--ddim-steps", type=int, default=DEFAULT_SAMPLE.ddim_steps, help="denoising steps")
+    p.add_argument("--steps", "--ddim-steps", dest="steps", type=int, default=DEFAULT_SAMPLE.steps,
+                   help="denoising steps of the sampler (--ddim-steps is the old name)")
     p.add_argument("--scheduler", choices=["ddim", "dpm++"], default=DEFAULT_SAMPLE.scheduler,
                    help="sampling scheduler (bench/sampling.py compares them)")
     p.add_argument("--guidance", type=_float("--guidance"), default=DEFAULT_SAMPLE.guidance)
@@ -73,7 +74,7 @@ def _ft_config(a) -> FinetuneConfig:
 
 
 def _sample_config(a) -> SampleConfig:
-    return validate(SampleConfig, per_class=a.per_class, ddim_steps=a.ddim_steps, scheduler=a.scheduler,
+    return validate(SampleConfig, per_class=a.per_class, steps=a.steps, scheduler=a.scheduler,
                     guidance=a.guidance, seed=a.seed)
 
 

@@ -190,11 +190,20 @@ class SampleConfig(_Strict):
     per_class: int = Field(500, gt=0)
     # DPM-Solver++ at 10 steps: 2.7× the images/s of DDIM at 25 steps, oracle accuracy within 0.5 points
     # over 3 seeds each (bench/sampling.py, docs/performance.md); FID on public-CNN features is higher.
-    ddim_steps: int = Field(10, gt=0)  # denoising steps, whichever scheduler
+    steps: int = Field(10, gt=0)  # denoising steps of whichever scheduler (DDIM or DPM-Solver++)
     scheduler: Literal["ddim", "dpm++"] = "dpm++"  # diffusers' DDIMScheduler or DPMSolverMultistepScheduler
     guidance: float = Field(3.0, ge=0)  # measured: same oracle accuracy as 2.0, lower FID
     batch: int = Field(500, gt=0)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, v):
+        """Spaces and sweeps written before the rename say ddim_steps, although DPM-Solver++ uses it too."""
+        if isinstance(v, dict) and "ddim_steps" in v and "steps" not in v:
+            v = {**v, "steps": v["ddim_steps"]}
+            del v["ddim_steps"]
+        return v
 
 
 class EvaluateConfig(_Strict):

@@ -38,9 +38,9 @@ def sample(model: LDM, cfg: SampleConfig, progress: bool = True) -> ImageSet:
     guided = cfg.guidance != 1.0
     out = []
     batches = range(0, len(labels), cfg.batch)
-    bar = tqdm(total=len(batches) * cfg.ddim_steps, desc=f"{cfg.scheduler.upper()} sampling", disable=not progress, leave=False)
+    bar = tqdm(total=len(batches) * cfg.steps, desc=f"{cfg.scheduler.upper()} sampling", disable=not progress, leave=False)
     for i in batches:
-        sched.set_timesteps(cfg.ddim_steps)  # resets a multistep solver's history between batches
+        sched.set_timesteps(cfg.steps)  # resets a multistep solver's history between batches
         y = labels[i: i + cfg.batch].to(dev)
         z = torch.randn((len(y), *shape), generator=gen).to(dev)
         cond = emb(y)

@@ -15,7 +15,7 @@ def test_tiny_trial_end_to_end(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "trial"
     code = main(["run", "--model", str(tiny_model_dir), "--out", str(out), "--eps", "5", "--layers", "3-7",
                  "--clip", "0.01", "--batch", "100", "--epochs", "1", "--n-private", "500", "--per-class", "20",
-                 "--ddim-steps", "4", "--quiet"])
+                 "--steps", "4", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "δ = 0.001" in printed and "oracle accuracy (real test split, not DP)" in printed
@@ -35,7 +35,7 @@ def test_tiny_trial_end_to_end(tiny_model_dir, tmp_path, capsys):
 def test_non_private_reference_run_is_labelled_not_dp(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "ref"
     code = main(["run", "--model", str(tiny_model_dir), "--out", str(out), "--non-private", "--layers", "3-7",
-                 "--batch", "100", "--epochs", "1", "--n-private", "300", "--per-class", "5", "--ddim-steps", "2",
+                 "--batch", "100", "--epochs", "1", "--n-private", "300", "--per-class", "5", "--steps", "2",
                  "--quiet"])
     assert code == 0
     assert "privacy: NONE. non-private reference run" in capsys.readouterr().out
