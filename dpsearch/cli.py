@@ -467,7 +467,7 @@ def _sweep_path(sweep: str, storage: str | None) -> str:
 
 
 def cmd_report(a) -> int:
-    from dpsearch.report import build_report
+    from dpsearch.html_report import build_report
 
     path = _sweep_path(a.sweep, a.storage)
     out = Path(a.out) if a.out else Path(f"{Path(a.sweep.rstrip('/')).name}-report.html")

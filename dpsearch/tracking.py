@@ -109,7 +109,7 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
                 c.log_metric(run_id, f"{name}/oracle_accuracy", row["oracle_accuracy"])
             if row.get("checkpoint"):
                 c.set_tag(run_id, f"{name}.checkpoint", row["checkpoint"])
-    from dpsearch.report import plot_objective_vs_oracle
+    from dpsearch.html_report import plot_objective_vs_oracle
 
     fig = plot_objective_vs_oracle(summary.get("rows") or [], summary.get("spearman"))
     if fig is not None:  # the Spearman figure: did the DP synthetic validation rank trials like the oracle?

@@ -11,7 +11,7 @@ LAYERS = [
     {"space", "storage", "data", "models", "services", "fingerprints"},
     {"checkpoints", "privacy"},
     {"pretrain", "sample", "evaluate", "finetune"},
-    {"trial", "baseline", "report"},
+    {"trial", "baseline", "html_report"},
     {"tracking"},
     {"search"},
     {"cli"},

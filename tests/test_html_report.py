@@ -7,7 +7,7 @@ import pytest
 
 from dpsearch.cli import main
 from dpsearch.config import ConfigError
-from dpsearch.report import plot_layer_heatmap
+from dpsearch.html_report import plot_layer_heatmap
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -25,7 +25,7 @@ def test_report_of_something_that_is_not_a_sweep_is_a_clear_error(tmp_path, caps
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
     assert "not a dpsearch sweep" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
     with pytest.raises(ConfigError, match="not a dpsearch sweep"):
-        from dpsearch.report import build_report
+        from dpsearch.html_report import build_report
 
         build_report(str(tmp_path / "elsewhere"), tmp_path / "r.html")
 
