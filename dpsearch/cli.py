@@ -116,23 +116,21 @@ def cmd_layers(a) -> int:
 
 def cmd_finetune(a) -> int:
     from dpsearch.device import pick_device
-    from dpsearch.finetune import dp_finetune
+    from dpsearch.outputs import atomic_dir, check_output
+    from dpsearch.pipeline import run_pipeline, write_outputs
     from dpsearch.privacy.dpsgd import plan_privacy
-    from dpsearch.models import load_ldm, save_ldm
-    from dpsearch.outputs import atomic_dir, check_output, write_json
 
     cfg = _ft_config(a)
     check_output(Path(a.out), a.overwrite)
     private, _ = _private(a.private, cfg.n_private, a.seed)
     plan_privacy(cfg, len(private))
-    model = load_ldm(a.model, pick_device(a.device))
-    res = dp_finetune(model, private, cfg, progress=not a.quiet)
+    out = run_pipeline(a.model, private, cfg, device=str(pick_device(a.device)), progress=not a.quiet)
     with atomic_dir(Path(a.out), a.overwrite) as tmp:
-        save_ldm(res.model.to("cpu"), tmp, extra={"privacy": res.privacy.to_dict()})
-        write_json(tmp / "privacy.json", res.privacy.to_dict())
-        write_json(tmp / "history.json", {"epochs": res.history})
-    print(res.privacy.summary())
-    print(f"model and privacy.json written to {a.out}")
+        write_outputs(tmp, out, {"privacy": out.privacy})
+    print(f"(ε = {out.privacy['eps']:.3f}, δ = {out.privacy['delta']:g})-DP by {out.privacy['accountant'].upper()}, "
+          f"σ = {out.privacy['sigma']:.4f}, q = {out.privacy['q']:.5f}, steps = {out.privacy['steps']}, "
+          f"layers {out.privacy['layers']}")
+    print(f"model ({a.out}/model) and privacy.json written to {a.out}")
     return 0
 
 

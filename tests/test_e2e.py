@@ -22,7 +22,7 @@ def test_tiny_trial_end_to_end(tiny_model_dir, tmp_path, capsys):
     privacy = json.loads((out / "privacy.json").read_text())
     assert privacy["eps"] <= 5 and privacy["delta"] == 1e-3 and privacy["layers"] == "3-7"
     assert privacy["steps"] == 5 and privacy["sampling"] == "poisson" and privacy["accountant"] == "prv"
-    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((out / "result.json").read_text())["metrics"]
     assert 0 <= metrics["oracle/accuracy"] <= 1 and metrics["oracle/fid"] > 0
     synth = ImageSet.load(out / "synthetic.npz")
     assert synth.class_counts() == [20] * 10
@@ -48,3 +48,14 @@ def test_non_private_and_eps_exclude_each_other(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--non-private", "--eps", "5"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_finetune_then_sample_through_the_cli(tiny_model_dir, tmp_path, capsys):
+    ft, syn = tmp_path / "ft", tmp_path / "syn"
+    assert main(["finetune", "--model", str(tiny_model_dir), "--out", str(ft), "--eps", "5", "--layers", "2-4",
+                 "--batch", "100", "--epochs", "1", "--n-private", "300", "--quiet"]) == 0
+    assert "-DP by PRV" in capsys.readouterr().out
+    assert json.loads((ft / "privacy.json").read_text())["layers"] == "2-4" and (ft / "model" / "unet").is_dir()
+    assert main(["sample", "--model", str(ft), "--out", str(syn), "--per-class", "2", "--steps", "2", "--quiet"]) == 0
+    assert ImageSet.load(syn / "synthetic.npz").class_counts() == [2] * 10

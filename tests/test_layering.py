@@ -11,6 +11,7 @@ LAYERS = [
     {"space", "storage", "data", "models", "services", "fingerprints"},
     {"checkpoints", "privacy"},
     {"pretrain", "sample", "evaluate", "finetune"},
+    {"pipeline"},
     {"trial", "baseline", "html_report"},
     {"tracking"},
     {"search"},
@@ -47,3 +48,18 @@ def test_the_check_sees_lazy_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from dpsearch.sweep import run_sweep\n    import dpsearch.cli\n")
     assert _imports(f) == {"sweep", "cli"}
+
+
+def test_only_the_pipeline_fine_tunes():
+    """load → fine-tune → sample → score lives in pipeline.py; its callers (run, finetune, the sweep's trainable
+    and validation generator) do not call the fine-tune themselves."""
+    callers = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        if f.name in ("pipeline.py", "finetune.py"):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                if name in ("dp_finetune", "finetune_non_private"):
+                    callers.append(f"{f.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert callers == []

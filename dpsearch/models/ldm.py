@@ -125,11 +125,14 @@ def _is_local(ref: str) -> bool:
 
 
 def load_ldm(ref: str | Path, device: str | torch.device = "cpu") -> LDM:
-    """Loads a local model directory, or a hub id `owner/name` where there is internet."""
+    """Loads a local model directory (or a trial directory holding model/), or a hub id `owner/name` where there
+    is internet."""
     ref = str(ref)
     local = _is_local(ref)
     if local:
         root = Path(ref).expanduser()
+        if not (root / META_FILE).exists() and (root / "model" / META_FILE).exists():
+            root = root / "model"  # a trial's directory (`dpsearch finetune --out`, a pulled checkpoint)
         if not root.is_dir():
             raise ModelError(f"model directory {root} does not exist; run `dpsearch pretrain` or give a path or hub id")
         missing = [p for p in (*PARTS, META_FILE) if not (root / p).exists()]

@@ -46,6 +46,7 @@ RELEASED_FILES: dict[str, str] = {
     "privacy.json": "the privacy record",
     "history.json": "per epoch: ε spent, δ, steps (from the plan)",
     "samples.png": "DP synthetic samples",
+    "synthetic.npz": "DP synthetic images (written by `dpsearch run`, not by sweep trials)",
     "result.json": "the trial's released fields (this allowlist)",
     "state.pt": "the DP fine-tune's noisy trainable weights and Adam state (post-processing of noisy gradients), "
                 "the epoch and the step count, for resume",

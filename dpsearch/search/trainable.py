@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 from dpsearch.data import ImageSet
@@ -21,18 +20,18 @@ def _flat_privacy(p: dict) -> dict:
 
 def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: ImageSet, oracle: ImageSet | None,
              space_json: str, eps: float, seed: int, threads: int) -> None:
-    """config (from Optuna) → FinetuneConfig → DP fine-tune → sample → score on V; reports every epoch."""
+    """config (from Optuna) → FinetuneConfig → the pipeline (DP fine-tune → sample → score on V); reports
+    every epoch and at the end, through the release boundary."""
     import torch
     from ray import tune
 
     from dpsearch.checkpoints import report_verified, verify_local
     from dpsearch.device import pick_device
-    from dpsearch.evaluate import evaluate, validation_loss
-    from dpsearch.finetune import FinetuneState, dp_finetune
-    from dpsearch.models import load_ldm, save_ldm
-    from dpsearch.outputs import write_json
+    from dpsearch.evaluate import validation_loss
+    from dpsearch.finetune import FinetuneState
+    from dpsearch.models import load_ldm
+    from dpsearch.pipeline import run_pipeline, write_outputs
     from dpsearch.privacy.release import release
-    from dpsearch.sample import sample, save_grid
 
     torch.set_num_threads(threads)
     space = SearchSpace.model_validate_json(space_json)
@@ -60,24 +59,12 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
             state.save(Path(d) / "state.pt")
             report_verified(metrics, Path(d))
 
-    t = time.time()
-    res = dp_finetune(model, private, ft, progress=False, on_epoch=on_epoch, resume=resume)
-    t_ft = time.time() - t
-    t = time.time()
-    synthetic = sample(res.model, space.sample, progress=False)
-    t_sample = time.time() - t
-    t = time.time()
-    scores = evaluate(synthetic, oracle, space.evaluate, progress=False, validation=validation)
-    t_eval = time.time() - t
-    final = release({"epoch": ft.epochs, "val_loss": validation_loss(res.model, validation), "done": True,
-                     **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
-                     **_flat_privacy(res.privacy.to_dict()), "layers": res.privacy.layers,
-                     "time/finetune_s": t_ft, "time/sample_s": t_sample, "time/evaluate_s": t_eval, **where})
+    out = run_pipeline(model, private, ft, space.sample, space.evaluate, validation=validation, oracle=oracle,
+                       device=str(device), progress=False, on_epoch=on_epoch, resume=resume)
+    final = release({"epoch": ft.epochs, "val_loss": validation_loss(out.model, validation), "done": True,
+                     **{k: v for k, v in out.scores.items() if isinstance(v, (int, float))},
+                     **_flat_privacy(out.privacy), "layers": out.privacy["layers"],
+                     **{f"time/{k}_s": out.seconds[k] for k in ("finetune", "sample", "evaluate")}, **where})
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        save_ldm(res.model.to("cpu"), d / "model", extra={"privacy": res.privacy.to_dict()})
-        write_json(d / "privacy.json", res.privacy.to_dict())
-        write_json(d / "history.json", {"epochs": res.history})
-        save_grid(synthetic, d / "samples.png")
-        write_json(d / "result.json", final)
-        report_verified(final, d)
+        write_outputs(Path(d), out, final)
+        report_verified(final, Path(d))

@@ -23,18 +23,15 @@ def make_validation_set(model_files: dict[str, bytes], private: ImageSet, space_
     import torch
 
     from dpsearch.device import pick_device
-    from dpsearch.finetune import dp_finetune
-    from dpsearch.models import load_ldm
-    from dpsearch.sample import sample
+    from dpsearch.pipeline import run_pipeline
 
     torch.set_num_threads(threads)
     space = SearchSpace.model_validate_json(space_json)
-    cfg = space.reference_config(eps, seed)
-    model = load_ldm(unpack_model(model_files), pick_device("auto"))
-    res = dp_finetune(model, private, cfg, progress=False)
     smp = space.sample.model_copy(update={"per_class": space.validation.per_class, "seed": seed + 104729})
-    v = sample(res.model, smp, progress=False)
-    return ImageSet(v.images, v.labels, v.num_classes, "dp-synthetic-validation"), res.privacy.to_dict()
+    out = run_pipeline(unpack_model(model_files), private, space.reference_config(eps, seed), smp,
+                       device=str(pick_device("auto")), progress=False)
+    v = out.synthetic
+    return ImageSet(v.images, v.labels, v.num_classes, "dp-synthetic-validation"), out.privacy
 
 
 def load_or_make_validation(meta: Store, model_files, private, space: SearchSpace, val_eps: float, seed: int,
