@@ -1,0 +1,298 @@
+"""What each `dpsearch` verb does: build its typed config, call the function that owns the work, print.
+
+The parser lives in cli.py; nothing here parses arguments or holds a pipeline step of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dpsearch.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, default_delta, \
+    load_yaml, validate
+from dpsearch.data import ImageSet
+
+
+def _ft_config(a) -> FinetuneConfig:
+    return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, clip=a.clip, batch=a.batch,
+                    epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
+                    n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
+                    non_private=getattr(a, "non_private", False))
+
+
+def _sample_config(a) -> SampleConfig:
+    return validate(SampleConfig, per_class=a.per_class, steps=a.steps, scheduler=a.scheduler,
+                    guidance=a.guidance, seed=a.seed)
+
+
+def _pretrain_config(a) -> PretrainConfig:
+    return load_yaml(Path(a.config), PretrainConfig) if getattr(a, "config", None) else PretrainConfig()
+
+
+def _private(spec: str, n: int | None, seed: int) -> tuple[ImageSet, ImageSet | None]:
+    from dpsearch.data import load_dataset
+
+    train, test = load_dataset(spec)
+    return train.subset(n, seed=seed), test
+
+
+def _default_storage() -> str:
+    """The embedded S3 when its services run (their client settings applied), else the local sweeps dir."""
+    import os
+
+    from dpsearch import services
+    from dpsearch.paths import home
+
+    s = services.load()
+    if s is not None and services.healthy(s)["s3"]:
+        for k, v in s.client_env().items():
+            os.environ.setdefault(k, v)
+        return s.storage
+    return str(home() / "sweeps")
+
+
+def _sweep_path(sweep: str, storage: str | None) -> str:
+    """A sweep given by directory or URI is used as is; a bare name is looked up under the storage."""
+    from dpsearch.storage import Store, is_remote
+
+    if is_remote(sweep) or (Path(sweep) / "dpsearch").is_dir():
+        return sweep
+    return Store(storage or _default_storage()).uri(sweep)
+
+
+def cmd_pretrain(a) -> int:
+    from dpsearch.baseline import public_baseline
+    from dpsearch.device import pick_device
+    from dpsearch.pretrain import pretrain
+
+    t = time.time()
+    path = pretrain(_pretrain_config(a), out=a.out, overwrite=a.overwrite, device=a.device)
+    print(f"pretrained model: {path} ({time.time() - t:.0f}s)")
+    if not a.no_baseline:
+        res = public_baseline(path, _sample_config(a), EvaluateConfig(seed=a.seed), device=str(pick_device(a.device)),
+                              progress=not a.quiet)
+        print(f"public-only baseline: oracle accuracy {100 * res['oracle/accuracy']:.2f}% on real MNIST test "
+              f"(not DP; a CNN trained on {res['n_synthetic']} samples of the pretrained model), "
+              f"oracle FID {res['oracle/fid']:.2f} [{res['fid_extractor']}]")
+    return 0
+
+
+def cmd_layers(a) -> int:
+    from dpsearch.models import layer_table, load_ldm
+
+    model = load_ldm(a.model)
+    print(layer_table(model.unet, model.embedder, a.range))
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    from dpsearch.device import pick_device
+    from dpsearch.outputs import atomic_dir, check_output
+    from dpsearch.pipeline import run_pipeline, write_outputs
+    from dpsearch.privacy.dpsgd import plan_privacy
+
+    cfg = _ft_config(a)
+    check_output(Path(a.out), a.overwrite)
+    private, _ = _private(a.private, cfg.n_private, a.seed)
+    plan_privacy(cfg, len(private))
+    out = run_pipeline(a.model, private, cfg, device=str(pick_device(a.device)), progress=not a.quiet)
+    with atomic_dir(Path(a.out), a.overwrite) as tmp:
+        write_outputs(tmp, out, {"privacy": out.privacy})
+    print(f"(ε = {out.privacy['eps']:.3f}, δ = {out.privacy['delta']:g})-DP by {out.privacy['accountant'].upper()}, "
+          f"σ = {out.privacy['sigma']:.4f}, q = {out.privacy['q']:.5f}, steps = {out.privacy['steps']}, "
+          f"layers {out.privacy['layers']}")
+    print(f"model ({a.out}/model) and privacy.json written to {a.out}")
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from dpsearch.device import pick_device
+    from dpsearch.models import load_ldm
+    from dpsearch.outputs import atomic_dir
+    from dpsearch.sample import sample, save_grid
+
+    cfg = _sample_config(a)
+    out = Path(a.out)
+    model = load_ldm(a.model, pick_device(a.device))
+    with atomic_dir(out, a.overwrite) as tmp:
+        synth = sample(model, cfg, progress=not a.quiet)
+        synth.save(tmp / "synthetic.npz")
+        save_grid(synth, tmp / "samples.png")
+    print(f"{len(synth)} synthetic images {synth.class_counts()} per class → {out}/synthetic.npz, grid {out}/samples.png")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from dpsearch.data import load_dataset
+    from dpsearch.evaluate import evaluate
+
+    path = Path(a.synthetic)
+    synth = ImageSet.load(path / "synthetic.npz" if path.is_dir() else path)
+    _, test = load_dataset(a.test)
+    res = evaluate(synth, test, EvaluateConfig(seed=a.seed, fid_extractor=a.fid_extractor), progress=not a.quiet)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_run(a) -> int:
+    """One full trial: pretrain (cached) → DP fine-tune → sample → evaluate, outside any sweep."""
+    from dpsearch.device import pick_device
+    from dpsearch.pretrain import pretrain
+    from dpsearch.trial import run_trial
+
+    ft = _ft_config(a)
+    budget = "nonprivate" if ft.non_private else f"eps{a.eps:g}"
+    out = Path(a.out or f"runs/trial-{budget}-layers{ft.layers}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from dpsearch.outputs import check_output
+
+    check_output(out, a.overwrite)
+    private, test = _private(a.private, ft.n_private, a.seed)
+    ft.check_against_data(len(private))
+    t = time.time()
+    model = a.model or pretrain(_pretrain_config(a), device=a.device)
+    summary = run_trial(model, private, test, ft, _sample_config(a), EvaluateConfig(seed=a.seed), out, a.overwrite,
+                        str(pick_device(a.device)), progress=not a.quiet)
+    p, m = summary["privacy"], summary["metrics"]
+    if not p.get("dp", True):
+        print(f"privacy: NONE. {p['statement']}")
+    else:
+        print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:g}) by {p['accountant'].upper()} "
+              f"[PLD check {p['eps_pld_check']:.3f}], σ = {p['sigma']:.4f}, q = {p['q']:.5f}, steps = {p['steps']}, "
+              f"layers {p['layers']} ({100 * p['trainable_fraction']:.1f}% of UNet trainable); noise and sampling "
+              f"from fresh OS entropy ({p['randomness']})")
+    if "oracle/accuracy" in m:
+        print(f"oracle accuracy (real test split, not DP): {100 * m['oracle/accuracy']:.2f}%; "
+              f"oracle FID {m['oracle/fid']:.2f} [{m['fid_extractor']}]")
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()) + f"; total {time.time() - t:.0f}")
+    print(f"trial written to {out}")
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from dpsearch.search import SweepOptions, format_summary, run_sweep
+
+    opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
+                        scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
+                        storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial,
+                        tracking=a.tracking, private_selection=a.private_selection, eps_total=a.eps_total, mean_trials=a.mean_trials, progress=not a.quiet)
+    if a.retry_errored and not a.resume:
+        raise ConfigError("--retry-errored only applies with --resume NAME")
+    res = run_sweep(opts, resume=a.resume, retry_errored=a.retry_errored)
+    print(format_summary(res))
+    return 0 if res.best else 1
+
+
+def cmd_pull(a) -> int:
+    """Downloads a trial's checkpoint (model in diffusers format, privacy.json, samples) to a local dir."""
+    from dpsearch.storage import Store, is_remote
+
+    src = a.what
+    if not is_remote(src) and not Path(src).exists():
+        # an MLflow run id: its `checkpoint` tag says where the trial's checkpoint is
+        import os
+
+        from mlflow import MlflowClient
+
+        _default_storage()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise ConfigError(f"{src} is neither a checkpoint URI/path nor resolvable: set MLFLOW_TRACKING_URI or run "
+                              f"`dpsearch services up`")
+        try:
+            src = MlflowClient(uri).get_run(src).data.tags["checkpoint"]
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"cannot find the checkpoint of MLflow run {a.what} on {uri}: {e}") from None
+    from dpsearch.outputs import check_output
+
+    out = Path(a.out)
+    check_output(out, a.overwrite)
+    parent, leaf = src.rstrip("/").rsplit("/", 1)
+    Store(parent).download_dir(leaf, out)
+    from dpsearch.checkpoints import verify_local
+
+    verify_local(out)  # size and SHA-256 of every file against the checkpoint's manifest
+    print(f"pulled {src} to {out}")
+    return 0
+
+
+def cmd_services(a) -> int:
+    from dpsearch import services
+
+    if a.action == "up":
+        t = time.time()
+        s, started = services.up(a.dir, a.host, a.s3_port, a.mlflow_port, allow_remote=a.allow_remote)
+        print(("started in %.1f s" % (time.time() - t)) if started else "already running")
+        print(services.describe(s))
+    elif a.action == "status":
+        s = services.load(a.dir)
+        print(services.describe(s))
+        return 0 if s is not None and all(services.healthy(s).values()) else 1
+    else:
+        print("stopped" if services.down(a.dir) else "nothing was running")
+    return 0
+
+
+def cmd_ui(a) -> int:
+    import os
+
+    from dpsearch import services
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        s = services.load(a.dir)
+        if s is None or not services.healthy(s)["mlflow"]:
+            raise ConfigError("no MLflow server: set MLFLOW_TRACKING_URI or run `dpsearch services up`")
+        uri = s.mlflow_uri
+    print(uri)
+    if a.open:
+        import webbrowser
+
+        webbrowser.open(uri)
+    return 0
+
+
+def cmd_privacy_calc(a) -> int:
+    from dpsearch.privacy import calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
+
+    if a.n < 1 or a.batch < 1 or a.epochs < 1:
+        raise ConfigError("--n, --batch and --epochs must be ≥ 1")
+    if a.batch > a.n:
+        raise ConfigError(f"batch size {a.batch} is larger than N = {a.n}; use --batch ≤ {a.n}")
+    delta = a.delta if a.delta is not None else default_delta(a.n)
+    if not (0 < delta < 1.0 / a.n):
+        raise ConfigError(f"δ = {delta:g} must be in (0, 1/N = {1.0 / a.n:.3g}); e.g. {default_delta(a.n):g}")
+    q, steps = poisson_plan(a.n, a.batch, a.epochs)
+    if a.what == "sigma":
+        if not a.eps > 0:
+            raise ConfigError(f"ε must be a positive finite number, got {a.eps}")
+        sigma = calibrate_sigma(a.eps, delta, q, steps, a.accountant)
+    else:
+        if not a.sigma > 0:
+            raise ConfigError(f"σ must be > 0, got {a.sigma}")
+        sigma = a.sigma
+    eps = epsilon_for(sigma, q, steps, delta, a.accountant)
+    print(f"σ = {sigma:.4f}: (ε = {eps:.3f}, δ = {delta:g})-DP by the {a.accountant.upper()} accountant "
+          f"[dp-accounting PLD: ε = {pld_epsilon(sigma, q, steps, delta):.3f}]; Poisson q = {q:.5f}, steps = {steps} "
+          f"(N = {a.n}, B = {a.batch}, {a.epochs} epochs)")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from dpsearch.html_report import build_report
+
+    path = _sweep_path(a.sweep, a.storage)
+    out = Path(a.out) if a.out else Path(f"{Path(a.sweep.rstrip('/')).name}-report.html")
+    build_report(path, out)
+    print(f"wrote {out.resolve()} (open it in a browser)")
+    return 0
+
+
+def cmd_privacy_report(a) -> int:
+    import json
+
+    from dpsearch.privacy.report import format_report, sweep_report
+
+    rep = sweep_report(_sweep_path(a.sweep, a.storage))
+    print(json.dumps(rep, indent=2) if a.json else format_report(rep))
+    return 0
