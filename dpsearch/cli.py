@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="HTML file to write (default: ./SWEEP-report.html)")
     p.set_defaults(fn=cmd.cmd_report)
 
-    p = sub.add_parser("ui", help="print (or open) the MLflow UI's URL")
+    p = sub.add_parser("ui", help="print (or open) the MLflow UI's URL, or a sweep's trials in it")
+    p.add_argument("sweep", nargs="?", default=None, help="a sweep's name: print its runs and its trials side by side")
     p.add_argument("--open", action="store_true", help="open it in a browser")
     p.add_argument("--dir", type=Path, default=None)
     p.set_defaults(fn=cmd.cmd_ui)

@@ -244,11 +244,20 @@ def cmd_ui(a) -> int:
         if s is None or not services.healthy(s)["mlflow"]:
             raise ConfigError("no MLflow server: set MLFLOW_TRACKING_URI or run `dpsearch services up`")
         uri = s.mlflow_uri
-    print(uri)
+    target = uri
+    if a.sweep:
+        from dpsearch.tracking import sweep_addresses
+
+        where = sweep_addresses(uri, a.sweep)
+        print(f"sweep {a.sweep}: runs {where['runs']}\n  all trials side by side (layer_a, layer_b, clip, batch, objective, "
+              f"oracle metrics): {where['trials_compared']}")
+        target = where["trials_compared"]
+    else:
+        print(uri)
     if a.open:
         import webbrowser
 
-        webbrowser.open(uri)
+        webbrowser.open(target)
     return 0
 
 

@@ -69,6 +69,24 @@ def check_tracking(uri: str) -> None:
                 os.environ.pop(k, None)
 
 
+def sweep_addresses(uri: str, experiment: str) -> dict[str, str]:
+    """Where a person looks at a sweep in the MLflow UI: its runs, and all its trials side by side (the
+    compare view: parallel coordinates of layer_a, layer_b, clip, batch, objective and the oracle metrics)."""
+    import json
+    from urllib.parse import quote
+
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(f"no sweep named {experiment!r} on the MLflow server {uri}")
+    trials = c.search_runs([exp.experiment_id], filter_string="tags.`dpsearch.kind` = 'trial'", max_results=1000)
+    ids = json.dumps([r.info.run_id for r in trials])
+    return {"runs": f"{uri}/#/experiments/{exp.experiment_id}/runs",
+            "trials_compared": f"{uri}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([exp.experiment_id]))}"}
+
+
 def start_parent(uri: str, experiment: str, run_id: Optional[str], params: dict, space_yaml: str) -> str:
     """The sweep's parent run (created once; on resume the stored id is reused)."""
     from mlflow import MlflowClient

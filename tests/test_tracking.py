@@ -170,3 +170,16 @@ def test_mlflow_ui_shows_the_child_runs_with_their_params(tracked):
             assert c.data.params["layers"] in text
         browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-compare.png"))
     print(f"screenshots: {ARTIFACTS / 'mlflow-ui-trials.png'}, {ARTIFACTS / 'mlflow-ui-compare.png'}")
+
+
+@pytest.mark.e2e
+def test_ui_prints_where_the_sweeps_trials_are_side_by_side(tracked, capsys):
+    from urllib.parse import unquote
+
+    from mlflow import MlflowClient
+
+    assert main(["ui", "tracked"]) == 0
+    out = unquote(capsys.readouterr().out)
+    _, children = _children(MlflowClient(services.load().mlflow_uri), "tracked")
+    assert "#/compare-runs?runs=" in out and all(c.info.run_id in out for c in children)
+    assert "/runs" in out and "layer_a, layer_b, clip, batch, objective" in out

@@ -203,7 +203,9 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
 
         finish_parent(uri, parent, json.loads(json.dumps(asdict(result), default=str)), result.extra["privacy"],
                       format_report(result.extra["privacy"]))
-        result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent}
+        from dpsearch.tracking import sweep_addresses
+
+        result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent, **sweep_addresses(uri, name)}
     return result
 
 

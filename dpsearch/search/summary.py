@@ -108,6 +108,8 @@ def format_summary(res: SweepResult) -> str:
     lines.append(f"sweep {res.name}: {len(res.rows)} trials in {res.seconds / 60:.1f} min; results under {res.path}")
     if "mlflow" in res.extra:
         m = res.extra["mlflow"]
-        lines.append(f"MLflow: {m['uri']} experiment {m['experiment']!r} (parent run {m['parent_run']}); "
-                     f"`dpsearch ui` prints the address")
+        lines.append(f"MLflow: {m['uri']} experiment {m['experiment']!r} (parent run {m['parent_run']})")
+        if m.get("trials_compared"):
+            lines.append(f"  the trials side by side (layer_a, layer_b, clip, batch, objective, oracle metrics): "
+                         f"{m['trials_compared']}  (again later: `dpsearch ui {m['experiment']}`)")
     return "\n".join(lines)
