@@ -300,7 +300,8 @@ def cmd_report(a) -> int:
 def cmd_privacy_report(a) -> int:
     import json
 
-    from dpsearch.privacy.report import format_report, sweep_report
+    from dpsearch.privacy.report import format_report
+    from dpsearch.sweep_store import sweep_report
 
     rep = sweep_report(_sweep_path(a.sweep, a.storage))
     print(json.dumps(rep, indent=2) if a.json else format_report(rep))

@@ -171,7 +171,8 @@ th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;white-space:pre-wrap;fo
 
 def build_report(sweep_path: str, out: Path) -> Path:
     """Writes the HTML report of the sweep stored at sweep_path (local dir or s3://…) to out."""
-    from dpsearch.privacy.report import format_report, sweep_report
+    from dpsearch.privacy.report import format_report
+    from dpsearch.sweep_store import sweep_report
 
     meta = Store(sweep_path).child("dpsearch")
     if not meta.exists("sweep.json"):

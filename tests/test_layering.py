@@ -10,7 +10,7 @@ LAYERS = [
     {"paths", "device", "config", "outputs"},
     {"space", "storage", "data", "models", "services", "fingerprints"},
     {"checkpoints", "privacy"},
-    {"pretrain", "sample", "evaluate", "finetune"},
+    {"pretrain", "sample", "evaluate", "finetune", "sweep_store"},
     {"pipeline"},
     {"trial", "baseline", "html_report"},
     {"tracking"},

@@ -1,13 +1,11 @@
 """The privacy report of a sweep: every trial's (ε, δ), the validation generator's, and the released model's.
 
-Reads only what a sweep stores (sweep.json, summary.json, validation_privacy.json), so it works on
-any machine that has the sweep's storage.
+Computation only: sweep_store.py reads what a sweep stored and hands it here, so the report works on any
+machine that has the sweep's storage.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Optional
 
 from dpsearch.config import ConfigError, default_delta
@@ -37,25 +35,18 @@ def guarantee_for(space, eps: float, n: int, validation: Optional[Mechanism], *,
                             mean_trials=mean_trials)
 
 
-def sweep_report(sweep_dir: str | Path) -> dict:
-    """The report of the sweep stored in sweep_dir, local or s3:// (its `dpsearch/` folder is read)."""
+def stored_sweep_report(saved: dict, rows: list[dict], vp: Optional[dict], started: list[str]) -> dict:
+    """The privacy report from what a sweep stored (sweep_store.py reads it): sweep.json's content, the
+    summary rows, the validation generator's record and the ids of every trial ever started."""
     from dpsearch.space import SearchSpace
-    from dpsearch.storage import Store
 
-    meta = Store(sweep_dir).child("dpsearch")
-    try:
-        saved = json.loads(meta.read_text("sweep.json"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{sweep_dir} is not a dpsearch sweep (cannot read {meta.uri('sweep.json')}: {e})") from e
     opts, space = saved["options"], SearchSpace(**saved["space"])
-    rows = json.loads(meta.read_text("summary.json"))["rows"] if meta.exists("summary.json") else []
-    vp = json.loads(meta.read_text("validation_privacy.json")) if meta.exists("validation_privacy.json") else None
     n = saved.get("n_private") or (vp or {}).get("n")
     if not n:
-        raise ConfigError(f"sweep {sweep_dir} records no private-set size; it stopped before its first DP run")
+        raise ConfigError(f"sweep {saved['options'].get('name')} records no private-set size; it stopped before its "
+                          f"first DP run")
     validation = Mechanism(vp["sigma"], vp["q"], vp["steps"]) if vp else None
     selection = opts.get("private_selection")
-    started = json.loads(meta.read_text(STARTED)) if meta.exists(STARTED) else []
     # Every trial ever started counts, restored or not, errored included: each one touched the private data.
     k_run = max(int(opts["trials"]), len(rows), len(started))
     g = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=None if selection else k_run,
@@ -78,9 +69,6 @@ def sweep_report(sweep_dir: str | Path) -> dict:
                              f"every drawn run finishes and the best of all K is released. Do not release yet: "
                              f"`dpsearch sweep --resume {opts['name']} --retry-errored`.")
     return rep
-
-
-STARTED = "trials_started.json"  # ids of every trial a sweep ever started, written by search/trial_counter.py
 
 
 def format_report(rep: dict) -> str:

@@ -191,7 +191,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
             from mlflow import MlflowClient
 
             MlflowClient(uri).set_terminated(parent, "KILLED")
-    from dpsearch.privacy.report import format_report, sweep_report
+    from dpsearch.privacy.report import format_report
+    from dpsearch.sweep_store import sweep_report
 
     result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0)
     result.extra["elapsed_s"] = saved["elapsed_s"]

@@ -12,7 +12,7 @@ import json
 
 from ray.tune import Callback
 
-from dpsearch.privacy.report import STARTED
+from dpsearch.sweep_store import STARTED
 from dpsearch.storage import Store
 
 

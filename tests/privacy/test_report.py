@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dpsearch.cli import main
-from dpsearch.privacy.report import format_report, space_grid, sweep_report
+from dpsearch.privacy.report import format_report, space_grid
+from dpsearch.sweep_store import sweep_report
 from dpsearch.space import load_space
 from dpsearch.search.options import draw_trials
 
