@@ -121,7 +121,7 @@ class FinetuneConfig(_Strict):
     n_private: Optional[int] = None  # use a random subset of the private set (tests, quick looks)
     accountant: Literal["prv", "rdp"] = "prv"
     secure_rng: bool = False  # draw sampling and noise from the OS CSPRNG (privacy/randomness.py)
-    seed: int = 0  # what is not a DP mechanism only; DP randomness is fresh OS entropy per run
+    seed: int = 0  # only the --n-private subset choice; a fine-tune seeds nothing (fresh OS entropy per run)
 
     @field_validator("eps")
     @classmethod

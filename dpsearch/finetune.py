@@ -101,7 +101,6 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
     if not cfg.non_private:
         raise ValueError("finetune_non_private needs a config with non_private=True")
     a, b = parse_layers(cfg.layers, len(attention_modules(model.unet)))
-    torch.manual_seed(cfg.seed)
     model.vae.requires_grad_(False)
     latents = model.encode(private.as_float()).cpu()
     trainable = select_attention_layers(model.unet, model.embedder, (a, b), frozen=(model.vae,))
@@ -143,10 +142,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     a, b = parse_layers(cfg.layers, n_layers)
     device = model.device
     start_epoch = resume.epoch if resume else 0
-    # --seed drives only what is not a DP mechanism here: the diffusion loss's timesteps, noise draws and
-    # label dropout (any per-example loss may use public randomness). Poisson sampling and the Gaussian
-    # noise come from `rng`: fresh OS entropy for this run and again for every resume, never recorded.
-    torch.manual_seed(cfg.seed + 1009 * start_epoch)
+    # No seed is set anywhere in a DP fine-tune. Poisson sampling and the Gaussian noise come from `rng`:
+    # fresh OS entropy for this run and again for every resume, never recorded.
     rng = MechanismRandomness(secure=cfg.secure_rng)
 
     # The autoencoder is public and frozen: encoding is a fixed per-image map, computed once.

@@ -101,13 +101,17 @@ def processes_under(path: Path) -> list[psutil.Process]:
 def kill_under(path: Path) -> list[psutil.Process]:
     """Kills what a test left running under `path`, descendants included; returns what there was."""
     procs = processes_under(path)
+    _sigkill(procs)
+    return procs
+
+
+def _sigkill(procs: list[psutil.Process]) -> None:
     for p in procs:
         try:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=10)
-    return procs
 
 
 def kill_tree(proc) -> None:
@@ -122,9 +126,4 @@ def kill_tree(proc) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
+    _sigkill(procs)

@@ -3,8 +3,8 @@
 The DP proof of one run, of the composition over a sweep and of repeat-and-select all assume noise
 and sampling that nobody can recompute. So every DP-SGD run (and every resume of one) makes a new
 `MechanismRandomness` from OS entropy; its seeds live only in this object, are never logged, stored
-or derived from `--seed`. `--seed` seeds only what is not a DP mechanism (Optuna, the diffusion
-loss's timesteps, sampling images, the downstream classifier).
+or derived from `--seed`. No seed is set in a DP fine-tune; `--seed` seeds only what
+comes after it or beside it (Optuna, sampling images, the downstream classifier).
 
 Two strengths:
 - default: torch generators seeded with 64 bits from `os.urandom` (fast; the generator state is
