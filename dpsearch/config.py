@@ -58,7 +58,7 @@ class ModelConfig(_Strict):
 # Sources pretraining may read. Only data known to be public: printed digits rendered from fonts that ship
 # with matplotlib, or a folder the user declares public by naming it `public-folder:PATH`. mnist, folder:
 # and torchvision: are private sources here; pretraining on them would void "public data only".
-PUBLIC_SOURCES = ("printed-digits",)
+PUBLIC_SOURCES = ("printed-digits", "printed-digits-elastic")
 PUBLIC_FOLDER = "public-folder:"
 
 
@@ -110,6 +110,9 @@ class FinetuneConfig(_Strict):
     non_private: bool = False  # a reference run without clipping or noise: NOT DP, labelled so everywhere
     delta: Optional[float] = None  # default: 1/N rounded down to a power of ten, strictly below 1/N
     layers: str = "all"
+    # "attention": the attention modules `layers` (the product's search dimension); "unet": every UNet weight,
+    # the ceiling ladder's whole-model rung (docs/utility.md).
+    scope: Literal["attention", "unet"] = "attention"
     clip: float = 0.01
     # Defaults chosen for this 2-core CPU: one epoch over 60k MNIST costs ≈150 s with Opacus hooks
     # (bench/dp_step.py), so 5 epochs at B=1000 (300 steps) keep a full trial near 15 minutes.
@@ -161,6 +164,12 @@ class FinetuneConfig(_Strict):
         if v != "all" and not _RANGE.match(v):
             raise ValueError(f"layer range {v!r} is not of the form a-b (e.g. 3-7) or 'all'")
         return v.replace(" ", "")
+
+    @model_validator(mode="after")
+    def _scope(self):
+        if self.scope == "unet" and self.layers != "all":
+            raise ValueError(f"scope 'unet' trains every UNet weight: drop the layer range {self.layers!r}")
+        return self
 
     @model_validator(mode="after")
     def _eps_or_non_private(self):

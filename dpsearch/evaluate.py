@@ -15,30 +15,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dpsearch.classifiers import DigitCNN, build_classifier
 from dpsearch.config import EvaluateConfig
 from dpsearch.data import ImageSet, printed_digits
 from dpsearch.paths import home
 
 log = logging.getLogger(__name__)
 INCEPTION_CACHE = Path("/tmp/inception-2015-12-05.pt")  # where clean-fid keeps its download
-
-
-class DigitCNN(nn.Module):
-    """The small CNN of the DPDM / DP-LDM MNIST protocol (two conv layers, two dense layers)."""
-
-    def __init__(self, channels: int = 1, num_classes: int = 10, size: int = 28):
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten())
-        self.features = nn.Sequential(nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU())
-        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(128, num_classes))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.conv(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
 
 
 @torch.no_grad()
@@ -51,16 +34,20 @@ def accuracy(net: nn.Module, data: ImageSet, batch: int = 1000) -> float:
     return correct / len(data)
 
 
-def train_classifier(train: ImageSet, cfg: EvaluateConfig, desc: str = "classifier", progress: bool = True
-                     ) -> tuple[DigitCNN, float]:
-    """Trains on `train` only, early-stopped on a held-out part of it; returns (net, held-out accuracy)."""
+def train_classifier(train: ImageSet, cfg: EvaluateConfig, desc: str = "classifier", progress: bool = True,
+                     val: ImageSet | None = None, arch: str = "cnn") -> tuple[nn.Module, float]:
+    """Trains on `train` only; the checkpoint is the epoch best on `val` (default: a held-out part of
+    `train`). Returns (net, its accuracy on that validation set)."""
     torch.manual_seed(cfg.seed)
     perm = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(train)))
-    n_hold = max(1, int(len(train) * cfg.holdout))
-    hold = ImageSet(train.images[perm[:n_hold]], train.labels[perm[:n_hold]], train.num_classes, "holdout")
-    fit_idx = perm[n_hold:]
+    if val is None:
+        n_hold = max(1, int(len(train) * cfg.holdout))
+        val = ImageSet(train.images[perm[:n_hold]], train.labels[perm[:n_hold]], train.num_classes, "holdout")
+        fit_idx = perm[n_hold:]
+    else:
+        fit_idx = perm
     c, s = train.image_shape[0], train.image_shape[1]
-    net = DigitCNN(c, train.num_classes, s)
+    net = build_classifier(arch, c, train.num_classes, s)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.classifier_lr)
     best, best_state = -1.0, None
     bar = tqdm(range(cfg.classifier_epochs), desc=desc, disable=not progress, leave=False)
@@ -74,8 +61,8 @@ def train_classifier(train: ImageSet, cfg: EvaluateConfig, desc: str = "classifi
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        acc = accuracy(net, hold)
-        bar.set_postfix(holdout=f"{acc:.3f}")
+        acc = accuracy(net, val)
+        bar.set_postfix(val=f"{acc:.3f}")
         if acc > best:
             best, best_state = acc, {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)

@@ -95,6 +95,15 @@ NOT_DP = {"dp": False, "statement": "non-private reference run: no per-sample cl
                                      "private; never release this model or its samples as DP"}
 
 
+def _select_trainable(model: LDM, cfg: FinetuneConfig, a: int, b: int) -> list[nn.Parameter]:
+    """Attention modules a..b and the embedder, or (scope "unet") every UNet weight and the embedder."""
+    params = select_attention_layers(model.unet, model.embedder, (a, b), frozen=(model.vae,))
+    if cfg.scope == "unet":
+        model.unet.requires_grad_(True)
+        params = [p for m in (model.unet, model.embedder) for p in m.parameters() if p.requires_grad]
+    return params
+
+
 def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
     """The same layers, loss, optimizer, batch size and epochs as dp_finetune without clipping or noise:
     the reference that says what DP costs. Its privacy record is NOT_DP."""
@@ -103,7 +112,7 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
     a, b = parse_layers(cfg.layers, len(attention_modules(model.unet)))
     model.vae.requires_grad_(False)
     latents = model.encode(private.as_float()).cpu()
-    trainable = select_attention_layers(model.unet, model.embedder, (a, b), frozen=(model.vae,))
+    trainable = _select_trainable(model, cfg, a, b)
     module = DiffusionLoss(model, cfg.label_dropout).train()
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=True)
@@ -149,7 +158,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     # The autoencoder is public and frozen: encoding is a fixed per-image map, computed once.
     model.vae.requires_grad_(False)
     latents = model.encode(private.as_float()).cpu()
-    trainable = select_attention_layers(model.unet, model.embedder, (a, b), frozen=(model.vae,))
+    trainable = _select_trainable(model, cfg, a, b)
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for m in (model.unet, model.embedder) for p in m.parameters())
 

@@ -187,3 +187,23 @@ def test_plan_refuses_bad_delta_and_batch():
         plan_privacy(FinetuneConfig(eps=1, delta=0.02, batch=10), 100)
     with pytest.raises(ConfigError, match="larger than the private set"):
         plan_privacy(FinetuneConfig(eps=1, batch=101), 100)
+
+
+def test_non_private_unet_scope_trains_convolutions_and_attention_scope_does_not():
+    from dpsearch.finetune import finetune_non_private
+
+    data = printed_digits(40, progress=False)
+    for scope, conv_moves in (("unet", True), ("attention", False)):
+        torch.manual_seed(0)
+        m = build_ldm(CFG)
+        before = m.unet.conv_in.weight.detach().clone()
+        finetune_non_private(m, data, FinetuneConfig(non_private=True, scope=scope, batch=20, epochs=1, lr=1e-2),
+                             progress=False)
+        assert (not torch.equal(m.unet.conv_in.weight, before)) == conv_moves, scope
+
+
+def test_unet_scope_refuses_a_layer_range():
+    from dpsearch.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="scope 'unet' trains every UNet weight"):
+        validate(FinetuneConfig, non_private=True, scope="unet", layers="2-3")

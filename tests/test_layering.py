@@ -8,9 +8,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dpsearch"
 # Lowest first. A new top-level module must be placed here (the test fails until it is).
 LAYERS = [
     {"paths", "device", "config", "outputs"},
-    {"space", "storage", "data", "models", "services", "fingerprints"},
+    {"space", "storage", "data", "models", "services", "fingerprints", "classifiers"},
     {"checkpoints", "privacy"},
     {"pretrain", "sample", "evaluate", "finetune", "sweep_store"},
+    {"protocol"},
     {"pipeline"},
     {"trial", "baseline", "html_report"},
     {"tracking"},

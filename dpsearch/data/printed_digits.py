@@ -42,8 +42,19 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
-def render_digit(digit: int, rng: np.random.Generator, fonts: list[Path]) -> np.ndarray:
-    """One augmented 28×28 uint8 digit, white on black."""
+def elastic_distort(img: np.ndarray, rng: np.random.Generator, alpha: float, sigma: float = 4.0) -> np.ndarray:
+    """Simard et al. (2003)'s elastic distortion: a smoothed random displacement field, the augmentation that
+    makes rigid glyphs wobble like pen strokes."""
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    dy = gaussian_filter(rng.uniform(-1, 1, img.shape), sigma) * alpha
+    dx = gaussian_filter(rng.uniform(-1, 1, img.shape), sigma) * alpha
+    ys, xs = np.meshgrid(np.arange(img.shape[0]), np.arange(img.shape[1]), indexing="ij")
+    return map_coordinates(img, [ys + dy, xs + dx], order=1, mode="constant")
+
+
+def render_digit(digit: int, rng: np.random.Generator, fonts: list[Path], elastic: bool = False) -> np.ndarray:
+    """One augmented 28×28 uint8 digit, white on black; `elastic` adds handwriting-like stroke wobble."""
     font = _font(str(fonts[rng.integers(len(fonts))]), int(rng.integers(44, 72)))
     img = Image.new("L", (CANVAS, CANVAS), 0)
     draw = ImageDraw.Draw(img)
@@ -75,18 +86,21 @@ def render_digit(digit: int, rng: np.random.Generator, fonts: list[Path]) -> np.
     y1, x1 = min(28, oy + h), min(28, ox + w)
     if y1 > y0 and x1 > x0:
         out[y0:y1, x0:x1] = small[y0 - oy: y1 - oy, x0 - ox: x1 - ox]
+    if elastic and rng.random() < 0.8:
+        out = elastic_distort(out, rng, alpha=float(rng.uniform(8, 34)))
     out += rng.normal(0, float(rng.uniform(0, 8)), out.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def printed_digits(n: int = 30000, seed: int = 0, progress: bool = True) -> ImageSet:
-    """n printed digits with balanced labels; the same (n, seed) always gives the same images."""
+def printed_digits(n: int = 30000, seed: int = 0, progress: bool = True, elastic: bool = False) -> ImageSet:
+    """n printed digits with balanced labels; the same (n, seed, elastic) always gives the same images."""
     if n < 10:
         raise DataError(f"printed digits: n must be at least 10 (one per class), got {n}")
     rng = np.random.default_rng(seed)
     fonts = font_files()
     labels = np.arange(n) % 10
     rng.shuffle(labels)
-    imgs = np.stack([render_digit(int(d), rng, fonts)
+    imgs = np.stack([render_digit(int(d), rng, fonts, elastic)
                      for d in tqdm(labels, desc="rendering printed digits", disable=not progress, leave=False)])
-    return ImageSet(torch.from_numpy(imgs[:, None]), torch.from_numpy(labels.astype(np.int64)), 10, f"printed-digits-{seed}")
+    return ImageSet(torch.from_numpy(imgs[:, None]), torch.from_numpy(labels.astype(np.int64)), 10,
+                    f"printed-digits{'-elastic' if elastic else ''}-{seed}")

@@ -74,10 +74,12 @@ def load_dataset(spec: str, size: int = 28, channels: int = 1, seed: int = 0, n:
     """(train, test); test is None for sources without a test split."""
     if spec == "mnist":
         return load_mnist()
-    if spec == "printed-digits":
-        return printed_digits(n or 30000, seed=seed), printed_digits(max(1000, (n or 30000) // 10), seed=seed + 10_000)
+    if spec in ("printed-digits", "printed-digits-elastic"):
+        el = spec.endswith("-elastic")
+        return (printed_digits(n or 30000, seed=seed, elastic=el),
+                printed_digits(max(1000, (n or 30000) // 10), seed=seed + 10_000, elastic=el))
     if spec.startswith("folder:"):
         return image_folder(Path(spec[len("folder:"):]), size, channels), None
     if spec.startswith("torchvision:"):
         return torchvision_set(spec[len("torchvision:"):], size, channels)
-    raise DataError(f"unknown dataset {spec!r}: use mnist, printed-digits, folder:PATH or torchvision:NAME")
+    raise DataError(f"unknown dataset {spec!r}: use mnist, printed-digits, printed-digits-elastic, folder:PATH or torchvision:NAME")

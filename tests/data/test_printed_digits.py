@@ -21,3 +21,19 @@ def test_digits_are_centred_and_not_blank():
     cy = (w.sum(2) * ys).sum(1) / w.sum((1, 2))
     cx = (w.sum(1) * ys).sum(1) / w.sum((1, 2))
     assert ((cy - 13.5).abs() < 4).all() and ((cx - 13.5).abs() < 4).all()
+
+
+def test_elastic_variant_is_deterministic_different_and_keeps_the_ink():
+    import numpy as np
+
+    from dpsearch.data.printed_digits import elastic_distort
+
+    a = printed_digits(100, seed=3, progress=False, elastic=True)
+    assert torch.equal(a.images, printed_digits(100, seed=3, progress=False, elastic=True).images)
+    plain = printed_digits(100, seed=3, progress=False)
+    assert torch.equal(a.labels, plain.labels) and not torch.equal(a.images, plain.images)
+    assert "elastic" in a.name
+    img = np.zeros((28, 28), np.float32)
+    img[8:20, 12:16] = 255.0
+    warped = elastic_distort(img, np.random.default_rng(0), alpha=30)
+    assert not np.array_equal(warped, img) and 0.6 < warped.sum() / img.sum() < 1.4  # moved, not erased

@@ -1,0 +1,159 @@
+"""The ceiling ladder: where the synthetic data's accuracy is lost, one rung at a time (docs/utility.md).
+
+Every rung is scored by the same downstream protocol (dpsearch/protocol.py) on the real MNIST test split
+(oracle metrics: they choose nothing). The private set is DPImageBench's: 55,000 MNIST training images
+(`subset(55000, seed=0)`); the other 5,000 are the real validation split of the real-data rungs only.
+
+    python bench/ceiling.py real-55k | real-2k | autoencoder          # no diffusion model
+    python bench/ceiling.py public-only [--model DIR]                  # pretrained on public data only
+    python bench/ceiling.py nonprivate-attention | nonprivate-unet      # fine-tunes, NOT DP
+    python bench/ceiling.py dp --eps 10                                 # DP fine-tune, δ = 1/(N ln N)
+    python bench/ceiling.py report                                      # table into docs/utility.md
+
+`--n-synthetic 10000 --classifiers cnn` runs the cheaper ladder protocol (stated in every row).
+Rows go to bench/results/ceiling/<rung>.json; `--tag` keeps variants (e.g. a different public model) apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dpsearch.config import FinetuneConfig, PretrainConfig, SampleConfig
+from dpsearch.data import ImageSet, load_mnist
+from dpsearch.models import load_ldm
+from dpsearch.pipeline import run_pipeline
+from dpsearch.pretrain import pretrain
+from dpsearch.protocol import N_PRIVATE, Protocol, benchmark_delta, score, split_synthetic
+from dpsearch.sample import sample, save_grid
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "ceiling"
+DOC = ROOT / "docs" / "utility.md"
+RUNGS = ["real-55k", "real-2k", "autoencoder", "public-only", "nonprivate-attention", "nonprivate-unet", "dp"]
+
+
+def private_split() -> tuple[ImageSet, ImageSet, ImageSet]:
+    """(private 55k, real validation 5k, real test) — the same split for every rung."""
+    train, test = load_mnist()
+    private = train.subset(N_PRIVATE, seed=0)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[torch.from_numpy(__import__("numpy").random.default_rng(0).permutation(len(train))[:N_PRIVATE])] = False
+    return private, ImageSet(train.images[rest], train.labels[rest], 10, "mnist-val"), test
+
+
+def score_real(train: ImageSet, val: ImageSet, test: ImageSet, protocol: Protocol) -> dict:
+    """Real (or reconstructed) images through the protocol's classifiers, checkpoint on real validation."""
+    from dpsearch.config import EvaluateConfig
+    from dpsearch.evaluate import accuracy, train_classifier
+
+    out, accs = {"protocol": protocol.describe() + f"; trained on {len(train)} real images"}, []
+    for arch, epochs in protocol.classifiers:
+        net, _ = train_classifier(train, EvaluateConfig(classifier_epochs=epochs), desc=arch, val=val, arch=arch)
+        accs.append(accuracy(net, test))
+        out[f"oracle/accuracy_{arch}"] = accs[-1]
+    out.update({"oracle/accuracy": max(accs), "oracle/accuracy_mean": sum(accs) / len(accs), "n_train": len(train)})
+    return out
+
+
+@torch.no_grad()
+def reconstruct(model, data: ImageSet) -> ImageSet:
+    return ImageSet.from_float(torch.cat([model.decode(model.encode(data.as_float()[i:i + 1000]))
+                                          for i in range(0, len(data), 1000)]), data.labels, 10, data.name + "-ae")
+
+
+def run(a) -> dict:
+    protocol = Protocol(name="dpimagebench" if a.n_synthetic == 60000 and a.classifiers == "cnn,resnet" else "ladder",
+                        n_synthetic=a.n_synthetic, n_val=a.n_synthetic // 12,
+                        classifiers=tuple((c, {"cnn": 10, "resnet": 5}[c]) for c in a.classifiers.split(",")))
+    private, real_val, test = private_split()
+    t0 = time.time()
+    row: dict = {"rung": a.rung, "tag": a.tag}
+    if a.rung == "real-55k":
+        row.update(score_real(private, real_val, test, protocol))
+    elif a.rung == "real-2k":
+        row.update(score_real(private.subset(2000, seed=1), real_val, test, protocol))
+    else:
+        model_dir = Path(a.model) if a.model else pretrain(PretrainConfig(**json.loads(a.pretrain or "{}")))
+        row["model"] = str(model_dir)
+        model = load_ldm(model_dir)
+        if a.rung == "autoencoder":
+            row.update(score_real(reconstruct(model, private), reconstruct(model, real_val), test, protocol))
+        else:
+            if a.rung != "public-only":
+                ft = FinetuneConfig(
+                    non_private=a.rung != "dp", eps=a.eps if a.rung == "dp" else None,
+                    delta=benchmark_delta() if a.rung == "dp" else None, layers=a.layers,
+                    scope="unet" if a.rung == "nonprivate-unet" else "attention",
+                    epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr)
+                out = run_pipeline(model, private, ft, progress=True)
+                model = out.model
+                row.update({"finetune_config": json.loads(ft.model_dump_json()), "privacy": out.privacy,
+                            "finetune_seconds": out.seconds["finetune"]})
+            smp = SampleConfig(per_class=a.n_synthetic // 10, guidance=a.guidance, steps=a.steps, seed=a.seed)
+            t = time.time()
+            synthetic = sample(model, smp)
+            row.update({"sample_config": json.loads(smp.model_dump_json()), "sample_seconds": time.time() - t})
+            save_grid(synthetic, RESULTS / f"{a.rung}{a.tag}.png")
+            row.update(score(synthetic, test, protocol, seed=a.seed))
+    row["seconds"] = time.time() - t0
+    return row
+
+
+def report() -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    rows.sort(key=lambda r: (RUNGS.index(r["rung"]), r.get("privacy", {}).get("eps", 0), r.get("tag", "")))
+    lines = ["| rung | tag | what | oracle acc. (best) | mean | per classifier | released (ε, δ) | protocol |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per = ", ".join(f"{k.split('_')[-1]} {100 * v:.2f}" for k, v in r.items() if k.startswith("oracle/accuracy_") and
+                        k != "oracle/accuracy_mean")
+        p = r.get("privacy")
+        eps = "–" if p is None else ("NOT DP" if not p.get("dp", True) else f"({p['eps']:.2f}, {p['delta']:.3g})")
+        ft = r.get("finetune_config", {})
+        what = (f"{ft.get('scope')} {ft.get('layers')}, {ft.get('epochs')} ep, B={ft.get('batch')}" if ft else "")
+        lines.append(f"| {r['rung']} | {r.get('tag') or ''} | {what} | {100 * r['oracle/accuracy']:.2f}% | "
+                     f"{100 * r['oracle/accuracy_mean']:.2f}% | {per} | {eps} | {r['protocol']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rung", choices=RUNGS + ["report"])
+    p.add_argument("--model", default=None, help="pretrained model dir (default: the embedded pretraining, cached)")
+    p.add_argument("--pretrain", default=None, help='PretrainConfig fields as JSON, e.g. \'{"public": "printed-digits-elastic"}\'')
+    p.add_argument("--tag", default="")
+    p.add_argument("--n-synthetic", type=int, default=60000)
+    p.add_argument("--classifiers", default="cnn,resnet")
+    p.add_argument("--eps", type=float, default=10.0)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--epochs", type=int, default=FinetuneConfig.model_fields["epochs"].default)
+    p.add_argument("--batch", type=int, default=FinetuneConfig.model_fields["batch"].default)
+    p.add_argument("--clip", type=float, default=FinetuneConfig.model_fields["clip"].default)
+    p.add_argument("--lr", type=float, default=FinetuneConfig.model_fields["lr"].default)
+    p.add_argument("--guidance", type=float, default=SampleConfig.model_fields["guidance"].default)
+    p.add_argument("--steps", type=int, default=SampleConfig.model_fields["steps"].default)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.rung == "report":
+        table = report()
+        text = DOC.read_text() if DOC.exists() else "<!-- ladder -->\n<!-- /ladder -->\n"
+        head, rest = text.split("<!-- ladder -->", 1)
+        DOC.write_text(head + "<!-- ladder -->\n" + table + "\n" + rest[rest.index("<!-- /ladder -->"):])
+        print(table)
+        return 0
+    row = run(a)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = a.rung + (f"-eps{a.eps:g}" if a.rung == "dp" else "") + (f"-{a.tag}" if a.tag else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2))
+    print(json.dumps({k: v for k, v in row.items() if k.startswith("oracle") or k in ("seconds", "protocol")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
