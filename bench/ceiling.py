@@ -29,12 +29,13 @@ from dpsearch.data import ImageSet, load_mnist
 from dpsearch.models import load_ldm
 from dpsearch.pipeline import run_pipeline
 from dpsearch.pretrain import pretrain
-from dpsearch.protocol import N_PRIVATE, Protocol, benchmark_delta, score, split_synthetic
+from dpsearch.protocol import DPIMAGEBENCH, N_PRIVATE, Protocol, benchmark_delta, score, split_synthetic
 from dpsearch.sample import sample, save_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "ceiling"
 DOC = ROOT / "docs" / "utility.md"
+LADDER = Protocol(name="ladder", n_synthetic=10000, n_val=830, classifiers=(("cnn", 10),))  # 55:5 as in DPImageBench
 RUNGS = ["real-55k", "real-2k", "autoencoder", "public-only", "nonprivate-attention", "nonprivate-unet", "dp"]
 
 
@@ -69,8 +70,8 @@ def reconstruct(model, data: ImageSet) -> ImageSet:
 
 def run(a) -> dict:
     protocol = Protocol(name="dpimagebench" if a.n_synthetic == 60000 and a.classifiers == "cnn,resnet" else "ladder",
-                        n_synthetic=a.n_synthetic, n_val=a.n_synthetic // 12,
-                        classifiers=tuple((c, {"cnn": 10, "resnet": 5}[c]) for c in a.classifiers.split(",")))
+                        n_synthetic=a.n_synthetic, n_val=a.n_synthetic // 120 * 10,  # 55:5, whole per class
+                        classifiers=tuple((c, dict(DPIMAGEBENCH.classifiers)[c]) for c in a.classifiers.split(",")))
     private, real_val, test = private_split()
     t0 = time.time()
     row: dict = {"rung": a.rung, "tag": a.tag}
@@ -101,15 +102,61 @@ def run(a) -> dict:
             row.update({"sample_config": json.loads(smp.model_dump_json()), "sample_seconds": time.time() - t})
             save_grid(synthetic, RESULTS / f"{a.rung}{a.tag}.png")
             row.update(score(synthetic, test, protocol, seed=a.seed))
+            if protocol.n_synthetic > LADDER.n_synthetic:  # the same set under the ladder's protocol, comparable
+                _, sub = split_synthetic(synthetic, LADDER.n_synthetic, seed=a.seed)
+                row["ladder"] = score(sub, test, LADDER, seed=a.seed)
+            if a.release:
+                row["release"] = str(release(a, model, synthetic, row).relative_to(ROOT))
     row["seconds"] = time.time() - t0
     return row
+
+
+def release(a, model, synthetic: ImageSet, row: dict) -> Path:
+    """The released data set (runs/releases/NAME, not in git: 60k PNGs) with its model; the grid and data card
+    are copied to bench/results/releases/NAME for the record."""
+    import shutil
+
+    from dpsearch.models import save_ldm
+    from dpsearch.synthetic_release import write_release
+
+    name = a.release
+    p = dict(row.get("privacy") or {"dp": True, "eps": 0.0, "delta": 0.0, "accountant": "none",
+                                     "covers": "a model trained on public data only"})
+    p.setdefault("covers", "the one DP fine-tune that produced the model (no search, no other use of the private set)")
+    config = {k: row[k] for k in ("model", "finetune_config", "sample_config") if k in row}
+    config["private_data"] = f"MNIST training split, {N_PRIVATE} images (subset seed 0)"
+    oracle = {k: v for k, v in row.items() if k.startswith("oracle/")}
+    oracle["protocol"] = row["protocol"]
+    out = write_release(synthetic, ROOT / "runs" / "releases" / name, name=name, privacy=p, configuration=config,
+                        oracle=oracle, overwrite=True)
+    save_ldm(model.to("cpu"), out.parent / f"{name}-model", extra={"privacy": p})
+    keep = RESULTS.parent / "releases" / name
+    keep.mkdir(parents=True, exist_ok=True)
+    for f in ("grid.png", "DATA_CARD.md", "card.json"):
+        shutil.copy(out / f, keep / f)
+    return out
+
+
+def write_utility_json() -> None:
+    """bench/results/utility.json: the headline rows, DP runs scored under the full protocol."""
+    rows = []
+    for path in sorted(RESULTS.glob("dp-*.json")):
+        r = json.loads(path.read_text())
+        if not r["protocol"].startswith("dpimagebench"):
+            continue
+        rows.append({"released_eps": r["privacy"]["eps"], "delta": r["privacy"]["delta"],
+                     "oracle_accuracy": r["oracle/accuracy"], "oracle_accuracy_mean": r["oracle/accuracy_mean"],
+                     "n_synthetic": r["n_synthetic"], "protocol": r["protocol"], "release": r.get("release"),
+                     "what": "one DP fine-tune (no search): its (ε, δ) is the released one",
+                     "finetune_config": r["finetune_config"], "wall_seconds": r["seconds"], "row": path.name})
+    (RESULTS.parent / "utility.json").write_text(json.dumps(rows, indent=2))
 
 
 def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     rows.sort(key=lambda r: (RUNGS.index(r["rung"]), r.get("privacy", {}).get("eps", 0), r.get("tag", "")))
-    lines = ["| rung | tag | what | oracle acc. (best) | mean | per classifier | released (ε, δ) | protocol |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| rung | tag | what | ladder acc. (10k, CNN) | oracle acc. (best) | mean | per classifier | released (ε, δ) "
+             "| protocol | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per = ", ".join(f"{k.split('_')[-1]} {100 * v:.2f}" for k, v in r.items() if k.startswith("oracle/accuracy_") and
                         k != "oracle/accuracy_mean")
@@ -117,8 +164,10 @@ def report() -> str:
         eps = "–" if p is None else ("NOT DP" if not p.get("dp", True) else f"({p['eps']:.2f}, {p['delta']:.3g})")
         ft = r.get("finetune_config", {})
         what = (f"{ft.get('scope')} {ft.get('layers')}, {ft.get('epochs')} ep, B={ft.get('batch')}" if ft else "")
-        lines.append(f"| {r['rung']} | {r.get('tag') or ''} | {what} | {100 * r['oracle/accuracy']:.2f}% | "
-                     f"{100 * r['oracle/accuracy_mean']:.2f}% | {per} | {eps} | {r['protocol']} |")
+        ladder = r.get("ladder", r if r["protocol"].startswith("ladder") else None)
+        lad = f"{100 * ladder['oracle/accuracy']:.2f}%" if ladder else "–"
+        lines.append(f"| {r['rung']} | {r.get('tag') or ''} | {what} | {lad} | {100 * r['oracle/accuracy']:.2f}% | "
+                     f"{100 * r['oracle/accuracy_mean']:.2f}% | {per} | {eps} | {r['protocol']} | {r['seconds'] / 60:.0f} min |")
     return "\n".join(lines)
 
 
@@ -139,8 +188,10 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=SampleConfig.model_fields["guidance"].default)
     p.add_argument("--steps", type=int, default=SampleConfig.model_fields["steps"].default)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--release", default=None, metavar="NAME", help="also write the released data set runs/releases/NAME")
     a = p.parse_args(argv)
     if a.rung == "report":
+        write_utility_json()
         table = report()
         text = DOC.read_text() if DOC.exists() else "<!-- ladder -->\n<!-- /ladder -->\n"
         head, rest = text.split("<!-- ladder -->", 1)

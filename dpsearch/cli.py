@@ -111,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd.cmd_run)
 
+    p = sub.add_parser("release", help="sample a trial's model into a released data set (npz, PNGs, grid, data card)")
+    p.add_argument("trial", help="a finished trial directory (what `dpsearch run` wrote)")
+    p.add_argument("--out", required=True, help="release directory")
+    p.add_argument("--n", type=int, default=60000, help="images in the release, balanced over classes (default 60000)")
+    p.add_argument("--test", default="mnist", help="dataset whose real test split gives the oracle scores; 'none' to skip")
+    p.add_argument("--steps", type=int, default=DEFAULT_SAMPLE.steps)
+    p.add_argument("--scheduler", choices=["ddim", "dpm++"], default=DEFAULT_SAMPLE.scheduler)
+    p.add_argument("--guidance", type=_float("--guidance"), default=DEFAULT_SAMPLE.guidance)
+    _common(p)
+    p.set_defaults(fn=cmd.cmd_release)
+
     p = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over layer range, C, B, lr, epochs under one fixed ε")
     p.add_argument("--eps", type=_float("--eps"), default=None, help="ε of every trial (default: the space's)")
     p.add_argument("--space", default="mnist", help="search space YAML or the name of one in search_spaces/")

@@ -135,6 +135,30 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_release(a) -> int:
+    """A trial's model → the released synthetic data set, oracle-scored under DPImageBench's protocol."""
+    from dpsearch.data import load_dataset
+    from dpsearch.device import pick_device
+    from dpsearch.models import load_ldm
+    from dpsearch.trial import release_trial
+
+    k = load_ldm(a.trial).meta["num_classes"]
+    if a.n < k or a.n % k:
+        raise ConfigError(f"--n {a.n} must be a positive multiple of the {k} classes (balanced release)")
+    smp = validate(SampleConfig, per_class=a.n // k, steps=a.steps, scheduler=a.scheduler, guidance=a.guidance, seed=a.seed)
+    test = None if a.test == "none" else load_dataset(a.test)[1]
+    res = release_trial(Path(a.trial), Path(a.out), smp, test, overwrite=a.overwrite, device=str(pick_device(a.device)),
+                        progress=not a.quiet)
+    p = res["privacy"]
+    print(f"released {res['n_images']} images to {res['release']} (DATA_CARD.md, synthetic.npz, png/, grid.png)")
+    print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:.3g})" if p.get("dp", True) else "privacy: NONE (NOT DP)")
+    if "oracle/accuracy" in res["oracle"]:
+        o = res["oracle"]
+        print(f"oracle accuracy (real test split, not DP; DPImageBench protocol): best {100 * o['oracle/accuracy']:.2f}%, "
+              f"mean {100 * o['oracle/accuracy_mean']:.2f}%")
+    return 0
+
+
 def cmd_run(a) -> int:
     """One full trial: pretrain (cached) → DP fine-tune → sample → evaluate, outside any sweep."""
     from dpsearch.device import pick_device

@@ -35,7 +35,7 @@ class Protocol:
     name: str = "dpimagebench"
     n_synthetic: int = N_SYNTHETIC
     n_val: int = N_SYNTHETIC_VAL
-    classifiers: tuple[tuple[str, int], ...] = (("cnn", 10), ("resnet", 5))  # (arch, epochs)
+    classifiers: tuple[tuple[str, int], ...] = (("cnn", 10), ("resnet", 4))  # (arch, epochs)
 
     def describe(self) -> str:
         arch = ", ".join(f"{a} {e} epochs" for a, e in self.classifiers)

@@ -11,7 +11,7 @@ LAYERS = [
     {"space", "storage", "data", "models", "services", "fingerprints", "classifiers"},
     {"checkpoints", "privacy"},
     {"pretrain", "sample", "evaluate", "finetune", "sweep_store"},
-    {"protocol"},
+    {"protocol", "synthetic_release"},
     {"pipeline"},
     {"trial", "baseline", "html_report"},
     {"tracking"},
