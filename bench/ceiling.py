@@ -26,7 +26,7 @@ import torch
 
 from dpsearch.config import FinetuneConfig, PretrainConfig, SampleConfig
 from dpsearch.data import ImageSet, load_mnist
-from dpsearch.models import load_ldm
+from dpsearch.models import load_ldm, save_ldm
 from dpsearch.pipeline import run_pipeline
 from dpsearch.pretrain import pretrain
 from dpsearch.protocol import DPIMAGEBENCH, N_PRIVATE, Protocol, benchmark_delta, score, split_synthetic
@@ -53,7 +53,9 @@ def score_real(train: ImageSet, val: ImageSet, test: ImageSet, protocol: Protoco
     from dpsearch.config import EvaluateConfig
     from dpsearch.evaluate import accuracy, train_classifier
 
-    out, accs = {"protocol": protocol.describe() + f"; trained on {len(train)} real images"}, []
+    arch = ", ".join(f"{a} {e} epochs" for a, e in protocol.classifiers)
+    out, accs = {"protocol": f"{protocol.name}: {len(train)} real train images, checkpoint on {len(val)} real "
+                             f"validation images, classifiers {arch}; oracle = real test split"}, []
     for arch, epochs in protocol.classifiers:
         net, _ = train_classifier(train, EvaluateConfig(classifier_epochs=epochs), desc=arch, val=val, arch=arch)
         accs.append(accuracy(net, test))
@@ -86,16 +88,24 @@ def run(a) -> dict:
         if a.rung == "autoencoder":
             row.update(score_real(reconstruct(model, private), reconstruct(model, real_val), test, protocol))
         else:
-            if a.rung != "public-only":
+            if a.finetuned:  # a model an earlier run of this rung fine-tuned: sample and score it again
+                prev = json.loads(Path(a.finetuned, "row.json").read_text())
+                model = load_ldm(a.finetuned)
+                row.update({k: prev[k] for k in ("finetune_config", "privacy", "finetune_seconds")})
+                row["finetuned"] = a.finetuned
+            elif a.rung != "public-only":
                 ft = FinetuneConfig(
                     non_private=a.rung != "dp", eps=a.eps if a.rung == "dp" else None,
                     delta=benchmark_delta() if a.rung == "dp" else None, layers=a.layers,
-                    scope="unet" if a.rung == "nonprivate-unet" else "attention",
+                    scope="unet" if a.rung == "nonprivate-unet" else a.scope,
                     epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr)
                 out = run_pipeline(model, private, ft, progress=True)
                 model = out.model
                 row.update({"finetune_config": json.loads(ft.model_dump_json()), "privacy": out.privacy,
                             "finetune_seconds": out.seconds["finetune"]})
+                keep = ROOT / "runs" / "ceiling" / f"{_name(a)}-model"  # for --finetuned; not in git
+                save_ldm(model.to("cpu"), keep, extra={"privacy": out.privacy})
+                (keep / "row.json").write_text(json.dumps(row, indent=2))
             smp = SampleConfig(per_class=a.n_synthetic // 10, guidance=a.guidance, steps=a.steps, seed=a.seed)
             t = time.time()
             synthetic = sample(model, smp)
@@ -116,7 +126,6 @@ def release(a, model, synthetic: ImageSet, row: dict) -> Path:
     are copied to bench/results/releases/NAME for the record."""
     import shutil
 
-    from dpsearch.models import save_ldm
     from dpsearch.synthetic_release import write_release
 
     name = a.release
@@ -152,23 +161,37 @@ def write_utility_json() -> None:
     (RESULTS.parent / "utility.json").write_text(json.dumps(rows, indent=2))
 
 
+def _public_data(r: dict) -> str:
+    try:
+        return json.loads((Path(r["model"]) / "dpsearch_model.json").read_text())["pretraining"]["public_data"]
+    except (KeyError, OSError, ValueError):
+        return "–"
+
+
 def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    rows.sort(key=lambda r: (RUNGS.index(r["rung"]), r.get("privacy", {}).get("eps", 0), r.get("tag", "")))
-    lines = ["| rung | tag | what | ladder acc. (10k, CNN) | oracle acc. (best) | mean | per classifier | released (ε, δ) "
-             "| protocol | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows.sort(key=lambda r: (RUNGS.index(r["rung"]), -r.get("privacy", {}).get("eps", 0), r.get("tag", "")))
+    lines = ["| rung | public data | fine-tune | released (ε, δ) | ladder acc. (10k, CNN) | DPImageBench protocol: best "
+             "(CNN, ResNet) | mean | wall |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        per = ", ".join(f"{k.split('_')[-1]} {100 * v:.2f}" for k, v in r.items() if k.startswith("oracle/accuracy_") and
-                        k != "oracle/accuracy_mean")
         p = r.get("privacy")
         eps = "–" if p is None else ("NOT DP" if not p.get("dp", True) else f"({p['eps']:.2f}, {p['delta']:.3g})")
         ft = r.get("finetune_config", {})
-        what = (f"{ft.get('scope')} {ft.get('layers')}, {ft.get('epochs')} ep, B={ft.get('batch')}" if ft else "")
+        what = f"{ft['scope']} {ft['layers']}, {ft['epochs']} ep, B={ft['batch']}, lr={ft['lr']:g}" if ft else "–"
         ladder = r.get("ladder", r if r["protocol"].startswith("ladder") else None)
         lad = f"{100 * ladder['oracle/accuracy']:.2f}%" if ladder else "–"
-        lines.append(f"| {r['rung']} | {r.get('tag') or ''} | {what} | {lad} | {100 * r['oracle/accuracy']:.2f}% | "
-                     f"{100 * r['oracle/accuracy_mean']:.2f}% | {per} | {eps} | {r['protocol']} | {r['seconds'] / 60:.0f} min |")
+        full = r["protocol"].startswith("dpimagebench")
+        best = (f"{100 * r['oracle/accuracy']:.2f}% ({100 * r['oracle/accuracy_cnn']:.2f}, "
+                f"{100 * r['oracle/accuracy_resnet']:.2f})" if full else "–")
+        mean = f"{100 * r['oracle/accuracy_mean']:.2f}%" if full else "–"
+        data = _public_data(r) if "model" in r else "–"
+        lines.append(f"| {r['rung']}{' ' + r['tag'] if r.get('tag') else ''} | {data} | {what} | {eps} | {lad} | {best} | "
+                     f"{mean} | {r['seconds'] / 60:.0f} min |")
     return "\n".join(lines)
+
+
+def _name(a) -> str:
+    return a.rung + (f"-eps{a.eps:g}" if a.rung == "dp" else "") + (f"-{a.tag}" if a.tag else "")
 
 
 def main(argv=None) -> int:
@@ -181,6 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--classifiers", default="cnn,resnet")
     p.add_argument("--eps", type=float, default=10.0)
     p.add_argument("--layers", default="all")
+    p.add_argument("--scope", choices=["attention", "unet"], default="attention", help="what the dp rung trains")
     p.add_argument("--epochs", type=int, default=FinetuneConfig.model_fields["epochs"].default)
     p.add_argument("--batch", type=int, default=FinetuneConfig.model_fields["batch"].default)
     p.add_argument("--clip", type=float, default=FinetuneConfig.model_fields["clip"].default)
@@ -188,6 +212,8 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=SampleConfig.model_fields["guidance"].default)
     p.add_argument("--steps", type=int, default=SampleConfig.model_fields["steps"].default)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetuned", default=None, metavar="DIR",
+                   help="skip the fine-tune: sample and score runs/ceiling/NAME-model from an earlier run of the rung")
     p.add_argument("--release", default=None, metavar="NAME", help="also write the released data set runs/releases/NAME")
     a = p.parse_args(argv)
     if a.rung == "report":
@@ -200,8 +226,7 @@ def main(argv=None) -> int:
         return 0
     row = run(a)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = a.rung + (f"-eps{a.eps:g}" if a.rung == "dp" else "") + (f"-{a.tag}" if a.tag else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2))
+    (RESULTS / f"{_name(a)}.json").write_text(json.dumps(row, indent=2))
     print(json.dumps({k: v for k, v in row.items() if k.startswith("oracle") or k in ("seconds", "protocol")}, indent=2))
     return 0
 
