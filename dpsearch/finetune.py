@@ -104,6 +104,10 @@ def _select_trainable(model: LDM, cfg: FinetuneConfig, a: int, b: int) -> list[n
     return params
 
 
+def _what(cfg: FinetuneConfig, a: int, b: int) -> str:
+    return "whole UNet" if cfg.scope == "unet" else f"layers {a}-{b}"
+
+
 def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
     """The same layers, loss, optimizer, batch size and epochs as dp_finetune without clipping or noise:
     the reference that says what DP costs. Its privacy record is NOT_DP."""
@@ -117,7 +121,7 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=True)
     history = []
-    bar = tqdm(total=cfg.epochs * len(loader), desc=f"NON-PRIVATE fine-tune layers {a}-{b}", disable=not progress,
+    bar = tqdm(total=cfg.epochs * len(loader), desc=f"NON-PRIVATE fine-tune {_what(cfg, a, b)}", disable=not progress,
                leave=False)
     for epoch in range(1, cfg.epochs + 1):
         for x, y in loader:
@@ -181,7 +185,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     done = resume.steps if resume else 0
     if done:
         engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
-    bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune layers {a}-{b}", disable=not progress, leave=False)
+    bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune {_what(cfg, a, b)}", disable=not progress, leave=False)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch, on_step=bar.update)
         eps_spent = float(engine.accountant.get_epsilon(delta=delta))
@@ -209,7 +213,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         raise RuntimeError(f"accountant reports ε = {eps:.4f} above the target {cfg.eps}; refusing to release")
     record = PrivacyRecord(
         eps_target=cfg.eps, eps=eps, delta=delta, accountant=cfg.accountant, eps_pld_check=plan.eps_pld_check,
-        sigma=sigma, q=q, steps=steps, epochs=cfg.epochs, clip=cfg.clip, batch=cfg.batch, n=n, layers=f"{a}-{b}",
+        sigma=sigma, q=q, steps=steps, epochs=cfg.epochs, clip=cfg.clip, batch=cfg.batch, n=n,
+        layers=f"{a}-{b}" if cfg.scope == "attention" else "unet",
         trainable_params=n_trainable, trainable_fraction=n_trainable / n_total,
         randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded")
     return FinetuneResult(model, record, history)
