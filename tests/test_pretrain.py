@@ -18,4 +18,5 @@ def test_a_private_source_named_as_public_is_refused(source, tmp_path, capsys):
 
 def test_registered_public_sources_are_accepted():
     assert validate(PretrainConfig, public="printed-digits").public == "printed-digits"
+    assert PretrainConfig().public == "printed-digits-elastic"  # the default (docs/utility.md)
     assert validate(PretrainConfig, public="public-folder:/data/fonts").public == "public-folder:/data/fonts"
