@@ -22,7 +22,8 @@ from dpsearch.cli import main
 ])
 def test_bad_finetune_input(args, message, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["finetune", "--model", str(tiny_model_dir), "--out", str(out), "--n-private", "1000", "--quiet", *args])
+    code = main(["finetune", "--model", str(tiny_model_dir), "--out", str(out), "--n-private", "1000", "--batch", "100",
+                 "--quiet", *args])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
