@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dpsearch.config import FinetuneConfig, PretrainConfig, SampleConfig
@@ -45,7 +46,7 @@ def private_split() -> tuple[ImageSet, ImageSet, ImageSet]:
     train, test = load_mnist()
     private = train.subset(N_PRIVATE, seed=0)
     rest = torch.ones(len(train), dtype=torch.bool)
-    rest[torch.from_numpy(__import__("numpy").random.default_rng(0).permutation(len(train))[:N_PRIVATE])] = False
+    rest[torch.from_numpy(np.random.default_rng(0).permutation(len(train))[:N_PRIVATE])] = False  # = subset()'s draw
     return private, ImageSet(train.images[rest], train.labels[rest], 10, "mnist-val"), test
 
 
