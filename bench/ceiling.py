@@ -203,6 +203,22 @@ def _name(a) -> str:
     return a.rung + (f"-eps{a.eps:g}" if a.rung == "dp" else "") + (f"-{a.tag}" if a.tag else "")
 
 
+def headline() -> str:
+    """docs/utility.md's headline table: the released models under the full protocol."""
+    lines = ["<!-- headline -->", "| released (ε, δ) | best classifier | CNN | ResNet | mean | ladder (10k subset, CNN) "
+             "| wall (2 cores) |", "|---|---|---|---|---|---|---|"]
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("dp-*.json"))]
+    for r in sorted((r for r in rows if r["protocol"].startswith("dpimagebench")), key=lambda r: -r["privacy"]["eps"]):
+        ft = r.get("finetune_seconds", 0.0)
+        smp = r.get("sample_seconds", 0.0)
+        lines.append(f"| ({r['privacy']['eps']:.3f}, {r['privacy']['delta']:.3g}) | **{100 * r['oracle/accuracy']:.2f}%** | "
+                     f"{100 * r['oracle/accuracy_cnn']:.2f}% | {100 * r['oracle/accuracy_resnet']:.2f}% | "
+                     f"{100 * r['oracle/accuracy_mean']:.2f}% | {100 * r['ladder']['oracle/accuracy']:.2f}% | "
+                     f"{_wall(r) / 60:.0f} min: fine-tune {ft / 60:.0f}, sampling {smp / 60:.0f}, scoring and release "
+                     f"{(_wall(r) - ft - smp) / 60:.0f} |")
+    return "\n".join(lines + ["<!-- /headline -->"])
+
+
 def results_section() -> str:
     """docs/results.md's DPImageBench-protocol section: the released models beside the field's anchors."""
     from anchors import ANCHOR_SOURCE, ANCHORS
@@ -265,6 +281,7 @@ def main(argv=None) -> int:
         write_utility_json()
         table = report()
         _replace_block(DOC, "<!-- ladder -->", "<!-- /ladder -->", f"<!-- ladder -->\n{table}\n<!-- /ladder -->")
+        _replace_block(DOC, "<!-- headline -->", "<!-- /headline -->", headline())
         _replace_block(ROOT / "docs" / "results.md", "<!-- protocol -->", "<!-- /protocol -->", results_section(),
                        at_top_after_title=True)
         print(table)
