@@ -22,7 +22,7 @@ MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -37,7 +37,7 @@ def _files(root: Path) -> list[Path]:
 def write_manifest(root: Path) -> dict:
     """Records every file's size and SHA-256 (relative paths) in root/manifest.json."""
     root = Path(root)
-    files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(root)}
+    files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(root)}
     (root / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
     return files
 
@@ -57,7 +57,7 @@ def verify_local(root: Path) -> None:
         p = root / rel
         if not p.exists():
             raise ConfigError(f"checkpoint {root} is incomplete: {rel} is missing; pull it again or delete it")
-        if p.stat().st_size != want["size"] or _sha256(p) != want["sha256"]:
+        if p.stat().st_size != want["size"] or sha256_file(p) != want["sha256"]:
             raise ConfigError(f"checkpoint {root} is corrupt: {rel} does not match its recorded size/SHA-256; "
                               f"pull it again or delete it")
 

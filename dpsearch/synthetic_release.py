@@ -7,24 +7,16 @@ measured on the real test split, labelled so, and chose nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
+from dpsearch.checkpoints import sha256_file
 from dpsearch.data import ImageSet
 from dpsearch.outputs import atomic_dir
 from dpsearch.sample import save_grid
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _card_markdown(card: dict) -> str:
@@ -65,7 +57,7 @@ def write_release(synthetic: ImageSet, out: Path, *, name: str, privacy: dict, c
         save_grid(synthetic, tmp / "grid.png", per_class=16, scale=2)
         card = {"name": name, "n_images": len(synthetic), "per_class": max(counts.values()),
                 "image_shape": list(synthetic.image_shape), "class_names": names, "privacy": privacy,
-                "configuration": configuration, "oracle": oracle or {}, "sha256": _sha256(tmp / "synthetic.npz")}
+                "configuration": configuration, "oracle": oracle or {}, "sha256": sha256_file(tmp / "synthetic.npz")}
         (tmp / "card.json").write_text(json.dumps(card, indent=2))
         (tmp / "DATA_CARD.md").write_text(_card_markdown(card))
     return out
