@@ -154,7 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Papernot & Steinke); needs --sampler random")
     p.add_argument("--mean-trials", type=_float("--mean-trials"), default=None, help="μ, the mean of K")
     p.add_argument("--eps-total", type=_float("--eps-total"), default=None,
-                   help="the released model's ε for the whole search; dpsearch solves the per-trial ε from it")
+                   help="the released model's ε for the whole search: the sweep ends with a model (ε, δ)-DP at this total")
+    p.add_argument("--design", choices=["slices", "composed"], default=None,
+                   help="with --eps-total: 'slices' (default) splits the records into disjoint tuning / validation / final "
+                        "slices and trains the selected configuration once more on the final slice at the whole total; "
+                        "'composed' runs everything on all the data and composes the parts to the total")
+    p.add_argument("--no-release", action="store_true",
+                   help="stop after the trials: no final model, no released synthetic data set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd.cmd_sweep)

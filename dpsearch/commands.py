@@ -199,7 +199,8 @@ def cmd_sweep(a) -> int:
     opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
                         storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial,
-                        tracking=a.tracking, private_selection=a.private_selection, eps_total=a.eps_total, mean_trials=a.mean_trials, progress=not a.quiet)
+                        tracking=a.tracking, private_selection=a.private_selection, eps_total=a.eps_total, mean_trials=a.mean_trials, progress=not a.quiet,
+                        design=a.design, release=not a.no_release)
     if a.retry_errored and not a.resume:
         raise ConfigError("--retry-errored only applies with --resume NAME")
     res = run_sweep(opts, resume=a.resume, retry_errored=a.retry_errored)

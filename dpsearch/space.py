@@ -183,6 +183,55 @@ class Validation(_Strict):
     eps: Optional[float] = Field(None, gt=0, le=EPS_MAX)  # the validation generator's ε; default: the sweep's
 
 
+class Slices(_Strict):
+    """Shares of the private records for a disjoint-slice search (privacy/slices.py)."""
+
+    tuning: float = Field(0.1, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)
+    final: float = Field(0.8, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum(self):
+        if abs(self.tuning + self.validation + self.final - 1) > 1e-9:
+            raise ValueError(f"slices must sum to 1, got {self.tuning + self.validation + self.final:g}")
+        return self
+
+
+class Free(_Strict):
+    """Post-processing of a DP model: searched on the DP validation set after the search, at no privacy cost."""
+
+    guidance: list[float] = Field([3.0], min_length=1)
+    steps: list[int] = Field([10], min_length=1)
+
+    @field_validator("guidance")
+    @classmethod
+    def _g(cls, v):
+        if any(not math.isfinite(g) or g < 0 for g in v):
+            raise ValueError(f"guidance values must be ≥ 0, got {v}")
+        return sorted(set(v))
+
+    @field_validator("steps")
+    @classmethod
+    def _s(cls, v):
+        if any(s < 1 for s in v):
+            raise ValueError(f"steps must be ≥ 1, got {v}")
+        return sorted(set(v))
+
+    def combinations(self) -> list[dict]:
+        return [{"guidance": g, "steps": s} for g in self.guidance for s in self.steps]
+
+
+class Release(_Strict):
+    """What the sweep releases at its end: n synthetic images from the selected model (post-processing)."""
+
+    n: int = Field(60000, gt=0)
+
+
+def scaled_batch(batch: int, scale: float) -> int:
+    """A trial's batch on a slice: the same sampling rate q as `batch` on the final slice (at least 1)."""
+    return max(1, int(round(batch * scale)))
+
+
 class SearchSpace(_Strict):
     name: str
     description: str = ""
@@ -198,18 +247,24 @@ class SearchSpace(_Strict):
     validation: Validation = Validation()
     sample: SampleConfig = SampleConfig(per_class=200)
     evaluate: EvaluateConfig = EvaluateConfig()
+    slices: Slices = Slices()
+    free: Free = Free()
+    release: Release = Release()
 
-    def finetune_config(self, trial: dict, eps: float, seed: int = 0) -> FinetuneConfig:
-        """The FinetuneConfig of one trial from its sampled values."""
-        return FinetuneConfig(eps=eps, delta=self.delta, layers=trial["layers"], clip=float(trial["clip"]),
-                              batch=int(trial["batch"]), epochs=int(trial["epochs"]), lr=float(trial["lr"]),
-                              physical_batch=self.physical_batch, n_private=self.n_private,
-                              accountant=self.accountant, seed=seed)
+    def finetune_config(self, trial: dict, eps: float, seed: int = 0, batch_scale: float = 1.0,
+                        delta: Optional[float] = None) -> FinetuneConfig:
+        """The FinetuneConfig of one trial from its sampled values (batch scaled on a tuning slice)."""
+        return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=trial["layers"],
+                              clip=float(trial["clip"]), batch=scaled_batch(int(trial["batch"]), batch_scale),
+                              epochs=int(trial["epochs"]), lr=float(trial["lr"]), physical_batch=self.physical_batch,
+                              n_private=self.n_private, accountant=self.accountant, seed=seed)
 
-    def reference_config(self, eps: float, seed: int = 0) -> FinetuneConfig:
+    def reference_config(self, eps: float, seed: int = 0, batch_scale: float = 1.0,
+                         delta: Optional[float] = None) -> FinetuneConfig:
         r = self.reference
-        return FinetuneConfig(eps=eps, delta=self.delta, layers=r.layers, clip=r.clip, batch=r.batch, epochs=r.epochs,
-                              lr=r.lr, physical_batch=self.physical_batch, n_private=self.n_private,
+        return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=r.layers, clip=r.clip,
+                              batch=scaled_batch(r.batch, batch_scale), epochs=r.epochs, lr=r.lr,
+                              physical_batch=self.physical_batch, n_private=self.n_private,
                               accountant=self.accountant, seed=seed + 7919)
 
 

@@ -24,7 +24,8 @@ def sweep_report(sweep_dir: str | Path) -> dict:
     rows = json.loads(meta.read_text("summary.json"))["rows"] if meta.exists("summary.json") else []
     vp = json.loads(meta.read_text("validation_privacy.json")) if meta.exists("validation_privacy.json") else None
     started = json.loads(meta.read_text(STARTED)) if meta.exists(STARTED) else []
-    return stored_sweep_report(saved, rows, vp, started)
+    final = json.loads(meta.read_text("final/result.json")) if meta.exists("final/result.json") else None
+    return stored_sweep_report(saved, rows, vp, started, final)
 
 
 __all__ = ["STARTED", "sweep_report"]

@@ -106,10 +106,13 @@ def start_parent(uri: str, experiment: str, run_id: Optional[str], params: dict,
     return run.info.run_id
 
 
-def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_text: str, status: str = "FINISHED") -> None:
+def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_text: str, status: str = "FINISHED",
+                  final: Optional[dict] = None) -> None:
     from mlflow import MlflowClient
 
     c = MlflowClient(uri)
+    if final:
+        _link_final(c, run_id, final)
     g = report["released"]
     c.log_metric(run_id, "released/eps", g["eps"])
     c.log_param(run_id, "released/delta", g["delta"])
@@ -139,6 +142,30 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
     c.log_dict(run_id, report, "privacy_report.json")
     c.log_dict(run_id, json.loads(json.dumps(summary, default=str)), "summary.json")
     c.set_terminated(run_id, status)
+
+
+def _link_final(c, run_id: str, final: dict) -> None:
+    """The parent run points at what the sweep released: the final model, the data set, its card and grid."""
+    import io
+
+    from PIL import Image
+
+    from dpsearch.storage import Store
+
+    c.set_tag(run_id, "final.model", final["model"])
+    c.set_tag(run_id, "final.release", final["release"])
+    for k, v in {**{f"final/{k}": v for k, v in final["config"].items()},
+                 **{f"free/{k}": v for k, v in final["free"].items()}}.items():
+        c.log_param(run_id, k, v)
+    c.log_metric(run_id, "final/n_release", final["n_release"])
+    best = max(final["free_candidates"], key=lambda r: r["objective"])
+    c.log_metric(run_id, "final/objective", best["objective"])
+    if best.get("oracle_accuracy") is not None:
+        c.log_metric(run_id, "final/oracle_accuracy", best["oracle_accuracy"])  # oracle: labelled, chose nothing
+    c.log_dict(run_id, final, "final/result.json")
+    release = Store(final["release"])
+    c.log_text(run_id, release.read_text("DATA_CARD.md"), "final/DATA_CARD.md")
+    c.log_image(run_id, Image.open(io.BytesIO(release.read_bytes("grid.png"))), "final/grid.png")
 
 
 def _tolerant(hook):

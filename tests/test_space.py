@@ -24,7 +24,8 @@ def test_define_by_run_always_gives_a_valid_range_and_every_param():
         assert 1 <= a <= b <= 7
         seen.add((a, b))
         cfg = space.finetune_config({**trial.params, **fixed}, eps=5.0)
-        assert 1e-3 <= cfg.clip <= 1e-1 and cfg.batch in (500, 1000, 2000) and cfg.epochs in (1, 2, 3)
+        assert cfg.clip == 0.01 and cfg.batch in (2000, 4000, 8000) and cfg.epochs in (3, 5, 8)
+        assert 5e-4 <= cfg.lr <= 5e-3
         study.tell(trial, 0.5)
     assert len(seen) > 10  # single-module ranges and long ranges both occur
 

@@ -13,34 +13,43 @@ from dpsearch.privacy.accounting import calibrate_sigma, poisson_plan
 from dpsearch.privacy.search_cost import Mechanism, SearchGuarantee, coverage_statement, search_guarantee
 
 
-def space_grid(space, eps: float, n: int) -> list[Mechanism]:
+def space_grid(space, eps: float, n: int, batch_scale: float = 1.0, delta: Optional[float] = None) -> list[Mechanism]:
     """Every mechanism a trial of this space can run: one per (batch, epochs) value, σ calibrated.
 
     Clip norm, learning rate and layer range do not change the mechanism (σ is relative to C).
     batch and epochs are whole-number parameters with finite value lists (space.py enforces it).
+    batch_scale: trials on a tuning slice run batch × scale (space.scaled_batch), the same q and steps as
+    the final run on its slice.
     """
-    delta = space.delta if space.delta is not None else default_delta(n)
+    from dpsearch.space import scaled_batch
+
+    delta = delta if delta is not None else space.delta if space.delta is not None else default_delta(n)
     grid = []
     for b in space.params.batch.values():
         for e in space.params.epochs.values():
-            q, steps = poisson_plan(n, b, e)
+            q, steps = poisson_plan(n, scaled_batch(b, batch_scale), e)
             grid.append(Mechanism(calibrate_sigma(eps, delta, q, steps, space.accountant), q, steps))
     return grid
 
 
 def guarantee_for(space, eps: float, n: int, validation: Optional[Mechanism], *, trials: Optional[int] = None,
-                  selection: Optional[str] = None, mean_trials: Optional[float] = None) -> SearchGuarantee:
-    delta = space.delta if space.delta is not None else default_delta(n)
-    return search_guarantee(space_grid(space, eps, n), delta, validation, trials=trials, selection=selection,
-                            mean_trials=mean_trials)
+                  selection: Optional[str] = None, mean_trials: Optional[float] = None, batch_scale: float = 1.0,
+                  delta: Optional[float] = None) -> SearchGuarantee:
+    delta = delta if delta is not None else space.delta if space.delta is not None else default_delta(n)
+    return search_guarantee(space_grid(space, eps, n, batch_scale, delta), delta, validation, trials=trials,
+                            selection=selection, mean_trials=mean_trials)
 
 
-def stored_sweep_report(saved: dict, rows: list[dict], vp: Optional[dict], started: list[str]) -> dict:
+def stored_sweep_report(saved: dict, rows: list[dict], vp: Optional[dict], started: list[str],
+                        final: Optional[dict] = None) -> dict:
     """The privacy report from what a sweep stored (sweep_store.py reads it): sweep.json's content, the
-    summary rows, the validation generator's record and the ids of every trial ever started."""
+    summary rows, the validation generator's record, the ids of every trial ever started and the final
+    stage's result."""
     from dpsearch.space import SearchSpace
 
     opts, space = saved["options"], SearchSpace(**saved["space"])
+    if saved.get("design") == "slices":
+        return _slices_report(saved, space, rows, vp, started, final)
     n = saved.get("n_private") or (vp or {}).get("n")
     if not n:
         raise ConfigError(f"sweep {saved['options'].get('name')} records no private-set size; it stopped before its "
@@ -51,9 +60,7 @@ def stored_sweep_report(saved: dict, rows: list[dict], vp: Optional[dict], start
     k_run = max(int(opts["trials"]), len(rows), len(started))
     g = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=None if selection else k_run,
                       selection=selection, mean_trials=opts.get("mean_trials"))
-    trials = [{k2: r.get(k2) for k2 in ("trial", "status", "eps", "delta", "sigma", "q", "steps", "clip", "batch",
-                                         "epochs", "layers", "accountant")} for r in rows]
-    rep = {"sweep": opts["name"], "trials": trials, "trials_started": len(started), "validation": vp,
+    rep = {"sweep": opts["name"], "design": saved.get("design", "per-trial"), "trials": _trial_rows(rows), "trials_started": len(started), "validation": vp,
            "released": g.to_dict(), "statement": coverage_statement(g)}
     if selection:
         # What repeat-and-select covers is the selected model alone; the tracking store holds every trial.
@@ -71,6 +78,54 @@ def stored_sweep_report(saved: dict, rows: list[dict], vp: Optional[dict], start
     return rep
 
 
+def _trial_rows(rows: list[dict]) -> list[dict]:
+    return [{k: r.get(k) for k in ("trial", "status", "eps", "delta", "sigma", "q", "steps", "clip", "batch", "epochs",
+                                   "layers", "accountant")} for r in rows]
+
+
+def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], started: list[str],
+                   final: Optional[dict]) -> dict:
+    """Disjoint slices (privacy/slices.py): each part's (ε, δ) on its own records; the released model costs
+    the largest. Before the final run, its part is the planned one: calibrated to the total by construction."""
+    from dpsearch.privacy.slices import PartGuarantee, released_guarantee
+
+    opts, sl, delta = saved["options"], saved["slices"], float(saved["delta"])
+    total, selection = float(opts["eps_total"]), opts.get("private_selection")
+    k_run = max(int(opts["trials"]), len(rows), len(started))
+    tuning = guarantee_for(space, float(opts["eps"]), int(sl["sizes"]["tuning"]), None,
+                           trials=None if selection else k_run, selection=selection,
+                           mean_trials=opts.get("mean_trials"), batch_scale=float(sl["trial_batch_scale"]), delta=delta)
+    parts = [PartGuarantee("tuning", tuning.eps, delta, tuning.accountant)]
+    parts.append(PartGuarantee("validation", vp["eps"], vp["delta"], vp["accountant"]) if vp else
+                 PartGuarantee("validation", total, delta, "planned (not run yet)"))
+    fp = (final or {}).get("privacy")
+    parts.append(PartGuarantee("final", fp["eps"], fp["delta"], fp["accountant"]) if fp else
+                 PartGuarantee("final", total, delta, "planned (not run yet)"))
+    g, over = released_guarantee(parts, total)
+    released = {"eps": g.eps, "delta": g.delta, "mode": "slices", "accountant": g.accountant,
+                "trial_eps_worst": tuning.trial_eps_worst, "trials": k_run, "parts": [vars(p) for p in parts],
+                "tuning": tuning.to_dict(), "slices": sl}
+    sizes = sl["sizes"]
+    statement = "\n".join([
+        f"released model: (ε = {g.eps:.3f}, δ = {g.delta:g})-DP by parallel composition over disjoint slices of the "
+        f"private records (each record is in exactly one slice, by a public hash of that record alone):",
+        f"  tuning slice ({sizes['tuning']} records): {k_run} trials composed, (ε = {tuning.eps:.3f}) by {tuning.accountant};",
+        f"  validation slice ({sizes['validation']}): the validation generator, (ε = {parts[1].eps:.3f}) by {parts[1].accountant};",
+        f"  final slice ({sizes['final']}): the selected configuration trained once, (ε = {parts[2].eps:.3f}) by "
+        f"{parts[2].accountant}.",
+        "covered: the released model, its synthetic data set, every trial's outputs, the objective and the choices made "
+        "on it (configuration, guidance, solver steps). The whole tracking store is covered by the same figure.",
+        "noise and Poisson sampling of every DP run come from fresh OS entropy (never a recorded seed); not covered: "
+        "the oracle metrics (computed on the real test split) are not DP and not counted.",
+        "assumes add/remove adjacency of one record and slice sizes treated as public, as every DP-SGD run here "
+        "does with N (docs/privacy.md, \"Disjoint-slice search\")."])
+    rep = {"sweep": opts["name"], "design": "slices", "trials": _trial_rows(rows), "trials_started": len(started),
+           "validation": vp, "final": fp, "released": released, "statement": statement}
+    if over:
+        rep["over_total"] = over
+    return rep
+
+
 def format_report(rep: dict) -> str:
     lines = [f"privacy report of sweep {rep['sweep']}", "per trial (each by its own accountant):"]
     for t in rep["trials"]:
@@ -85,34 +140,45 @@ def format_report(rep: dict) -> str:
     if v:
         lines.append(f"validation generator: (ε = {v['eps']:.3f}, δ = {v['delta']:g}) {v['accountant'].upper()}, "
                      f"σ = {v['sigma']:.4f}, q = {v['q']:.5f}, steps = {v['steps']}, layers {v['layers']}")
+    f = rep.get("final")
+    if f:
+        lines.append(f"final run: (ε = {f['eps']:.3f}, δ = {f['delta']:g}) {f['accountant'].upper()}, σ = {f['sigma']:.4f}, "
+                     f"q = {f['q']:.5f}, steps = {f['steps']}, layers {f['layers']}")
     g = rep["released"]
     lines.append(f"one trial at the worst mechanism the space allows: (ε = {g['trial_eps_worst']:.3f}, "
-                 f"δ = {g['delta']:g}) by {g['accountant']}")
+                 f"δ = {g['delta']:g}) by RDP")
     lines.append(rep["statement"])
     if rep.get("tracking_store"):
         lines.append(rep["tracking_store"]["statement"])
+    if rep.get("over_total"):
+        lines.append("WARNING: " + rep["over_total"])
     if rep.get("incomplete"):
         lines.append("WARNING: " + rep["incomplete"])
     return "\n".join(lines)
 
 
-def reference_mechanism(space, eps: float, n: int) -> Mechanism:
+def reference_mechanism(space, eps: float, n: int, batch_scale: float = 1.0, delta: Optional[float] = None) -> Mechanism:
     """The validation generator's mechanism (the space's reference configuration at ε)."""
-    delta = space.delta if space.delta is not None else default_delta(n)
-    q, steps = poisson_plan(n, space.reference.batch, space.reference.epochs)
+    from dpsearch.space import scaled_batch
+
+    delta = delta if delta is not None else space.delta if space.delta is not None else default_delta(n)
+    q, steps = poisson_plan(n, scaled_batch(space.reference.batch, batch_scale), space.reference.epochs)
     return Mechanism(calibrate_sigma(eps, delta, q, steps, space.accountant), q, steps)
 
 
 def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int] = None,
                         selection: Optional[str] = None, mean_trials: Optional[float] = None,
-                        rel_tol: float = 0.01) -> tuple[float, SearchGuarantee]:
-    """The largest per-trial ε (the validation generator gets the same ε) whose released-model
-    guarantee is ≤ eps_total. Bisection on log ε: the bound is monotone in the per-trial ε."""
+                        rel_tol: float = 0.01, with_validation: bool = True, batch_scale: float = 1.0,
+                        delta: Optional[float] = None) -> tuple[float, SearchGuarantee]:
+    """The largest per-trial ε whose guarantee is ≤ eps_total. With the validation generator (the composed
+    design) it gets the same ε and is composed in; on a disjoint tuning slice it is not (it has its own
+    slice). Bisection on log ε: the bound is monotone in the per-trial ε."""
     import math
 
     def total(e: float) -> SearchGuarantee:
-        return guarantee_for(space, e, n, reference_mechanism(space, e, n), trials=trials, selection=selection,
-                             mean_trials=mean_trials)
+        val = reference_mechanism(space, e, n) if with_validation else None
+        return guarantee_for(space, e, n, val, trials=trials, selection=selection, mean_trials=mean_trials,
+                             batch_scale=batch_scale, delta=delta)
 
     if not (math.isfinite(eps_total) and eps_total > 0):
         raise ConfigError(f"--eps-total must be a positive number, got {eps_total}")

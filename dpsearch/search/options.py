@@ -33,6 +33,8 @@ class SweepOptions:
     private_selection: Optional[str] = None  # geometric | logarithmic | poisson: K is random, only the best released
     mean_trials: Optional[float] = None  # μ, the mean of K under private selection
     eps_total: Optional[float] = None  # the released model's ε: per-trial (and validation) ε solved from it
+    design: Optional[str] = None  # with --eps-total: slices (default) | composed; search/design.py
+    release: bool = True  # end with the final model's released synthetic data set (search/final.py)
     progress: bool = True
 
     def check(self) -> None:
@@ -45,6 +47,8 @@ class SweepOptions:
         if self.eps_total is not None:
             if self.eps is not None or self.val_eps is not None:
                 raise ConfigError("give either --eps (per trial) or --eps-total (the released model), not both")
+        if self.design not in (None, "per-trial", "composed", "slices"):
+            raise ConfigError(f"--design must be slices, composed or per-trial, got {self.design}")
         if self.trials < 1:
             raise ConfigError(f"--trials must be ≥ 1, got {self.trials}")
         if self.concurrency is not None and self.concurrency < 1:

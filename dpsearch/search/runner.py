@@ -14,7 +14,8 @@ from typing import Optional
 from dpsearch.config import ConfigError, parse_layers
 from dpsearch.paths import home
 from dpsearch.search.model_files import pack_model
-from dpsearch.search.options import METRIC, MODE, SweepOptions, draw_trials, tpe_startup_trials, validation_eps
+from dpsearch.search.design import plan
+from dpsearch.search.options import METRIC, MODE, SweepOptions, draw_trials, tpe_startup_trials
 from dpsearch.search.resources import auto_concurrency, node_env, trial_resources
 from dpsearch.search.summary import SweepResult, rows_of, summarize
 from dpsearch.search.trainable import dp_trial
@@ -65,6 +66,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     from dpsearch.search.trial_counter import TrialCounter
 
     opts.check()
+    saved = None
     if resume:
         storage, uri = connect_services(opts)
         meta = Store(storage).child(resume, "dpsearch")
@@ -76,31 +78,16 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         space = SearchSpace(**saved["space"])
     else:
         space = load_space(opts.space)
-    if opts.eps_total is not None and not resume:
-        from dpsearch.privacy.report import solve_per_trial_eps
-
-        if space.validation.eps is not None:
-            raise ConfigError(f"the space sets validation.eps = {space.validation.eps:g}, but --eps-total solves the "
-                              f"validation generator's ε together with the trials'; remove one of them")
-
-        n = space.n_private or len(load_dataset(space.private)[0])
-        log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
-        per, g = solve_per_trial_eps(space, n, opts.eps_total, trials=None if opts.private_selection else opts.trials,
-                                     selection=opts.private_selection, mean_trials=opts.mean_trials)
-        log.info("--eps-total %g: every trial and the validation generator get ε = %.4f (δ = %g); released model: "
-                 "ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
-        opts.eps = opts.val_eps = per
-    eps = opts.eps if opts.eps is not None else space.eps
-    val_eps = validation_eps(opts, space, eps)
+    private, oracle = load_dataset(space.private)
+    design = plan(opts, space, private, saved if resume else None)
+    opts.eps = eps = design.eps
+    val_eps = design.val_eps
     budget = f"epstotal{opts.eps_total:g}" if opts.eps_total else f"eps{eps:g}"  # what the user asked for
     name = resume or opts.name or f"{space.name}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     # Everything that can be wrong with the input fails here, before any training.
-    private, oracle = load_dataset(space.private)
-    if space.n_private:
-        private = private.subset(space.n_private, seed=opts.seed)
-    for cfg_probe in _probe_configs(space, eps):
-        cfg_probe.check_against_data(len(private))
+    for cfg_probe, n in _probe_configs(space, design):
+        cfg_probe.check_against_data(n)
     model_dir = opts.model or space.model or pretrain(PretrainConfig())
     probe = load_ldm(model_dir)
     space.params.layers.check_model(len(attention_modules(probe.unet)))
@@ -127,7 +114,10 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     else:
         saved = {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
                              "storage": storage, "tracking": None},
-                 "n_private": len(private), "space": json.loads(space.model_dump_json()), "fingerprints": fingerprints}
+                 "n_private": len(design.trial_data) if design.name != "slices" else len(private),
+                 "design": design.name, "slices": design.slices, "delta": design.delta,
+                 "space": json.loads(space.model_dump_json()), "fingerprints": fingerprints}
+    log.info("design: %s", design.describe())
     parent = None
     if uri:
         from dpsearch.tracking import start_parent
@@ -149,10 +139,11 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
 
                     MlflowClient(uri).set_tag(parent, "concurrency_used", opts.concurrency)
             res = trial_resources(opts)
-            validation, val_privacy = load_or_make_validation(meta, model_files, private, space, val_eps, opts.seed, res)
+            validation, val_privacy = load_or_make_validation(meta, model_files, design, space, opts.seed, res)
             trainable = tune.with_resources(
-                tune.with_parameters(dp_trial, model_files=model_files, private=private, validation=validation, oracle=oracle,
-                                     space_json=space.model_dump_json(), eps=eps, seed=opts.seed, threads=res["threads"]),
+                tune.with_parameters(dp_trial, model_files=model_files, private=design.trial_data, validation=validation,
+                                     oracle=oracle, space_json=space.model_dump_json(), eps=eps, seed=opts.seed,
+                                     threads=res["threads"], batch_scale=design.trial_batch_scale, delta=design.delta),
                 {"cpu": res["cpu"], "gpu": res["gpu"]})
             callbacks = [TrialCounter(Store(storage).uri(name, "dpsearch"))]
             if uri:
@@ -179,6 +170,16 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             grid = tuner.fit()
             rows = rows_of(grid)
+            result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0)
+            meta.write_text("summary.json", json.dumps(asdict(result), indent=2, default=str))
+            if opts.release and result.best:
+                from dpsearch.search.final import finish
+                from dpsearch.sweep_store import sweep_report
+
+                pre = sweep_report(Store(storage).uri(name))  # before the final run: what it composes with
+                released = {**pre["released"], "name": name, "design": design.describe(), "covers": pre["statement"]}
+                result.extra["final"] = finish(meta, model_files, space, result.best, design, validation, oracle,
+                                               released, opts.seed, res)
             status = "FINISHED"
     finally:
         # Time across every run of this sweep, interrupted ones included (summary.seconds is this run's).
@@ -194,7 +195,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     from dpsearch.privacy.report import format_report
     from dpsearch.sweep_store import sweep_report
 
-    result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0)
+    result.seconds = time.time() - t0
     result.extra["elapsed_s"] = saved["elapsed_s"]
     meta.write_text("summary.json", json.dumps(asdict(result), indent=2, default=str))
     result.extra["privacy"] = sweep_report(Store(storage).uri(name))
@@ -203,7 +204,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         from dpsearch.tracking import finish_parent
 
         finish_parent(uri, parent, json.loads(json.dumps(asdict(result), default=str)), result.extra["privacy"],
-                      format_report(result.extra["privacy"]))
+                      format_report(result.extra["privacy"]), final=result.extra.get("final"))
         from dpsearch.tracking import sweep_addresses
 
         result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent, **sweep_addresses(uri, name)}
@@ -218,10 +219,17 @@ def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:
             "n_private": saved.get("n_private"), "storage": o["storage"], "model": o["model"]}
 
 
-def _probe_configs(space: SearchSpace, eps: float):
-    """The extreme configurations of the space, to catch batch > N or δ ≥ 1/N before training."""
-    for b in [*space.params.batch.values(), space.reference.batch]:
-        yield space.finetune_config({"layers": "1-1", "clip": 1.0, "batch": b, "epochs": 1, "lr": 1e-3}, eps)
+def _probe_configs(space: SearchSpace, design):
+    """(config, N) for the extreme configurations of every part, to catch batch > N or δ ≥ 1/N before training."""
+    probe = {"layers": "1-1", "clip": 1.0, "epochs": 1, "lr": 1e-3}
+    for b in space.params.batch.values():
+        yield (space.finetune_config({**probe, "batch": b}, design.eps, batch_scale=design.trial_batch_scale,
+                                     delta=design.delta), len(design.trial_data))
+        if design.final_data is not None:
+            yield (space.finetune_config({**probe, "batch": b}, design.final_eps, delta=design.delta),
+                   len(design.final_data))
+    yield (space.reference_config(design.val_eps, batch_scale=design.val_batch_scale, delta=design.delta),
+           len(design.validation_data))
 
 
 def tune_config(opts: SweepOptions, space: SearchSpace):

@@ -75,6 +75,22 @@ def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds
     return SweepResult(name, path, done + rest, val_privacy, rho, best, best_oracle, seconds)
 
 
+def format_final(f: dict) -> str:
+    """What the sweep released: the final model, its free choices and the synthetic data set."""
+    r = f["released"]
+    chosen = max(f["free_candidates"], key=lambda c: c["objective"])
+    free = ", ".join(f"guidance {c['guidance']:g} / {c['steps']} steps: {c['objective']:.4f}" +
+                     (f" (oracle {100 * c['oracle_accuracy']:.2f}%)" if c.get("oracle_accuracy") is not None else "")
+                     for c in f["free_candidates"])
+    return "\n".join([
+        f"released ({r['design']}):",
+        f"  model {f['model']}: configuration {f['config']}, (ε = {r['eps']:.3f}, δ = {r['delta']:g}) for the whole sweep",
+        f"  free post-processing, chosen on the DP validation set at no privacy cost: {free}; chosen guidance "
+        f"{chosen['guidance']:g}, {chosen['steps']} steps (oracle figures are on the real test split, not DP, chose nothing)",
+        f"  synthetic data set: {f['n_release']} images at {f['release']} (DATA_CARD.md, card.json, grid.png, synthetic.npz)",
+        f"  final stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in f["seconds"].items())])
+
+
 def format_summary(res: SweepResult) -> str:
     cols = [("trial", 11), ("status", 7), ("layers", 6), ("clip", 8), ("batch", 5), ("lr", 8), ("epochs", 6),
             ("sigma", 7), ("eps", 6), ("objective", 9), ("oracle_accuracy", 15)]
@@ -101,7 +117,10 @@ def format_summary(res: SweepResult) -> str:
                      f"{100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)")
         if bo:
             lines.append(f"best oracle trial: {bo['trial']} (layers {bo['layers']}), oracle accuracy {100 * bo['oracle_accuracy']:.2f}%")
-        lines.append(f"best model: {b['checkpoint']}/model")
+        lines.append(f"best trial's model: {b['checkpoint']}/model")
+    f = res.extra.get("final")
+    if f:
+        lines.append(format_final(f))
     failed = [r for r in res.rows if r["status"] == "ERROR"]
     for r in failed:
         lines.append(f"failed: {r['trial']}: {r['error']}")

@@ -19,7 +19,8 @@ def _flat_privacy(p: dict) -> dict:
 
 
 def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: ImageSet, oracle: ImageSet | None,
-             space_json: str, eps: float, seed: int, threads: int) -> None:
+             space_json: str, eps: float, seed: int, threads: int, batch_scale: float = 1.0,
+             delta: float | None = None) -> None:
     """config (from Optuna) → FinetuneConfig → the pipeline (DP fine-tune → sample → score on V); reports
     every epoch and at the end, through the release boundary."""
     import torch
@@ -35,7 +36,7 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
 
     torch.set_num_threads(threads)
     space = SearchSpace.model_validate_json(space_json)
-    ft = space.finetune_config(config, eps, seed)
+    ft = space.finetune_config(config, eps, seed, batch_scale, delta)  # on a tuning slice: batch scaled, δ of the sweep
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:

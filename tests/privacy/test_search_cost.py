@@ -63,3 +63,13 @@ def test_private_selection_beats_composition_for_many_trials():
 def test_bad_selection_arguments_are_refused(bad):
     with pytest.raises(ValueError):
         search_guarantee([Mechanism(1.0, 0.01, 10)], 1e-5, None, **bad)
+
+
+def test_adaptive_search_of_one_mechanism_uses_pld_when_tighter_and_keeps_rdp_for_several():
+    m = Mechanism(sigma=1.0, q=0.02, steps=200)
+    g = search_guarantee([m], 1e-5, None, trials=4)
+    assert g.accountant == "pld (dp-accounting)" and g.eps < g.eps_rdp
+    assert g.eps == pytest.approx(m.pld_eps(4, 1e-5), rel=1e-9)
+    # two cells: an adaptive searcher can mix them, so only RDP's worst curve is sound
+    g2 = search_guarantee([m, Mechanism(sigma=1.2, q=0.04, steps=100)], 1e-5, None, trials=4)
+    assert g2.accountant == "rdp (dp-accounting)" and g2.eps_rdp is None

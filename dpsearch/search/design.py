@@ -1,0 +1,124 @@
+"""Which privacy design a sweep runs, and what data and ε each of its parts gets.
+
+- ``per-trial`` (`--eps E`): every trial and the validation generator at E on all the data; the report
+  gives the released model's ε, which is larger.
+- ``composed`` (`--eps-total E --design composed`): the same parts on all the data, their ε solved so
+  that their composition (RDP, or PLD where tighter) is E.
+- ``slices`` (`--eps-total E`, the default there): disjoint slices of the records (privacy/slices.py);
+  trials compose to E on the tuning slice, the validation generator and the final run get E on their own
+  slices, and the released model is (E, δ)-DP by parallel composition.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+from dpsearch.config import ConfigError, default_delta
+from dpsearch.data import ImageSet
+from dpsearch.privacy.slices import PARTS, SliceRule, split
+from dpsearch.search.options import SweepOptions
+from dpsearch.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+DESIGNS = ("per-trial", "composed", "slices")
+
+
+@dataclass
+class Design:
+    name: str
+    eps: float  # each trial's ε
+    val_eps: float  # the validation generator's ε
+    delta: Optional[float]  # one δ for every part (None: each run's default from its own N, the old designs)
+    trial_data: ImageSet
+    validation_data: ImageSet
+    final_data: Optional[ImageSet] = None  # slices only: the selected configuration is trained again on it
+    final_eps: Optional[float] = None
+    trial_batch_scale: float = 1.0  # trial batch = space batch × this: the final run's q on a smaller slice
+    val_batch_scale: float = 1.0
+    slices: dict = field(default_factory=dict)  # rule and sizes, recorded in sweep.json
+
+    def describe(self) -> str:
+        if self.name == "slices":
+            s = self.slices["sizes"]
+            return (f"disjoint slices: {self.slices['trials']} trials at ε = {self.eps:.4f} each on the tuning slice "
+                    f"({s['tuning']} records, composed to ≤ {self.final_eps:g}), the validation generator at "
+                    f"ε = {self.val_eps:g} on its slice ({s['validation']}), the selected configuration trained once at "
+                    f"ε = {self.final_eps:g} on the final slice ({s['final']}); released model ({self.final_eps:g}, "
+                    f"{self.delta:g})-DP")
+        if self.name == "composed":
+            return (f"composed: every trial and the validation generator at ε = {self.eps:.4f} on all the data, "
+                    f"composed to the released total")
+        return f"per trial: every trial at ε = {self.eps:g}; the released model's ε (larger) is in the privacy report"
+
+
+def design_name(opts: SweepOptions) -> str:
+    if opts.eps_total is None:
+        if opts.design not in (None, "per-trial"):
+            raise ConfigError(f"--design {opts.design} needs --eps-total (the released model's ε)")
+        return "per-trial"
+    if opts.design == "per-trial":
+        raise ConfigError("--design per-trial takes --eps, not --eps-total")
+    return opts.design or "slices"
+
+
+def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict] = None) -> Design:
+    """The design's parts. `saved` is sweep.json of a sweep being resumed: its slices and ε are reused."""
+    name = design_name(opts)
+    if name == "slices":
+        return _slices(opts, space, private, saved)
+    data = private.subset(space.n_private, seed=opts.seed) if space.n_private else private
+    if name == "composed" and not (saved and "design" in saved):
+        from dpsearch.privacy.report import solve_per_trial_eps
+
+        if space.validation.eps is not None:
+            raise ConfigError(f"the space sets validation.eps = {space.validation.eps:g}, but --eps-total solves the "
+                              f"validation generator's ε together with the trials'; remove one of them")
+        log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
+        per, g = solve_per_trial_eps(space, len(data), opts.eps_total,
+                                     trials=None if opts.private_selection else opts.trials,
+                                     selection=opts.private_selection, mean_trials=opts.mean_trials)
+        log.info("--eps-total %g (composed): every trial and the validation generator get ε = %.4f (δ = %g); released "
+                 "model: ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
+        opts.eps = opts.val_eps = per
+    eps = opts.eps if opts.eps is not None else space.eps
+    val_eps = next(e for e in (opts.val_eps, space.validation.eps, eps) if e is not None)
+    return Design(name, eps, val_eps, None, data, data)
+
+
+def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict]) -> Design:
+    from dpsearch.privacy.report import solve_per_trial_eps
+
+    if opts.val_eps is not None or space.validation.eps is not None:
+        raise ConfigError("a disjoint-slice search gives the validation generator the whole --eps-total on its own "
+                          "slice; drop --val-eps / the space's validation.eps (or use --design composed)")
+    total = float(opts.eps_total)
+    if saved and saved.get("slices"):
+        rule = SliceRule(**saved["slices"]["rule"])
+    else:
+        rule = SliceRule.new(**space.slices.model_dump())
+    keep = min(1.0, space.n_private / len(private)) if space.n_private else 1.0
+    parts = split(private, rule, keep)
+    delta = space.delta if space.delta is not None else default_delta(len(private))
+    for p in PARTS:
+        if delta >= 1.0 / len(parts[p]):
+            raise ConfigError(f"δ = {delta:g} is not below 1/N of the {p} slice ({len(parts[p])} records); "
+                              f"use a smaller δ or larger slices")
+    trial_scale = len(parts["tuning"]) / len(parts["final"])
+    val_scale = len(parts["validation"]) / len(parts["final"])
+    if saved and saved.get("options", {}).get("eps") is not None:
+        per = float(saved["options"]["eps"])
+    else:
+        log.info("solving the per-trial ε on the tuning slice for a total of ε = %g ...", total)
+        per, g = solve_per_trial_eps(space, len(parts["tuning"]), total,
+                                     trials=None if opts.private_selection else opts.trials,
+                                     selection=opts.private_selection, mean_trials=opts.mean_trials,
+                                     with_validation=False, batch_scale=trial_scale, delta=delta)
+        log.info("tuning slice: %d trials at ε = %.4f compose to ε = %.3f by %s", opts.trials, per, g.eps, g.accountant)
+    sizes = {p: len(parts[p]) for p in PARTS}
+    info = {"rule": rule.to_dict(), "keep": keep, "sizes": sizes, "trials": opts.trials,
+            "trial_batch_scale": trial_scale, "validation_batch_scale": val_scale}
+    return Design("slices", per, total, delta, parts["tuning"], parts["validation"], parts["final"], total,
+                  trial_scale, val_scale, info)

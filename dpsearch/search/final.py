@@ -1,0 +1,131 @@
+"""How a sweep ends: the released model, its free post-processing choices, its synthetic data set.
+
+- The model: under disjoint slices, the selected configuration trained once more at the total ε on the
+  final slice (its configuration is post-processing of DP outputs); otherwise the selected trial's model.
+- Free dimensions (guidance, solver steps): each candidate samples the sweep's usual number of images,
+  trains the downstream classifier and is scored on the DP validation set; the best is used. Post-processing
+  of DP outputs: no privacy cost. Oracle scores of each candidate are recorded, labelled, and choose nothing.
+- The release (synthetic_release.py) with a data card whose guarantee is the sweep's released (ε, δ).
+Everything goes to the sweep's storage under final/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from dpsearch.data import ImageSet
+from dpsearch.search.model_files import unpack_model
+from dpsearch.space import SearchSpace
+from dpsearch.storage import Store
+
+log = logging.getLogger(__name__)
+
+FINAL = "final"
+
+
+def final_model(model_files: dict, space: SearchSpace, best: dict, final_data: Optional[ImageSet], eps: Optional[float],
+                delta: Optional[float], seed: int, device: str):
+    """(model, privacy record, seconds): retrained on the final slice, or the selected trial's own model."""
+    import time
+
+    from dpsearch.models import load_ldm
+    from dpsearch.pipeline import run_pipeline
+
+    t = time.time()
+    if final_data is not None:
+        cfg = space.finetune_config(best, eps, seed, delta=delta)
+        out = run_pipeline(unpack_model(model_files), final_data, cfg, device=device, progress=False)
+        return out.model, out.privacy, time.time() - t
+    with tempfile.TemporaryDirectory() as d:
+        parent, leaf = best["checkpoint"].rstrip("/").rsplit("/", 1)
+        local = Store(parent).download_dir(leaf, Path(d) / "trial")
+        from dpsearch.checkpoints import verify_local
+
+        verify_local(local)
+        model = load_ldm(local / "model", device)
+        privacy = json.loads((local / "privacy.json").read_text())
+    return model, privacy, time.time() - t
+
+
+def choose_free(model, space: SearchSpace, validation: ImageSet, oracle: Optional[ImageSet], seed: int) -> tuple[dict, list[dict]]:
+    """The free (post-processing) setting with the best accuracy on the DP validation set."""
+    from dpsearch.evaluate import evaluate
+    from dpsearch.sample import sample
+
+    rows = []
+    for combo in space.free.combinations():
+        smp = space.sample.model_copy(update={**combo, "seed": seed + 31})
+        scores = evaluate(sample(model, smp, progress=False), oracle, space.evaluate, progress=False, validation=validation)
+        rows.append({**combo, "objective": scores["objective"], "oracle_accuracy": scores.get("oracle/accuracy")})
+        log.info("free setting %s: objective %.4f", combo, scores["objective"])
+    best = max(rows, key=lambda r: r["objective"])
+    return {k: best[k] for k in ("guidance", "steps")}, rows
+
+
+def run_final(model_files: dict, space_json: str, best: dict, final_data: Optional[ImageSet], eps: Optional[float],
+              delta: Optional[float], validation: ImageSet, oracle: Optional[ImageSet], released: dict, seed: int,
+              threads: int, storage: str) -> dict:
+    """The Ray task: final model → free choices → release, all written to `storage`/final/."""
+    import time
+
+    import torch
+
+    from dpsearch.device import pick_device
+    from dpsearch.models import save_ldm
+    from dpsearch.privacy.slices import PartGuarantee, released_guarantee
+    from dpsearch.sample import sample
+    from dpsearch.synthetic_release import write_release
+
+    torch.set_num_threads(threads)
+    space = SearchSpace.model_validate_json(space_json)
+    device = str(pick_device("auto"))
+    store = Store(storage)
+    config = {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs")}
+    model, privacy, ft_s = final_model(model_files, space, config, final_data, eps, delta, seed, device)
+    if final_data is not None:  # the released guarantee now includes the final run's own record
+        parts = [PartGuarantee(**p) for p in released["parts"] if p["part"] != "final"]
+        parts.append(PartGuarantee("final", privacy["eps"], privacy["delta"], privacy["accountant"]))
+        g, over = released_guarantee(parts, eps)
+        released = {**released, "eps": g.eps, "delta": g.delta, "accountant": g.accountant,
+                    "parts": [vars(p) for p in parts], "over_total": over}
+    t = time.time()
+    chosen, free_rows = choose_free(model, space, validation, oracle, seed)
+    free_s, t = time.time() - t, time.time()
+    smp = space.sample.model_copy(update={**chosen, "per_class": -(-space.release.n // validation.num_classes),
+                                          "seed": seed + 97})
+    synthetic = sample(model, smp, progress=False)
+    card_privacy = {"dp": True, "eps": released["eps"], "delta": released["delta"],
+                    "accountant": released["accountant"], "covers": released["covers"]}
+    configuration = {"finetune": config, "free": chosen, "sample": json.loads(smp.model_dump_json()),
+                     "design": released["design"]}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        save_ldm(model.to("cpu"), d / "model", extra={"privacy": privacy})
+        write_release(synthetic, d / "release", name=released["name"], privacy=card_privacy, configuration=configuration,
+                      progress=False)
+        for f in sorted(p for p in d.rglob("*") if p.is_file() and "png" not in p.relative_to(d).parts[1:2]):
+            store.write_bytes(f"{FINAL}/{f.relative_to(d)}", f.read_bytes())
+    result = {"config": config, "privacy": privacy, "released": released, "free": chosen, "free_candidates": free_rows,
+              "n_release": len(synthetic), "seconds": {"final_model": ft_s, "free": free_s, "release": time.time() - t},
+              "model": store.uri(FINAL, "model"), "release": store.uri(FINAL, "release")}
+    store.write_text(f"{FINAL}/result.json", json.dumps(result, indent=2))
+    return result
+
+
+def finish(sweep_store: Store, model_files: dict, space: SearchSpace, best: dict, design, validation: ImageSet,
+           oracle: Optional[ImageSet], released: dict, seed: int, resources: dict) -> dict:
+    """Runs the final stage once per sweep (a resumed sweep reuses a finished one) on a whole node."""
+    import ray
+
+    if sweep_store.exists(f"{FINAL}/result.json"):
+        return json.loads(sweep_store.read_text(f"{FINAL}/result.json"))
+    log.info("final stage: %s", "training the selected configuration on the final slice" if design.final_data is not None
+             else "the selected trial's model")
+    task = ray.remote(run_final).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
+    return ray.get(task.remote(model_files, space.model_dump_json(), best, design.final_data, design.final_eps,
+                               design.delta, validation, oracle, released, seed, resources["val_cpu"],
+                               sweep_store.uri()))

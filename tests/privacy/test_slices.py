@@ -1,0 +1,123 @@
+"""Disjoint slices: one part per record by a rule that reads that record alone, and the accounting of the
+released model (the largest part, never more than the total)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dpsearch.config import ConfigError
+from dpsearch.data import ImageSet
+from dpsearch.privacy.slices import PARTS, PartGuarantee, SliceRule, released_guarantee, split
+
+
+def _data(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),
+                    torch.randint(0, 10, (n,), generator=g), 10, "toy")
+
+
+def _keys(s: ImageSet) -> set:
+    return {(int(y), x.numpy().tobytes()) for x, y in zip(s.images, s.labels)}
+
+
+def test_every_record_is_in_exactly_one_part_in_about_the_stated_shares():
+    data = _data(4000)
+    parts = split(data, SliceRule(0.1, 0.1, 0.8, salt="s"))
+    assert sum(len(p) for p in parts.values()) == 4000
+    keys = [_keys(parts[p]) for p in PARTS]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    assert abs(len(parts["tuning"]) - 400) < 80 and abs(len(parts["final"]) - 3200) < 120
+
+
+def test_adding_a_record_changes_only_the_part_it_lands_in():
+    """The add/remove neighbour: D and D ∪ {x} give identical parts except one, which gains x."""
+    data = _data(500)
+    extra = _data(1, seed=9)
+    bigger = ImageSet(torch.cat([extra.images, data.images]), torch.cat([extra.labels, data.labels]), 10, "toy+1")
+    rule = SliceRule(0.2, 0.2, 0.6, salt="public")
+    a, b = split(data, rule), split(bigger, rule)
+    changed = [p for p in PARTS if _keys(a[p]) != _keys(b[p])]
+    assert len(changed) == 1
+    assert _keys(b[changed[0]]) - _keys(a[changed[0]]) == _keys(extra)
+
+
+def test_the_salt_changes_the_slices_and_the_same_salt_repeats_them():
+    data = _data(1000)
+    one = split(data, SliceRule(salt="a"))["tuning"]
+    assert _keys(one) == _keys(split(data, SliceRule(salt="a"))["tuning"])
+    assert _keys(one) != _keys(split(data, SliceRule(salt="b"))["tuning"])
+    assert SliceRule.new().salt != SliceRule.new().salt
+
+
+def test_a_cap_leaves_a_record_level_share_untouched():
+    data = _data(4000)
+    rule = SliceRule(salt="c")
+    capped = split(data, rule, keep=0.25)
+    assert 800 < sum(len(p) for p in capped.values()) < 1200 and 60 < len(capped["tuning"]) < 140
+    extra = _data(1, seed=5)  # still one part per record: a neighbour changes at most one part
+    bigger = ImageSet(torch.cat([data.images, extra.images]), torch.cat([data.labels, extra.labels]), 10, "toy+1")
+    again = split(bigger, rule, keep=0.25)
+    assert sum(_keys(capped[p]) != _keys(again[p]) for p in PARTS) <= 1
+
+
+@pytest.mark.parametrize("fractions, message", [
+    ((0.1, 0.1, 0.7), "sum to 1"), ((0.0, 0.2, 0.8), "in \\(0, 1\\)"), ((0.5, 0.5, 0.0), "in \\(0, 1\\)")])
+def test_fractions_the_argument_does_not_cover_are_refused(fractions, message):
+    with pytest.raises(ConfigError, match=message):
+        SliceRule(*fractions)
+
+
+def test_an_empty_part_is_refused():
+    with pytest.raises(ConfigError, match="slice of toy is empty"):
+        split(_data(5), SliceRule(0.01, 0.01, 0.98, salt="x"))
+
+
+def test_the_released_guarantee_is_the_largest_part_and_says_when_it_passes_the_total():
+    parts = [PartGuarantee("tuning", 0.97, 1e-5, "pld"), PartGuarantee("validation", 0.999, 1e-5, "prv"),
+             PartGuarantee("final", 0.995, 1e-5, "prv")]
+    g, warning = released_guarantee(parts, 1.0)
+    assert (g.eps, g.delta, g.accountant, warning) == (0.999, 1e-5, "prv", None)
+    g, warning = released_guarantee(parts[:2] + [PartGuarantee("final", 1.2, 1e-5, "prv")], 1.0)
+    assert g.eps == 1.2 and "the final part costs ε = 1.2000 > the total 1" in warning
+    with pytest.raises(ConfigError, match="share one δ"):
+        released_guarantee(parts[:2] + [PartGuarantee("final", 0.9, 1e-6, "prv")], 1.0)
+    with pytest.raises(ConfigError, match="exactly the parts"):
+        released_guarantee(parts[:2], 1.0)
+
+
+def test_the_slices_report_composes_the_tuning_trials_and_takes_the_largest_part():
+    """The accounting end to end, recomputed independently: K trials on the tuning slice composed by
+    dp-accounting's PLD (one mechanism), the validation generator and the final run on their own slices."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    from dpsearch.privacy.accounting import calibrate_sigma, poisson_plan
+    from dpsearch.privacy.report import solve_per_trial_eps, stored_sweep_report
+    from dpsearch.space import SearchSpace, load_space, scaled_batch
+
+    raw = load_space("smoke").model_dump()
+    raw["params"].update(batch={"value": 800}, epochs={"value": 2})  # one mechanism: PLD composes it
+    space = SearchSpace(**raw)
+    sizes, scale, delta, total, k = {"tuning": 6000, "validation": 6000, "final": 48000}, 6000 / 48000, 1e-5, 2.0, 4
+    per, _ = solve_per_trial_eps(space, sizes["tuning"], total, trials=k, with_validation=False, batch_scale=scale,
+                                 delta=delta, rel_tol=0.05)
+    q, steps = poisson_plan(sizes["tuning"], scaled_batch(800, scale), 2)
+    sigma = calibrate_sigma(per, delta, q, steps, space.accountant)
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps), k)
+    independent = acc.get_epsilon(delta)
+    saved = {"options": {"name": "s", "eps": per, "eps_total": total, "trials": k}, "space": space.model_dump(),
+             "design": "slices", "delta": delta,
+             "slices": {"sizes": sizes, "trial_batch_scale": scale, "rule": {}, "keep": 1.0}}
+    vp = {"eps": 1.99, "delta": delta, "accountant": "prv"}
+    rep = stored_sweep_report(saved, [], vp, [], {"privacy": {"eps": 1.98, "delta": delta, "accountant": "prv",
+                                                              "sigma": 1.0, "q": 0.1, "steps": 10, "layers": "1-7"}})
+    tuning = rep["released"]["parts"][0]
+    assert tuning["eps"] == pytest.approx(independent, rel=0.02) and tuning["eps"] <= total
+    assert rep["released"]["eps"] == max(p["eps"] for p in rep["released"]["parts"]) <= total
+    assert rep["released"]["accountant"] == "prv" and "over_total" not in rep
+    assert "parallel composition over disjoint slices" in rep["statement"]
+    # trials started beyond the planned K count: the tuning part grows past the total, and the report says so
+    rep8 = stored_sweep_report(saved, [], vp, [f"t{i}" for i in range(8)], None)
+    assert rep8["released"]["eps"] == rep8["released"]["parts"][0]["eps"] > total
+    assert "the tuning part costs" in rep8["over_total"]
