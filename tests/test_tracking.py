@@ -183,3 +183,48 @@ def test_ui_prints_where_the_sweeps_trials_are_side_by_side(tracked, capsys):
     _, children = _children(MlflowClient(services.load().mlflow_uri), "tracked")
     assert "#/compare-runs?runs=" in out and all(c.info.run_id in out for c in children)
     assert "/runs" in out and "layer_a, layer_b, clip, batch, objective" in out
+
+
+@pytest.mark.e2e
+def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent_run(tiny_model_dir, embedded_services_dir, tmp_path):
+    """--eps-total on disjoint slices, against the real S3 and MLflow: trials on the tuning slice, the selected
+    configuration trained again on the final slice, free guidance chosen on V, the release and its card."""
+    from mlflow import MlflowClient
+
+    from dpsearch.search import SweepOptions, format_summary, run_sweep
+    from dpsearch.storage import Store
+
+    res = run_sweep(SweepOptions(eps_total=5.0, space="smoke", trials=2, concurrency=1, sampler="random", seed=2,
+                                 model=str(tiny_model_dir), name="sliced", progress=False))
+    rep, final = res.extra["privacy"], res.extra["final"]
+    sizes = rep["released"]["slices"]["sizes"]
+    assert rep["design"] == "slices" and 300 < sum(sizes.values()) < 500 and sizes["final"] > 4 * sizes["tuning"]
+    parts = {p["part"]: p for p in rep["released"]["parts"]}
+    assert set(parts) == {"tuning", "validation", "final"} and all(p["eps"] <= 5.0 for p in parts.values())
+    assert rep["released"]["eps"] == max(p["eps"] for p in parts.values()) and 4.5 < rep["released"]["eps"] <= 5.0
+    assert parts["final"]["eps"] == final["privacy"]["eps"] and "over_total" not in rep
+    # trials ran on the tuning slice, with the final run's q: batch scaled by its size
+    done = [r for r in res.rows if r["status"] == "DONE"]
+    assert done and all(r["eps"] < 5.0 and r["q"] == pytest.approx(r["batch"] / sizes["final"], rel=0.15) for r in done)
+    assert final["config"]["batch"] == res.best["batch"] and final["privacy"]["q"] == pytest.approx(
+        res.best["batch"] / sizes["final"], rel=0.15)  # q = 1/⌈N/B⌉
+    # the free choice was made on the DP validation set, among the space's candidates
+    assert {(c["guidance"], c["steps"]) for c in final["free_candidates"]} == {(1.0, 3), (3.0, 3)}
+    assert final["free"]["guidance"] == max(final["free_candidates"], key=lambda c: c["objective"])["guidance"]
+    # the release is on S3 with its card, whose guarantee is the sweep's, not a trial's
+    release = Store(final["release"])
+    card = json.loads(release.read_text("card.json"))
+    assert final["release"].startswith("s3://dpsearch/sweeps/sliced/") and card["n_images"] == final["n_release"] == 100
+    assert card["privacy"]["eps"] == rep["released"]["eps"] and "disjoint slices" in card["privacy"]["covers"]
+    assert release.exists("synthetic.npz") and release.exists("grid.png")
+    # the parent run links to it
+    client = MlflowClient(services.load().mlflow_uri)
+    parent, children = _children(client, "sliced")
+    tags, params = parent[0].data.tags, parent[0].data.params
+    assert tags["final.release"] == final["release"] and tags["final.model"] == final["model"]
+    assert float(params["free/guidance"]) == final["free"]["guidance"] and params["released/mode"] == "slices"
+    assert {"final/DATA_CARD.md", "final/grid.png", "final/result.json"} <= {
+        a.path for a in client.list_artifacts(parent[0].info.run_id, "final")}
+    assert len(children) == 2
+    text = format_summary(res)
+    assert "released (disjoint slices" in text and "(ε = " in text
