@@ -182,7 +182,10 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
 
     if not (math.isfinite(eps_total) and eps_total > 0):
         raise ConfigError(f"--eps-total must be a positive number, got {eps_total}")
-    lo, hi = eps_total / 100, eps_total
+    # K runs at total/(2K) each compose to well under the total by any accountant; far smaller starts make
+    # σ calibration fail (σ in the hundreds) before the bisection begins.
+    k = trials if trials is not None else 3 * (mean_trials or 1)
+    lo, hi = eps_total / (2 * k + (2 if with_validation else 0)), eps_total
     try:
         g_lo = total(lo)
     except ValueError as e:  # Opacus finds no σ for so small an ε

@@ -18,7 +18,7 @@ from typing import Optional
 from dpsearch.config import ConfigError, default_delta
 from dpsearch.data import ImageSet
 from dpsearch.privacy.slices import PARTS, SliceRule, split
-from dpsearch.search.options import SweepOptions
+from dpsearch.search.options import SweepOptions, validation_eps
 from dpsearch.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optio
                  "model: ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
         opts.eps = opts.val_eps = per
     eps = opts.eps if opts.eps is not None else space.eps
-    val_eps = next(e for e in (opts.val_eps, space.validation.eps, eps) if e is not None)
-    return Design(name, eps, val_eps, None, data, data)
+    return Design(name, eps, validation_eps(opts, space, eps), None, data, data)
 
 
 def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict]) -> Design:

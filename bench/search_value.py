@@ -1,0 +1,142 @@
+"""Does a search pay for itself? At one released ε, the model `dpsearch sweep --eps-total E` releases against one
+run of the default configuration on all the data at E, both scored under the ladder protocol (10k synthetic
+images, the DPDM CNN, oracle = real MNIST test split; docs/utility.md).
+
+    python bench/search_value.py --eps 1 10 --seeds 0            # one seed per ε (≈ 40 min each here)
+    python bench/search_value.py --eps 1 10 --seeds 0 1 2 --retrain-default
+
+The sweep is the shipped mnist space with DPImageBench's private-set size (55,000 records, kept by the slices'
+record-level rule) and δ = 1/(N ln N); it ends with its final run, its free choice of guidance on the DP
+validation set and a 10k release. The default arm is FinetuneConfig's defaults at E on 55,000 records and
+SampleConfig's default guidance; without --retrain-default it reuses the model bench/ceiling.py fine-tuned
+(`--default-model EPS=DIR`) and only samples and scores it again here. It is also sampled at the sweep's chosen
+free setting: that row is analysis (how much of the gain is post-processing), not an arm.
+Rows go to bench/results/search_value.json (merged by ε and seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.ceiling import LADDER, private_split  # noqa: E402
+from dpsearch.config import FinetuneConfig, SampleConfig  # noqa: E402
+from dpsearch.data import ImageSet  # noqa: E402
+from dpsearch.protocol import N_PRIVATE, benchmark_delta, score  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "search_value.json"
+DEFAULT_MODELS = {1.0: ROOT / "runs" / "ceiling" / "dp-eps1-release-model",
+                  10.0: ROOT / "runs" / "ceiling" / "dp-eps10-b4000-model"}
+
+
+def bench_space(path: Path, n_release: int) -> Path:
+    space = yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())
+    space.update(name="search-value", n_private=N_PRIVATE, delta=benchmark_delta(), release={"n": n_release})
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def sample_and_score(model, smp: SampleConfig, test: ImageSet, seed: int) -> dict:
+    from dpsearch.sample import sample
+
+    return score(sample(model, smp, progress=False), test, LADDER, seed=seed)
+
+
+def default_arm(eps: float, seed: int, test: ImageSet, retrain: bool, model_dir: Path | None, free: dict) -> dict:
+    from dpsearch.models import load_ldm
+    from dpsearch.pipeline import run_pipeline
+    from dpsearch.pretrain import pretrain
+    from dpsearch.config import PretrainConfig
+
+    t = time.time()
+    if retrain or model_dir is None or not Path(model_dir).exists():
+        private, _, _ = private_split()
+        ft = FinetuneConfig(eps=eps, delta=benchmark_delta())
+        out = run_pipeline(pretrain(PretrainConfig()), private, ft, progress=True)
+        model, privacy, source = out.model, out.privacy, "fine-tuned in this run"
+    else:
+        model = load_ldm(model_dir)
+        privacy = json.loads((Path(model_dir) / "privacy.json").read_text()) if (Path(model_dir) / "privacy.json").exists() \
+            else json.loads((Path(model_dir) / "row.json").read_text())["privacy"]
+        source = f"fine-tuned earlier by bench/ceiling.py ({Path(model_dir).name}); sampled and scored in this run"
+    n_per = LADDER.n_synthetic // 10
+    default = SampleConfig(per_class=n_per, seed=seed)
+    row = {"source": source, "privacy": {k: privacy.get(k) for k in ("eps", "delta", "accountant", "sigma", "q", "steps")},
+           "oracle": sample_and_score(model, default, test, seed)}
+    at_free = default.model_copy(update=free)
+    row["oracle_at_sweep_free_setting"] = {"free": free, **sample_and_score(model, at_free, test, seed)}
+    row["seconds"] = time.time() - t
+    return row
+
+
+def run_one(eps: float, seed: int, trials: int, test: ImageSet, retrain: bool, model_dir: Path | None,
+            workdir: Path) -> dict:
+    from dpsearch.search import SweepOptions, format_summary, run_sweep
+
+    space = bench_space(workdir / f"space-{eps:g}-{seed}.yaml", LADDER.n_synthetic)
+    t = time.time()
+    res = run_sweep(SweepOptions(eps_total=eps, space=str(space), trials=trials, seed=seed, tracking="none",
+                                 storage=str(workdir / "sweeps"), name=f"sv-eps{eps:g}-s{seed}", progress=False))
+    sweep_s = time.time() - t
+    print(format_summary(res), flush=True)
+    final = res.extra["final"]
+    synthetic = ImageSet.load(Path(final["release"]) / "synthetic.npz")
+    sweep = {"oracle": score(synthetic, test, LADDER, seed=seed), "released": {
+                 k: final["released"][k] for k in ("eps", "delta", "accountant")},
+             "parts": final["released"]["parts"], "config": final["config"], "free": final["free"],
+             "free_candidates": final["free_candidates"], "spearman_objective_oracle": res.spearman,
+             "trials": [{k: r.get(k) for k in ("layers", "batch", "lr", "epochs", "eps", "objective", "oracle_accuracy",
+                                                "status")} for r in res.rows],
+             "seconds": {"sweep_total": sweep_s, **{f"final_{k}": v for k, v in final["seconds"].items()}},
+             "slices": res.extra["privacy"]["released"]["slices"]["sizes"]}
+    default = default_arm(eps, seed, test, retrain, model_dir, final["free"])
+    gain = sweep["oracle"]["oracle/accuracy"] - default["oracle"]["oracle/accuracy"]
+    print(f"ε = {eps:g}, seed {seed}: sweep {100 * sweep['oracle']['oracle/accuracy']:.2f}% vs default "
+          f"{100 * default['oracle']['oracle/accuracy']:.2f}%: gain {100 * gain:+.2f} points; sweep wall "
+          f"{sweep_s / 60:.1f} min", flush=True)
+    return {"eps": eps, "seed": seed, "trials": trials, "sweep": sweep, "default": default, "gain": gain}
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for eps in sorted({r["eps"] for r in rows}):
+        gains = [r["gain"] for r in rows if r["eps"] == eps]
+        out[f"{eps:g}"] = {"seeds": len(gains), "mean_gain": statistics.mean(gains),
+                           "min_gain": min(gains), "max_gain": max(gains)}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--eps", type=float, nargs="+", default=[1.0, 10.0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--trials", type=int, default=8, help="the sweep's default")
+    p.add_argument("--retrain-default", action="store_true", help="fine-tune the default arm in this run too")
+    p.add_argument("--default-model", action="append", default=[], metavar="EPS=DIR")
+    a = p.parse_args(argv)
+    models = {**DEFAULT_MODELS, **{float(k): Path(v) for k, v in (s.split("=", 1) for s in a.default_model)}}
+    _, _, test = private_split()
+    old = json.loads(OUT.read_text())["rows"] if OUT.exists() else []
+    with tempfile.TemporaryDirectory(prefix="search-value-") as d:
+        for eps in a.eps:
+            for seed in a.seeds:
+                row = run_one(eps, seed, a.trials, test, a.retrain_default, models.get(eps), Path(d))
+                old = [r for r in old if (r["eps"], r["seed"]) != (eps, seed)] + [row]
+                OUT.write_text(json.dumps({"protocol": LADDER.describe(), "rows": old, "summary": summarize(old)},
+                                          indent=2, default=str))
+    print(json.dumps(summarize(old), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
