@@ -39,15 +39,16 @@ def _card_markdown(card: dict) -> str:
 
 def write_release(synthetic: ImageSet, out: Path, *, name: str, privacy: dict, configuration: dict,
                   oracle: dict | None = None, class_names: list | None = None, overwrite: bool = False,
-                  progress: bool = True) -> Path:
-    """Writes the release directory atomically and returns it."""
+                  progress: bool = True, pngs: bool = True) -> Path:
+    """Writes the release directory atomically and returns it. pngs=False skips png/ (a sweep's release goes
+    to object storage, where 60,000 small files cost more than the npz they duplicate)."""
     out = Path(out)
     names = class_names or list(range(synthetic.num_classes))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         synthetic.save(tmp / "synthetic.npz")
         counts = {}
-        for img, y in tqdm(zip(synthetic.images, synthetic.labels.tolist()), total=len(synthetic),
-                           desc="writing PNGs", disable=not progress, leave=False):
+        for img, y in tqdm(zip(synthetic.images, synthetic.labels.tolist()) if pngs else [], total=len(synthetic),
+                           desc="writing PNGs", disable=not progress or not pngs, leave=False):
             d = tmp / "png" / str(names[y])
             if y not in counts:
                 d.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def write_release(synthetic: ImageSet, out: Path, *, name: str, privacy: dict, c
             arr = img.numpy()
             Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(d / f"{counts[y]:05d}.png")
         save_grid(synthetic, tmp / "grid.png", per_class=16, scale=2)
-        card = {"name": name, "n_images": len(synthetic), "per_class": max(counts.values()),
+        card = {"name": name, "n_images": len(synthetic), "per_class": max(synthetic.class_counts()),
                 "image_shape": list(synthetic.image_shape), "class_names": names, "privacy": privacy,
                 "configuration": configuration, "oracle": oracle or {}, "sha256": sha256_file(tmp / "synthetic.npz")}
         (tmp / "card.json").write_text(json.dumps(card, indent=2))

@@ -106,8 +106,8 @@ def run_final(model_files: dict, space_json: str, best: dict, final_data: Option
         d = Path(d)
         save_ldm(model.to("cpu"), d / "model", extra={"privacy": privacy})
         write_release(synthetic, d / "release", name=released["name"], privacy=card_privacy, configuration=configuration,
-                      progress=False)
-        for f in sorted(p for p in d.rglob("*") if p.is_file() and "png" not in p.relative_to(d).parts[1:2]):
+                      progress=False, pngs=False)
+        for f in sorted(p for p in d.rglob("*") if p.is_file()):
             store.write_bytes(f"{FINAL}/{f.relative_to(d)}", f.read_bytes())
     result = {"config": config, "privacy": privacy, "released": released, "free": chosen, "free_candidates": free_rows,
               "n_release": len(synthetic), "seconds": {"final_model": ft_s, "free": free_s, "release": time.time() - t},
