@@ -46,7 +46,7 @@ def release_trial(trial_dir: Path, out: Path, smp: SampleConfig, oracle_test: Im
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"{trial_dir} is not a finished trial (privacy.json unreadable: {e}); "
                                 f"pass the directory `dpsearch run` wrote") from e
-    if privacy.get("dp", True):
+    if privacy.get("dp", True) and "covers" not in privacy:  # a sweep's final/ states its own coverage
         privacy["covers"] = ("this one DP fine-tune. If the model was selected from a sweep, the guarantee of the "
                              "release is the sweep's released (ε, δ) (`dpsearch report SWEEP`), not this trial's")
     model = load_ldm(trial_dir, device)

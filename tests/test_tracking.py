@@ -216,7 +216,10 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     card = json.loads(release.read_text("card.json"))
     assert final["release"].startswith("s3://dpsearch/sweeps/sliced/") and card["n_images"] == final["n_release"] == 100
     assert card["privacy"]["eps"] == rep["released"]["eps"] and "disjoint slices" in card["privacy"]["covers"]
-    assert release.exists("synthetic.npz") and release.exists("grid.png")
+    assert release.exists("synthetic.npz") and release.exists("grid.png") and not release.exists("png")
+    # final/privacy.json carries the sweep's figure, for a larger `dpsearch release` of the final model later
+    final_dir = Store(final["release"].rsplit("/", 1)[0])
+    assert json.loads(final_dir.read_text("privacy.json"))["eps"] == rep["released"]["eps"]
     # the parent run links to it
     client = MlflowClient(services.load().mlflow_uri)
     parent, children = _children(client, "sliced")

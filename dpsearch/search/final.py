@@ -105,6 +105,8 @@ def run_final(model_files: dict, space_json: str, best: dict, final_data: Option
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         save_ldm(model.to("cpu"), d / "model", extra={"privacy": privacy})
+        # what `dpsearch release <sweep>/dpsearch/final --n 60000` puts on a larger release's card: the sweep's figure
+        (d / "privacy.json").write_text(json.dumps({**privacy, **card_privacy, "run": privacy}, indent=2))
         write_release(synthetic, d / "release", name=released["name"], privacy=card_privacy, configuration=configuration,
                       progress=False, pngs=False)
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
