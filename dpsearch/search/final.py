@@ -85,7 +85,7 @@ def run_final(model_files: dict, space_json: str, best: dict, final_data: Option
     device = str(pick_device("auto"))
     store = Store(storage)
     config = {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs")}
-    model, privacy, ft_s = final_model(model_files, space, config, final_data, eps, delta, seed, device)
+    model, privacy, ft_s = final_model(model_files, space, best, final_data, eps, delta, seed, device)
     if final_data is not None:  # the released guarantee now includes the final run's own record
         parts = [PartGuarantee(**p) for p in released["parts"] if p["part"] != "final"]
         parts.append(PartGuarantee("final", privacy["eps"], privacy["delta"], privacy["accountant"]))
