@@ -62,7 +62,13 @@ def test_nothing_private_crosses_the_boundary_of_a_real_tracked_sweep(tracked, t
         if inner == "history.json":
             assert all(set(e) <= HISTORY_FIELDS for e in json.loads(blob)["epochs"])
     # Ray's own per-trial result log holds only released fields and its bookkeeping
-    ray_results = [v for k, v in files.items() if k.endswith("/result.json") and "/checkpoint_" not in k]
+    ray_results = [v for k, v in files.items() if k.endswith("/result.json") and "/checkpoint_" not in k
+                   and "/dpsearch/" not in "/" + k]
+    # the sweep's own release: the final model and what it generated, the privacy record, the choices made
+    final = {("/" + k).split("/dpsearch/final/", 1)[1] for k in files if "/dpsearch/final/" in "/" + k}
+    assert final and all(f.startswith("model/") or f in {"privacy.json", "result.json", "release/synthetic.npz",
+                                                         "release/grid.png", "release/card.json", "release/DATA_CARD.md"}
+                         for f in final), final
     assert ray_results
     for blob in ray_results:
         for line in blob.decode().splitlines():
