@@ -106,7 +106,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         if opts.trials == 0:
             raise ConfigError("the Poisson draw gave K = 0 trials: by design nothing is trained or released; run again")
     model_files = pack_model(Path(model_dir))
-    fingerprints = {"private": private_fingerprint(private.images, private.labels, create_key=not resume),
+    fp_data = private if design.name == "slices" else design.trial_data  # what the design reads, as before slices
+    fingerprints = {"private": private_fingerprint(fp_data.images, fp_data.labels, create_key=not resume),
                     "model": files_fingerprint(model_files), "space": text_fingerprint(space.model_dump_json())}
     if resume:
         saved = json.loads(meta.read_text("sweep.json"))
