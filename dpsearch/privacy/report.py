@@ -13,6 +13,11 @@ from dpsearch.privacy.accounting import calibrate_sigma, poisson_plan
 from dpsearch.privacy.search_cost import Mechanism, SearchGuarantee, coverage_statement, search_guarantee
 
 
+def _delta(space, n: int, delta: Optional[float] = None) -> float:
+    """The given δ, else the space's, else the default for N (docs/privacy.md)."""
+    return delta if delta is not None else space.delta if space.delta is not None else default_delta(n)
+
+
 def space_grid(space, eps: float, n: int, batch_scale: float = 1.0, delta: Optional[float] = None) -> list[Mechanism]:
     """Every mechanism a trial of this space can run: one per (batch, epochs) value, σ calibrated.
 
@@ -23,7 +28,7 @@ def space_grid(space, eps: float, n: int, batch_scale: float = 1.0, delta: Optio
     """
     from dpsearch.space import scaled_batch
 
-    delta = delta if delta is not None else space.delta if space.delta is not None else default_delta(n)
+    delta = _delta(space, n, delta)
     grid = []
     for b in space.params.batch.values():
         for e in space.params.epochs.values():
@@ -35,7 +40,7 @@ def space_grid(space, eps: float, n: int, batch_scale: float = 1.0, delta: Optio
 def guarantee_for(space, eps: float, n: int, validation: Optional[Mechanism], *, trials: Optional[int] = None,
                   selection: Optional[str] = None, mean_trials: Optional[float] = None, batch_scale: float = 1.0,
                   delta: Optional[float] = None) -> SearchGuarantee:
-    delta = delta if delta is not None else space.delta if space.delta is not None else default_delta(n)
+    delta = _delta(space, n, delta)
     return search_guarantee(space_grid(space, eps, n, batch_scale, delta), delta, validation, trials=trials,
                             selection=selection, mean_trials=mean_trials)
 
@@ -161,7 +166,7 @@ def reference_mechanism(space, eps: float, n: int, batch_scale: float = 1.0, del
     """The validation generator's mechanism (the space's reference configuration at ε)."""
     from dpsearch.space import scaled_batch
 
-    delta = delta if delta is not None else space.delta if space.delta is not None else default_delta(n)
+    delta = _delta(space, n, delta)
     q, steps = poisson_plan(n, scaled_batch(space.reference.batch, batch_scale), space.reference.epochs)
     return Mechanism(calibrate_sigma(eps, delta, q, steps, space.accountant), q, steps)
 

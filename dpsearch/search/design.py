@@ -23,9 +23,6 @@ from dpsearch.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-DESIGNS = ("per-trial", "composed", "slices")
-
-
 @dataclass
 class Design:
     name: str

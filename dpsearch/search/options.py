@@ -11,6 +11,7 @@ from dpsearch.config import ConfigError, check_eps_range
 from dpsearch.privacy.search_cost import SELECTIONS
 from dpsearch.space import SearchSpace
 
+DESIGNS = ("per-trial", "composed", "slices")  # search/design.py
 METRIC, MODE = "objective", "max"  # accuracy on the DP synthetic validation set
 
 
@@ -47,7 +48,7 @@ class SweepOptions:
         if self.eps_total is not None:
             if self.eps is not None or self.val_eps is not None:
                 raise ConfigError("give either --eps (per trial) or --eps-total (the released model), not both")
-        if self.design not in (None, "per-trial", "composed", "slices"):
+        if self.design not in (None, *DESIGNS):
             raise ConfigError(f"--design must be slices, composed or per-trial, got {self.design}")
         if self.trials < 1:
             raise ConfigError(f"--trials must be ≥ 1, got {self.trials}")
