@@ -125,15 +125,19 @@ def fid(a: ImageSet, b: ImageSet, cfg: EvaluateConfig, device: str = "cpu") -> t
 
 
 def evaluate(synthetic: ImageSet, real_test: ImageSet | None, cfg: EvaluateConfig = EvaluateConfig(),
-             progress: bool = True, validation: ImageSet | None = None) -> dict:
+             progress: bool = True, validation: ImageSet | None = None, count=None) -> dict:
     """Trains the downstream CNN on synthetic data only, then scores it.
 
-    `validation` is the sweep's DP synthetic validation set: accuracy on it is the objective
-    (free post-processing of DP outputs). `real_test` gives oracle metrics, never used to select.
+    The objective is its accuracy on `validation`, the sweep's DP synthetic validation set (free
+    post-processing of DP outputs), or, with `count` (privacy/noisy_count.py), its noisy accuracy on
+    held-out private records (one accounted Gaussian count). `real_test` gives oracle metrics, never
+    used to select.
     """
     net, holdout = train_classifier(synthetic, cfg, desc="downstream CNN on synthetic", progress=progress)
     out = {"synthetic/holdout_accuracy": holdout, "n_synthetic": len(synthetic)}
-    if validation is not None:
+    if count is not None:
+        out["objective"] = count.accuracy(net)
+    elif validation is not None:
         out["objective"] = accuracy(net, validation)
         out["synthetic/fid_to_validation"], out["fid_extractor"] = fid(synthetic, validation, cfg)
     if real_test is not None:

@@ -51,7 +51,7 @@ def plot_objective_vs_oracle(rows: list[dict], spearman):
     ax.scatter([best["objective"]], [best["oracle_accuracy"]], s=160, facecolors="none", edgecolors="tab:red",
                label="selected (best objective)")
     rho = f"Spearman ρ = {spearman:.3f}" if _finite(spearman) else "Spearman ρ: fewer than 3 scored trials"
-    ax.set(xlabel="objective: accuracy on the DP synthetic validation set",
+    ax.set(xlabel="objective: accuracy on the DP validation set (or noisy held-out count)",
            ylabel="ORACLE accuracy (real test split, not DP)", title=rho)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)

@@ -31,12 +31,12 @@ class TrialOutput:
 
 
 def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneConfig, smp: SampleConfig | None = None,
-                 ev: EvaluateConfig | None = None, *, validation: ImageSet | None = None, oracle: ImageSet | None = None,
+                 ev: EvaluateConfig | None = None, *, validation: ImageSet | None = None, count=None, oracle: ImageSet | None = None,
                  device: str = "cpu", progress: bool = True,
                  on_epoch: Callable[[dict, FinetuneState], None] | None = None,
                  resume: FinetuneState | None = None) -> TrialOutput:
     """Loads the pretrained model, fine-tunes it (DP unless ft.non_private), samples when smp is given and
-    scores when ev is given (on the DP validation set and, as oracle metrics, on the real test split)."""
+    scores when ev is given (on the DP validation set or by a noisy count on held-out records, and, as oracle metrics, on the real test split)."""
     seconds, t = {}, time.time()
     model = pretrained if isinstance(pretrained, LDM) else load_ldm(pretrained, device)
     seconds["load"], t = time.time() - t, time.time()
@@ -51,7 +51,7 @@ def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneCo
         out.synthetic = sample(result.model, smp, progress=progress)
         seconds["sample"], t = time.time() - t, time.time()
     if ev is not None and out.synthetic is not None:
-        out.scores = evaluate(out.synthetic, oracle, ev, progress=progress, validation=validation)
+        out.scores = evaluate(out.synthetic, oracle, ev, progress=progress, validation=validation, count=count)
         seconds["evaluate"] = time.time() - t
     return out
 

@@ -118,7 +118,7 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
     c.log_param(run_id, "released/delta", g["delta"])
     c.log_param(run_id, "released/mode", g["mode"])
     v = report.get("validation") or {}
-    for k in ("eps", "delta", "sigma", "q", "steps", "layers"):
+    for k in ("objective", "eps", "delta", "sigma", "q", "steps", "layers", "queries", "n"):
         if k in v:
             c.log_param(run_id, f"validation/{k}", v[k])
     if summary.get("spearman") is not None:

@@ -101,8 +101,18 @@ def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], sta
                            trials=None if selection else k_run, selection=selection,
                            mean_trials=opts.get("mean_trials"), batch_scale=float(sl["trial_batch_scale"]), delta=delta)
     parts = [PartGuarantee("tuning", tuning.eps, delta, tuning.accountant)]
-    parts.append(PartGuarantee("validation", vp["eps"], vp["delta"], vp["accountant"]) if vp else
-                 PartGuarantee("validation", total, delta, "planned (not run yet)"))
+    count = sl.get("count")
+    if count:  # one count per trial started (restarted ones too) and per planned free candidate
+        from dpsearch.privacy.noisy_count import count_epsilon
+
+        queries = k_run + int(count["queries"]) - int(opts["trials"])
+        parts.append(PartGuarantee("validation", count_epsilon(float(count["sigma"]), queries, delta), delta, "pld"))
+        scoring = (f"{queries} Gaussian counts (σ = {float(count['sigma']):.2f}) scoring the trials and the free "
+                   f"candidates on its real records")
+    else:
+        parts.append(PartGuarantee("validation", vp["eps"], vp["delta"], vp["accountant"]) if vp else
+                     PartGuarantee("validation", total, delta, "planned (not run yet)"))
+        scoring = "the validation generator"
     fp = (final or {}).get("privacy")
     parts.append(PartGuarantee("final", fp["eps"], fp["delta"], fp["accountant"]) if fp else
                  PartGuarantee("final", total, delta, "planned (not run yet)"))
@@ -115,7 +125,7 @@ def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], sta
         f"released model: (ε = {g.eps:.3f}, δ = {g.delta:g})-DP by parallel composition over disjoint slices of the "
         f"private records (each record is in exactly one slice, by a public hash of that record alone):",
         f"  tuning slice ({sizes['tuning']} records): {k_run} trials composed, (ε = {tuning.eps:.3f}) by {tuning.accountant};",
-        f"  validation slice ({sizes['validation']}): the validation generator, (ε = {parts[1].eps:.3f}) by {parts[1].accountant};",
+        f"  validation slice ({sizes['validation']}): {scoring}, (ε = {parts[1].eps:.3f}) by {parts[1].accountant};",
         f"  final slice ({sizes['final']}): the selected configuration trained once, (ε = {parts[2].eps:.3f}) by "
         f"{parts[2].accountant}.",
         "covered: the released model, its synthetic data set, every trial's outputs, the objective and the choices made "
@@ -131,6 +141,15 @@ def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], sta
     return rep
 
 
+def validation_line(v: dict) -> str:
+    """What scored the trials, with its privacy: the validation generator, or the counting objective."""
+    if v.get("objective") == "count":
+        return (f"objective: noisy counts on {v['n']} held-out private records, {v['queries']} planned (σ = "
+                f"{v['sigma']:.2f}), (ε = {v['eps']:.3f}, δ = {v['delta']:g}) PLD")
+    return (f"validation generator: (ε = {v['eps']:.3f}, δ = {v['delta']:g}) {v['accountant'].upper()}, "
+            f"σ = {v['sigma']:.4f}, q = {v['q']:.5f}, steps = {v['steps']}, layers {v['layers']}")
+
+
 def format_report(rep: dict) -> str:
     lines = [f"privacy report of sweep {rep['sweep']}", "per trial (each by its own accountant):"]
     for t in rep["trials"]:
@@ -143,8 +162,7 @@ def format_report(rep: dict) -> str:
                      f"B = {t['batch']}, layers {t['layers']}")
     v = rep["validation"]
     if v:
-        lines.append(f"validation generator: (ε = {v['eps']:.3f}, δ = {v['delta']:g}) {v['accountant'].upper()}, "
-                     f"σ = {v['sigma']:.4f}, q = {v['q']:.5f}, steps = {v['steps']}, layers {v['layers']}")
+        lines.append(validation_line(v))
     f = rep.get("final")
     if f:
         lines.append(f"final run: (ε = {f['eps']:.3f}, δ = {f['delta']:g}) {f['accountant'].upper()}, σ = {f['sigma']:.4f}, "

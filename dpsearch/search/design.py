@@ -6,7 +6,9 @@
   that their composition (RDP, or PLD where tighter) is E.
 - ``slices`` (`--eps-total E`, the default there): disjoint slices of the records (privacy/slices.py);
   trials compose to E on the tuning slice, the validation generator and the final run get E on their own
-  slices, and the released model is (E, δ)-DP by parallel composition.
+  slices, and the released model is (E, δ)-DP by parallel composition. With `validation.objective: count`
+  the validation slice is not used to train a generator: every trial and free candidate is scored on its
+  real records by a Gaussian count (privacy/noisy_count.py), the counts composed to E.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Optional
 
 from dpsearch.config import ConfigError, default_delta
 from dpsearch.data import ImageSet
+from dpsearch.privacy.noisy_count import NoisyCount, count_sigma
 from dpsearch.privacy.slices import PARTS, SliceRule, split
 from dpsearch.search.options import SweepOptions, validation_eps
 from dpsearch.space import SearchSpace
@@ -36,13 +39,18 @@ class Design:
     trial_batch_scale: float = 1.0  # trial batch = space batch × this: the final run's q on a smaller slice
     val_batch_scale: float = 1.0
     slices: dict = field(default_factory=dict)  # rule and sizes, recorded in sweep.json
+    count: Optional[NoisyCount] = None  # the counting objective on the validation slice, else scored on V
 
     def describe(self) -> str:
         if self.name == "slices":
             s = self.slices["sizes"]
+            scoring = (f"the validation generator at ε = {self.val_eps:g} on its slice ({s['validation']})"
+                       if self.count is None else
+                       f"{self.slices['count']['queries']} Gaussian counts (σ = {self.count.sigma:.2f}) on the validation "
+                       f"slice ({s['validation']} real records) scoring the trials and free candidates, composed to "
+                       f"≤ {self.val_eps:g}")
             return (f"disjoint slices: {self.slices['trials']} trials at ε = {self.eps:.4f} each on the tuning slice "
-                    f"({s['tuning']} records, composed to ≤ {self.final_eps:g}), the validation generator at "
-                    f"ε = {self.val_eps:g} on its slice ({s['validation']}), the selected configuration trained once at "
+                    f"({s['tuning']} records, composed to ≤ {self.final_eps:g}), {scoring}, the selected configuration trained once at "
                     f"ε = {self.final_eps:g} on the final slice ({s['final']}); released model ({self.final_eps:g}, "
                     f"{self.delta:g})-DP")
         if self.name == "composed":
@@ -64,6 +72,9 @@ def design_name(opts: SweepOptions) -> str:
 def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict] = None) -> Design:
     """The design's parts. `saved` is sweep.json of a sweep being resumed: its slices and ε are reused."""
     name = design_name(opts)
+    if space.validation.objective == "count" and name != "slices":
+        raise ConfigError("validation.objective: count scores trials on held-out private records, which only a "
+                          "disjoint-slice search keeps apart: use --eps-total E (design slices) or objective: generator")
     if name == "slices":
         return _slices(opts, space, private, saved)
     data = private.subset(space.n_private, seed=opts.seed) if space.n_private else private
@@ -102,6 +113,10 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
         if delta >= 1.0 / len(parts[p]):
             raise ConfigError(f"δ = {delta:g} is not below 1/N of the {p} slice ({len(parts[p])} records); "
                               f"use a smaller δ or larger slices")
+    count_info = None  # planned before the slow ε solve, so its refusals come at once
+    if space.validation.objective == "count":
+        count_info = saved["slices"]["count"] if saved and saved.get("slices", {}).get("count") else \
+            _count_plan(opts, space, total, delta)
     trial_scale = len(parts["tuning"]) / len(parts["final"])
     val_scale = len(parts["validation"]) / len(parts["final"])
     if saved and saved.get("options", {}).get("eps") is not None:
@@ -116,5 +131,21 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
     sizes = {p: len(parts[p]) for p in PARTS}
     info = {"rule": rule.to_dict(), "keep": keep, "sizes": sizes, "trials": opts.trials,
             "trial_batch_scale": trial_scale, "validation_batch_scale": val_scale}
+    count = None
+    if count_info is not None:
+        info["count"] = count_info
+        count = NoisyCount(parts["validation"], float(count_info["sigma"]))
     return Design("slices", per, total, delta, parts["tuning"], parts["validation"], parts["final"], total,
-                  trial_scale, val_scale, info)
+                  trial_scale, val_scale, info, count)
+
+
+def _count_plan(opts: SweepOptions, space: SearchSpace, total: float, delta: float) -> dict:
+    """One count per trial and per free candidate, all on the validation slice, composed to the total."""
+    if opts.private_selection:
+        raise ConfigError("validation.objective: count needs a known number of trials; private selection draws K at "
+                          "random. Use objective: generator with --private-selection")
+    if opts.scheduler != "none":
+        raise ConfigError("--scheduler asha stops trials on a per-epoch loss on the DP synthetic validation set, which "
+                          "validation.objective: count does not make; use --scheduler none")
+    queries = opts.trials + len(space.free.combinations())
+    return {"queries": queries, "sigma": count_sigma(queries, total, delta)}

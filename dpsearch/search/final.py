@@ -51,15 +51,18 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, final_data: O
     return model, privacy, time.time() - t
 
 
-def choose_free(model, space: SearchSpace, validation: ImageSet, oracle: Optional[ImageSet], seed: int) -> tuple[dict, list[dict]]:
-    """The free (post-processing) setting with the best accuracy on the DP validation set."""
+def choose_free(model, space: SearchSpace, validation: Optional[ImageSet], oracle: Optional[ImageSet], seed: int,
+                count=None) -> tuple[dict, list[dict]]:
+    """The post-processing setting with the best objective: accuracy on the DP validation set, or one noisy
+    count each on the validation slice (planned in the design's composition)."""
     from dpsearch.evaluate import evaluate
     from dpsearch.sample import sample
 
     rows = []
     for combo in space.free.combinations():
         smp = space.sample.model_copy(update={**combo, "seed": seed + 31})
-        scores = evaluate(sample(model, smp, progress=False), oracle, space.evaluate, progress=False, validation=validation)
+        scores = evaluate(sample(model, smp, progress=False), oracle, space.evaluate, progress=False, validation=validation,
+                          count=count)
         rows.append({**combo, "objective": scores["objective"], "oracle_accuracy": scores.get("oracle/accuracy")})
         log.info("free setting %s: objective %.4f", combo, scores["objective"])
     best = max(rows, key=lambda r: r["objective"])
@@ -67,8 +70,8 @@ def choose_free(model, space: SearchSpace, validation: ImageSet, oracle: Optiona
 
 
 def run_final(model_files: dict, space_json: str, best: dict, final_data: Optional[ImageSet], eps: Optional[float],
-              delta: Optional[float], validation: ImageSet, oracle: Optional[ImageSet], released: dict, seed: int,
-              threads: int, storage: str) -> dict:
+              delta: Optional[float], validation: Optional[ImageSet], oracle: Optional[ImageSet], released: dict, seed: int,
+              threads: int, storage: str, count=None) -> dict:
     """The Ray task: final model → free choices → release, all written to `storage`/final/."""
     import time
 
@@ -93,9 +96,9 @@ def run_final(model_files: dict, space_json: str, best: dict, final_data: Option
         released = {**released, "eps": g.eps, "delta": g.delta, "accountant": g.accountant,
                     "parts": [vars(p) for p in parts], "over_total": over}
     t = time.time()
-    chosen, free_rows = choose_free(model, space, validation, oracle, seed)
+    chosen, free_rows = choose_free(model, space, validation, oracle, seed, count)
     free_s, t = time.time() - t, time.time()
-    smp = space.sample.model_copy(update={**chosen, "per_class": -(-space.release.n // validation.num_classes),
+    smp = space.sample.model_copy(update={**chosen, "per_class": -(-space.release.n // model.meta["num_classes"]),
                                           "seed": seed + 97})
     synthetic = sample(model, smp, progress=False)
     card_privacy = {"dp": True, "eps": released["eps"], "delta": released["delta"],
@@ -118,7 +121,7 @@ def run_final(model_files: dict, space_json: str, best: dict, final_data: Option
     return result
 
 
-def finish(sweep_store: Store, model_files: dict, space: SearchSpace, best: dict, design, validation: ImageSet,
+def finish(sweep_store: Store, model_files: dict, space: SearchSpace, best: dict, design, validation: Optional[ImageSet],
            oracle: Optional[ImageSet], released: dict, seed: int, resources: dict) -> dict:
     """Runs the final stage once per sweep (a resumed sweep reuses a finished one) on a whole node."""
     import ray
@@ -130,4 +133,4 @@ def finish(sweep_store: Store, model_files: dict, space: SearchSpace, best: dict
     task = ray.remote(run_final).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
     return ray.get(task.remote(model_files, space.model_dump_json(), best, design.final_data, design.final_eps,
                                design.delta, validation, oracle, released, seed, resources["val_cpu"],
-                               sweep_store.uri()))
+                               sweep_store.uri(), design.count))

@@ -12,7 +12,7 @@ from dpsearch.privacy.search_cost import SELECTIONS
 from dpsearch.space import SearchSpace
 
 DESIGNS = ("per-trial", "composed", "slices")  # search/design.py
-METRIC, MODE = "objective", "max"  # accuracy on the DP synthetic validation set
+METRIC, MODE = "objective", "max"  # accuracy on the DP synthetic validation set, or the noisy held-out count
 
 
 @dataclass

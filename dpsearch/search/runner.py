@@ -90,8 +90,9 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         cfg_probe.check_against_data(n)
     model_dir = opts.model or space.model or pretrain(PretrainConfig())
     probe = load_ldm(model_dir)
-    space.params.layers.check_model(len(attention_modules(probe.unet)))
-    parse_layers(space.reference.layers, len(attention_modules(probe.unet)))
+    n_layers = len(attention_modules(probe.unet))
+    space.params.layers.check_model(n_layers)
+    parse_layers(space.reference.layers, n_layers)
     del probe
     if not resume:
         storage, uri = connect_services(opts)
@@ -144,7 +145,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
             trainable = tune.with_resources(
                 tune.with_parameters(dp_trial, model_files=model_files, private=design.trial_data, validation=validation,
                                      oracle=oracle, space_json=space.model_dump_json(), eps=eps, seed=opts.seed,
-                                     threads=res["threads"], batch_scale=design.trial_batch_scale, delta=design.delta),
+                                     threads=res["threads"], batch_scale=design.trial_batch_scale, delta=design.delta,
+                                     count=design.count),
                 {"cpu": res["cpu"], "gpu": res["gpu"]})
             callbacks = [TrialCounter(Store(storage).uri(name, "dpsearch"))]
             if uri:
@@ -164,7 +166,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                                           f"longer hold). Start a new sweep.")
                     log.warning("sweep %s: Ray's experiment state cannot be restored; starting %d new trials. The %d trials "
                                 "already started stay counted in the released ε.", name, opts.trials, len(started))
-                tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space),
+                tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space, _first_points(design, space, n_layers)),
                                    run_config=tune.RunConfig(
                                        name=name, storage_path=storage, verbose=1 if opts.progress else 0,
                                        failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
@@ -229,11 +231,25 @@ def _probe_configs(space: SearchSpace, design):
         if design.final_data is not None:
             yield (space.finetune_config({**probe, "batch": b}, design.final_eps, delta=design.delta),
                    len(design.final_data))
-    yield (space.reference_config(design.val_eps, batch_scale=design.val_batch_scale, delta=design.delta),
-           len(design.validation_data))
+    if design.count is None:  # the validation generator's run; the counting objective trains nothing
+        yield (space.reference_config(design.val_eps, batch_scale=design.val_batch_scale, delta=design.delta),
+               len(design.validation_data))
 
 
-def tune_config(opts: SweepOptions, space: SearchSpace):
+def _first_points(design, space: SearchSpace, n_layers: int) -> list[dict]:
+    """The reference configuration as trial 1 under the counting objective. Not with a validation generator:
+    V comes from that very configuration, so its trial would score high for looking like V."""
+    from dpsearch.space import reference_point
+
+    if design.count is None:
+        return []
+    point = reference_point(space, n_layers)
+    if point is None:
+        log.info("the reference configuration is outside the space; the search starts without it")
+    return [point] if point else []
+
+
+def tune_config(opts: SweepOptions, space: SearchSpace, first: list[dict] | None = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -241,7 +257,8 @@ def tune_config(opts: SweepOptions, space: SearchSpace):
 
     sampler = (optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=tpe_startup_trials(opts.trials))
                if opts.sampler == "tpe" else optuna.samplers.RandomSampler(seed=opts.seed))
-    searcher = OptunaSearch(space=define_by_run(space), metric=METRIC, mode=MODE, sampler=sampler)
+    searcher = OptunaSearch(space=define_by_run(space), metric=METRIC, mode=MODE, sampler=sampler,
+                            points_to_evaluate=first or None)
     scheduler = None
     if opts.scheduler == "asha":
         # Stops trials on the diffusion loss measured on the DP synthetic validation set (post-processing),

@@ -85,7 +85,7 @@ def format_final(f: dict) -> str:
     return "\n".join([
         f"released ({r['design']}):",
         f"  model {f['model']}: configuration {f['config']}, (ε = {r['eps']:.3f}, δ = {r['delta']:g}) for the whole sweep",
-        f"  free post-processing, chosen on the DP validation set at no privacy cost: {free}; chosen guidance "
+        f"  free post-processing, chosen on the sweep's objective (DP validation set, or accounted counts): {free}; chosen guidance "
         f"{chosen['guidance']:g}, {chosen['steps']} steps (oracle figures are on the real test split, not DP, chose nothing)",
         f"  synthetic data set: {f['n_release']} images at {f['release']} (DATA_CARD.md, card.json, grid.png, synthetic.npz)",
         f"  final stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in f["seconds"].items())])
@@ -103,8 +103,13 @@ def format_summary(res: SweepResult) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in cols)]
     lines += ["  ".join(fmt(r.get(c), w) for c, w in cols) for r in res.rows]
     vp = res.validation_privacy
-    lines.append(f"validation generator: (ε = {vp['eps']:.3f}, δ = {vp['delta']:g})-DP ({vp['accountant'].upper()}), "
-                 f"layers {vp['layers']}; the objective is accuracy on its synthetic set, never on private data")
+    if vp.get("objective") == "count":
+        lines.append(f"objective: accuracy on {vp['n']} held-out private records through Gaussian counts "
+                     f"(σ = {vp['sigma']:.2f}, {vp['queries']} planned, (ε = {vp['eps']:.3f}, δ = {vp['delta']:g}) PLD); "
+                     f"exact counts never leave a trial")
+    else:
+        lines.append(f"validation generator: (ε = {vp['eps']:.3f}, δ = {vp['delta']:g})-DP ({vp['accountant'].upper()}), "
+                     f"layers {vp['layers']}; the objective is accuracy on its synthetic set, never on private data")
     if "privacy" in res.extra:
         from dpsearch.privacy.report import format_report
 

@@ -18,11 +18,11 @@ def _flat_privacy(p: dict) -> dict:
     return {f"privacy/{k}": p[k] for k in keys}
 
 
-def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: ImageSet, oracle: ImageSet | None,
+def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: ImageSet | None, oracle: ImageSet | None,
              space_json: str, eps: float, seed: int, threads: int, batch_scale: float = 1.0,
-             delta: float | None = None) -> None:
-    """config (from Optuna) → FinetuneConfig → the pipeline (DP fine-tune → sample → score on V); reports
-    every epoch and at the end, through the release boundary."""
+             delta: float | None = None, count=None) -> None:
+    """config (from Optuna) → FinetuneConfig → the pipeline (DP fine-tune → sample → score on V, or by one
+    noisy count on the validation slice); reports every epoch and at the end, through the release boundary."""
     import torch
     from ray import tune
 
@@ -53,16 +53,19 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     model = load_ldm(unpack_model(model_files), device)
     where = {"node": ray.get_runtime_context().get_node_id(), "device": str(device)}  # which machine ran it
 
+    def val_loss(m) -> float:  # a per-epoch signal from V only; the counting objective has none
+        return validation_loss(m, validation) if validation is not None else float("nan")
+
     def on_epoch(rec: dict, state: FinetuneState) -> None:
-        metrics = release({"epoch": rec["epoch"], "val_loss": validation_loss(model, validation),
+        metrics = release({"epoch": rec["epoch"], "val_loss": val_loss(model),
                            "eps_spent": rec["eps_spent"], "delta": rec["delta"], METRIC: float("nan"), "done": False})
         with tempfile.TemporaryDirectory() as d:
             state.save(Path(d) / "state.pt")
             report_verified(metrics, Path(d))
 
-    out = run_pipeline(model, private, ft, space.sample, space.evaluate, validation=validation, oracle=oracle,
+    out = run_pipeline(model, private, ft, space.sample, space.evaluate, validation=validation, count=count, oracle=oracle,
                        device=str(device), progress=False, on_epoch=on_epoch, resume=resume)
-    final = release({"epoch": ft.epochs, "val_loss": validation_loss(out.model, validation), "done": True,
+    final = release({"epoch": ft.epochs, "val_loss": val_loss(out.model), "done": True,
                      **{k: v for k, v in out.scores.items() if isinstance(v, (int, float))},
                      **_flat_privacy(out.privacy), "layers": out.privacy["layers"],
                      **{f"time/{k}_s": out.seconds[k] for k in ("finetune", "sample", "evaluate")}, **where})

@@ -34,12 +34,27 @@ def make_validation_set(model_files: dict[str, bytes], private: ImageSet, space_
     return ImageSet(v.images, v.labels, v.num_classes, "dp-synthetic-validation"), out.privacy
 
 
+def count_privacy(design) -> dict:
+    """The counting objective's privacy record (the validation slice's part), as planned: every trial and
+    free candidate one count. The report recomputes it from the number of trials that actually started."""
+    from dpsearch.privacy.noisy_count import count_epsilon
+
+    c = design.slices["count"]
+    return {"objective": "count", "eps": count_epsilon(c["sigma"], c["queries"], design.delta), "delta": design.delta,
+            "accountant": "pld", "sigma": c["sigma"], "queries": c["queries"], "n": len(design.validation_data)}
+
+
 def load_or_make_validation(meta: Store, model_files, design, space: SearchSpace, seed: int,
-                             resources: dict) -> tuple[ImageSet, dict]:
+                             resources: dict) -> tuple[ImageSet | None, dict]:
     """V is made once per sweep and stored with it, so a resumed sweep scores against the same V. It trains on
-    the design's validation data (its own slice under disjoint slices) at the design's validation ε."""
+    the design's validation data (its own slice under disjoint slices) at the design's validation ε. Under
+    the counting objective there is no V: (None, the counts' privacy record)."""
     import ray
 
+    if design.count is not None:
+        priv = count_privacy(design)
+        meta.write_text("validation_privacy.json", json.dumps(priv, indent=2))
+        return None, priv
     if meta.exists("validation.npz") and meta.exists("validation_privacy.json"):
         return load_npz(meta.read_bytes("validation.npz"), ImageSet.load), json.loads(meta.read_text("validation_privacy.json"))
     log.info("making the DP synthetic validation set (reference config %s, ε = %g, %d records)",

@@ -49,3 +49,33 @@ def test_slices_refuse_what_the_argument_does_not_cover():
         plan(SweepOptions(eps_total=4.0), _space(validation={"per_class": 10, "eps": 1.0}), _private())
     with pytest.raises(ConfigError, match="is not below 1/N of the tuning slice"):
         plan(SweepOptions(eps_total=4.0), _space(delta=0.05), _private())
+
+
+def test_the_counting_objective_plans_one_count_per_trial_and_free_candidate():
+    space = _space(validation={"objective": "count", "per_class": 10})
+    # the trials' ε given (as on resume) so the test skips the slow solve, which the test above covers
+    d = plan(SweepOptions(eps_total=4.0, trials=3), space, _private(), saved={"options": {"eps": 1.0}})
+    c = d.slices["count"]
+    assert c["queries"] == 3 + len(space.free.combinations())
+    assert d.count is not None and d.count.holdout is d.validation_data and d.count.sigma == c["sigma"]
+    from dpsearch.privacy.noisy_count import count_epsilon
+
+    assert count_epsilon(c["sigma"], c["queries"], d.delta) == pytest.approx(4.0, rel=0.02)
+    assert "Gaussian counts" in d.describe()
+    # a resumed sweep keeps its σ and slices
+    again = plan(SweepOptions(eps_total=4.0, trials=3), space, _private(),
+                 saved={"slices": d.slices, "options": {"eps": d.eps}})
+    assert again.count.sigma == d.count.sigma and len(again.validation_data) == len(d.validation_data)
+
+
+def test_the_counting_objective_is_refused_where_no_records_are_held_out():
+    space = _space(validation={"objective": "count", "per_class": 10})
+    with pytest.raises(ConfigError, match="only a disjoint-slice search"):
+        plan(SweepOptions(eps=4.0), space, _private())
+    with pytest.raises(ConfigError, match="only a disjoint-slice search"):
+        plan(SweepOptions(eps_total=4.0, design="composed"), space, _private())
+    with pytest.raises(ConfigError, match="--scheduler none"):
+        plan(SweepOptions(eps_total=4.0, scheduler="asha"), space, _private())
+    with pytest.raises(ConfigError, match="private selection"):
+        plan(SweepOptions(eps_total=4.0, private_selection="geometric", mean_trials=3, sampler="random"), space,
+             _private())

@@ -1,0 +1,73 @@
+"""The counting objective: a classifier's accuracy on a held-out private slice, released through the
+Gaussian mechanism.
+
+Why: a synthetic validation set V scores a classifier by how much its training data looks like V, so it
+prefers whatever V's own generator did (e.g. V's guidance scale) and ranks trials loosely. The number
+of held-out private records a classifier gets right is a count: adding or removing one record changes
+it by at most 1 (sensitivity 1), so the Gaussian mechanism releases it with noise calibrated by
+dp-accounting, and the released accuracy is unbiased.
+
+Every query (one per trial, one per free post-processing candidate) is a Gaussian mechanism on the same
+records, chosen adaptively; their composition is accounted exactly by dp-accounting's PLD accountant
+(a Gaussian composes into a Gaussian). The count's denominator is the slice size, treated as public
+like N in every DP-SGD run. The noise comes from fresh OS entropy (randomness.py) and the exact count
+never leaves this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from dpsearch.config import ConfigError
+from dpsearch.data import ImageSet
+
+
+def _event(sigma: float, queries: int):
+    from dp_accounting import dp_event
+
+    return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), queries)
+
+
+def count_epsilon(sigma: float, queries: int, delta: float) -> float:
+    """ε at δ of `queries` adaptive Gaussian counts of sensitivity 1 with noise σ (PLD)."""
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    acc = PLDAccountant()
+    acc.compose(_event(sigma, queries))
+    return float(acc.get_epsilon(delta))
+
+
+def count_sigma(queries: int, eps: float, delta: float) -> float:
+    """The smallest σ for which `queries` counts compose to (ε, δ)."""
+    from dp_accounting.mechanism_calibration import calibrate_dp_mechanism
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    if queries < 1:
+        raise ConfigError(f"a counting objective needs at least one query, got {queries}")
+    if not (math.isfinite(eps) and eps > 0 and 0 < delta < 1):
+        raise ConfigError(f"counts need ε > 0 and 0 < δ < 1, got ε = {eps}, δ = {delta}")
+    return float(calibrate_dp_mechanism(PLDAccountant, lambda s: _event(s, queries), eps, delta))
+
+
+@dataclass
+class NoisyCount:
+    """Held-out private records and the noise every query on them gets."""
+
+    holdout: ImageSet
+    sigma: float
+
+    def accuracy(self, net: torch.nn.Module, batch: int = 1000) -> float:
+        """(correct + N(0, σ²)) / n: the released accuracy of `net` on the held-out records."""
+        from dpsearch.evaluate import accuracy
+        from dpsearch.privacy.randomness import MechanismRandomness
+
+        n = len(self.holdout)
+        correct = round(accuracy(net, self.holdout, batch) * n)
+        noise = MechanismRandomness().gaussian_like(torch.zeros((), dtype=torch.float64), self.sigma)
+        return (correct + float(noise)) / n
+
+
+__all__ = ["NoisyCount", "count_epsilon", "count_sigma"]

@@ -1,0 +1,60 @@
+"""The counting objective: σ calibrated so that the counts compose to (ε, δ), checked against the closed form
+of the Gaussian mechanism, and noise that is fresh and of the right size."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from dpsearch.config import ConfigError
+from dpsearch.data import ImageSet
+from dpsearch.privacy.noisy_count import NoisyCount, count_epsilon, count_sigma
+
+
+def _gaussian_delta(eps: float, mu: float) -> float:
+    """Balle & Wang (2018), Theorem 8: the exact δ(ε) of a Gaussian mechanism with sensitivity/σ = μ."""
+    return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+
+
+@pytest.mark.parametrize("queries,eps,delta", [(1, 1.0, 1e-5), (12, 1.0, 1.67e-6), (12, 10.0, 1.67e-6), (5, 0.5, 1e-6)])
+def test_sigma_meets_the_target_by_the_closed_form(queries, eps, delta):
+    sigma = count_sigma(queries, eps, delta)
+    mu = math.sqrt(queries) / sigma  # k Gaussian counts of sensitivity 1 are one Gaussian with sensitivity √k
+    assert _gaussian_delta(eps, mu) <= delta * 1.01
+    assert _gaussian_delta(eps, math.sqrt(queries) / (0.97 * sigma)) > delta  # and not much larger than needed
+    assert count_epsilon(sigma, queries, delta) == pytest.approx(eps, rel=0.02)
+
+
+def test_more_queries_cost_more():
+    sigma = count_sigma(4, 1.0, 1e-6)
+    assert count_epsilon(sigma, 8, 1e-6) > 1.2 and count_epsilon(sigma, 2, 1e-6) < 0.8
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ConfigError, match="at least one query"):
+        count_sigma(0, 1.0, 1e-5)
+    with pytest.raises(ConfigError, match="ε > 0"):
+        count_sigma(3, 0.0, 1e-5)
+
+
+class _Fixed(torch.nn.Module):
+    """Predicts label 0 for everything."""
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 10)
+        out[:, 0] = 1
+        return out
+
+
+def test_the_released_accuracy_is_the_true_one_plus_fresh_gaussian_noise():
+    n = 400
+    labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(n - 100, dtype=torch.long)])
+    holdout = ImageSet(torch.zeros(n, 1, 28, 28, dtype=torch.uint8), labels, 10, "holdout")
+    count = NoisyCount(holdout, sigma=8.0)
+    draws = np.array([count.accuracy(_Fixed()) for _ in range(400)])
+    assert len(set(draws)) == len(draws)  # fresh noise every query
+    assert abs(draws.mean() - 0.25) < 4 * 8.0 / n / math.sqrt(len(draws))  # unbiased: 100 of 400 right
+    assert draws.std() * n == pytest.approx(8.0, rel=0.15)
+    assert NoisyCount(holdout, sigma=0.0).accuracy(_Fixed()) == 0.25
