@@ -180,8 +180,9 @@ class Params(_Strict):
 
 class Validation(_Strict):
     # generator: trials are scored on a DP synthetic set V; count (disjoint slices only): on the validation
-    # slice's real records through accounted Gaussian counts (privacy/noisy_count.py)
-    objective: Literal["generator", "count"] = "generator"
+    # slice's real records through accounted Gaussian counts (privacy/noisy_count.py); auto: count where it
+    # applies (slices, a fixed number of trials, no ASHA), else generator (search/design.py)
+    objective: Literal["auto", "generator", "count"] = "auto"
     per_class: int = Field(100, gt=0)
     eps: Optional[float] = Field(None, gt=0, le=EPS_MAX)  # the validation generator's ε; default: the sweep's
 

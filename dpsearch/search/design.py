@@ -72,11 +72,14 @@ def design_name(opts: SweepOptions) -> str:
 def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict] = None) -> Design:
     """The design's parts. `saved` is sweep.json of a sweep being resumed: its slices and ε are reused."""
     name = design_name(opts)
-    if space.validation.objective == "count" and name != "slices":
+    objective = space.validation.objective
+    if objective == "auto":
+        objective = "count" if name == "slices" and not opts.private_selection and opts.scheduler == "none" else "generator"
+    if objective == "count" and name != "slices":
         raise ConfigError("validation.objective: count scores trials on held-out private records, which only a "
                           "disjoint-slice search keeps apart: use --eps-total E (design slices) or objective: generator")
     if name == "slices":
-        return _slices(opts, space, private, saved)
+        return _slices(opts, space, private, saved, objective)
     data = private.subset(space.n_private, seed=opts.seed) if space.n_private else private
     if name == "composed" and not (saved and "design" in saved):
         from dpsearch.privacy.report import solve_per_trial_eps
@@ -95,7 +98,7 @@ def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optio
     return Design(name, eps, validation_eps(opts, space, eps), None, data, data)
 
 
-def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict]) -> Design:
+def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict], objective: str) -> Design:
     from dpsearch.privacy.report import solve_per_trial_eps
 
     if opts.val_eps is not None or space.validation.eps is not None:
@@ -114,7 +117,9 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
             raise ConfigError(f"δ = {delta:g} is not below 1/N of the {p} slice ({len(parts[p])} records); "
                               f"use a smaller δ or larger slices")
     count_info = None  # planned before the slow ε solve, so its refusals come at once
-    if space.validation.objective == "count":
+    if saved and saved.get("slices") and not saved["slices"].get("count"):
+        objective = "generator"  # a sweep resumed as it started
+    if objective == "count":
         count_info = saved["slices"]["count"] if saved and saved.get("slices", {}).get("count") else \
             _count_plan(opts, space, total, delta)
     trial_scale = len(parts["tuning"]) / len(parts["final"])

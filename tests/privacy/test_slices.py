@@ -122,3 +122,30 @@ def test_the_slices_report_composes_the_tuning_trials_and_takes_the_largest_part
     rep8 = stored_sweep_report(saved, [], vp, [f"t{i}" for i in range(8)], None)
     assert rep8["released"]["eps"] == rep8["released"]["parts"][0]["eps"] > total
     assert "the tuning part costs" in rep8["over_total"]
+
+
+def test_under_the_counting_objective_the_validation_part_is_the_counts_made():
+    """One count per trial started and per planned free candidate, composed by PLD on the validation slice."""
+    from dpsearch.privacy.noisy_count import count_epsilon, count_sigma
+    from dpsearch.privacy.report import format_report, stored_sweep_report
+    from dpsearch.space import SearchSpace, load_space
+
+    raw = load_space("smoke").model_dump()
+    raw["params"].update(batch={"value": 800}, epochs={"value": 2})
+    space = SearchSpace(**raw)
+    delta, total, k, free = 1e-5, 2.0, 4, len(space.free.combinations())
+    sigma = count_sigma(k + free, total, delta)
+    saved = {"options": {"name": "s", "eps": 0.5, "eps_total": total, "trials": k}, "space": space.model_dump(),
+             "design": "slices", "delta": delta,
+             "slices": {"sizes": {"tuning": 6000, "validation": 3000, "final": 51000}, "trial_batch_scale": 6000 / 51000,
+                        "rule": {}, "keep": 1.0, "count": {"sigma": sigma, "queries": k + free}}}
+    vp = {"objective": "count", "eps": total, "delta": delta, "accountant": "pld", "sigma": sigma,
+          "queries": k + free, "n": 3000}
+    rep = stored_sweep_report(saved, [], vp, [], None)
+    val = rep["released"]["parts"][1]
+    assert val["part"] == "validation" and val["eps"] == pytest.approx(total, rel=0.02) and val["eps"] <= total * 1.001
+    assert "Gaussian counts" in rep["statement"] and "noisy counts on 3000" in format_report(rep)
+    # two trials restarted beyond the plan: two more counts, the validation part passes the total and it is said
+    rep6 = stored_sweep_report(saved, [], vp, [f"t{i}" for i in range(k + 2)], None)
+    assert rep6["released"]["parts"][1]["eps"] == pytest.approx(count_epsilon(sigma, k + 2 + free, delta), rel=1e-6)
+    assert rep6["released"]["parts"][1]["eps"] > total and "validation part costs" in rep6["over_total"]

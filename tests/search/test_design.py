@@ -79,3 +79,16 @@ def test_the_counting_objective_is_refused_where_no_records_are_held_out():
     with pytest.raises(ConfigError, match="private selection"):
         plan(SweepOptions(eps_total=4.0, private_selection="geometric", mean_trials=3, sampler="random"), space,
              _private())
+
+
+def test_auto_counts_where_records_can_be_held_out_and_uses_the_generator_elsewhere():
+    space = _space()  # objective: auto
+    assert plan(SweepOptions(eps=4.0), space, _private()).count is None
+    counted = plan(SweepOptions(eps_total=4.0), space, _private(), saved={"options": {"eps": 1.0}})
+    assert counted.count is not None
+    asha = plan(SweepOptions(eps_total=4.0, scheduler="asha"), space, _private(), saved={"options": {"eps": 1.0}})
+    assert asha.count is None  # ASHA needs V's per-epoch loss
+    # a sweep started with the generator resumes with it
+    resumed = plan(SweepOptions(eps_total=4.0), space, _private(), saved={"options": {"eps": 1.0},
+                                                                          "slices": asha.slices})
+    assert resumed.count is None
