@@ -136,7 +136,7 @@ def evaluate(synthetic: ImageSet, real_test: ImageSet | None, cfg: EvaluateConfi
     net, holdout = train_classifier(synthetic, cfg, desc="downstream CNN on synthetic", progress=progress)
     out = {"synthetic/holdout_accuracy": holdout, "n_synthetic": len(synthetic)}
     if count is not None:
-        out["objective"] = count.accuracy(net)
+        out["objective"] = count.accuracy(round(accuracy(net, count.holdout) * len(count.holdout)))
     elif validation is not None:
         out["objective"] = accuracy(net, validation)
         out["synthetic/fid_to_validation"], out["fid_extractor"] = fid(synthetic, validation, cfg)

@@ -341,38 +341,5 @@ class DefineByRun:
         return fixed
 
 
-def _contains(p, v) -> bool:
-    if isinstance(p, LogUniform):
-        return p.log_uniform[0] <= v <= p.log_uniform[1]
-    if isinstance(p, IntRange):
-        return v in p.values()
-    if isinstance(p, (FloatChoice, IntChoice)):
-        return v in p.choice
-    return v == p.value
-
-
-def reference_point(space: SearchSpace, n_layers: int) -> Optional[dict]:
-    """The reference configuration as the Optuna parameters DefineByRun suggests, or None when the space does
-    not contain it. Enqueued as a sweep's first trial, the search leaves the default only on evidence."""
-    r, ps = space.reference, space.params
-    a, b = parse_layers(r.layers, n_layers)
-    if ps.layers.choice is not None:
-        names = {parse_layers(c, n_layers): c for c in ps.layers.choice}
-        if (a, b) not in names:
-            return None
-        point = {"layers": names[(a, b)]}
-    elif ps.layers.low <= a <= b <= ps.layers.high:
-        point = {"layer_end_1": a, "layer_end_2": b}
-    else:
-        return None
-    for name in ("clip", "batch", "lr", "epochs"):
-        p, v = getattr(ps, name), getattr(r, name)
-        if not _contains(p, v):
-            return None
-        if not isinstance(p, FIXED):
-            point[name] = v
-    return point
-
-
 def define_by_run(space: SearchSpace) -> DefineByRun:
     return DefineByRun(space)

@@ -59,15 +59,13 @@ class NoisyCount:
     holdout: ImageSet
     sigma: float
 
-    def accuracy(self, net: torch.nn.Module, batch: int = 1000) -> float:
-        """(correct + N(0, σ²)) / n: the released accuracy of `net` on the held-out records."""
-        from dpsearch.evaluate import accuracy
+    def accuracy(self, correct: int) -> float:
+        """(correct + N(0, σ²)) / n: the released accuracy of a classifier that got `correct` of the held-out
+        records right (evaluate.py counts them; this is the only place the count goes)."""
         from dpsearch.privacy.randomness import MechanismRandomness
 
-        n = len(self.holdout)
-        correct = round(accuracy(net, self.holdout, batch) * n)
         noise = MechanismRandomness().gaussian_like(torch.zeros((), dtype=torch.float64), self.sigma)
-        return (correct + float(noise)) / n
+        return (int(correct) + float(noise)) / len(self.holdout)
 
 
 __all__ = ["NoisyCount", "count_epsilon", "count_sigma"]

@@ -15,6 +15,7 @@ from dpsearch.config import ConfigError, parse_layers
 from dpsearch.paths import home
 from dpsearch.search.model_files import pack_model
 from dpsearch.search.design import plan
+from dpsearch.search.first_trial import first_points
 from dpsearch.search.options import METRIC, MODE, SweepOptions, draw_trials, tpe_startup_trials
 from dpsearch.search.resources import auto_concurrency, node_env, trial_resources
 from dpsearch.search.summary import SweepResult, rows_of, summarize
@@ -166,7 +167,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                                           f"longer hold). Start a new sweep.")
                     log.warning("sweep %s: Ray's experiment state cannot be restored; starting %d new trials. The %d trials "
                                 "already started stay counted in the released ε.", name, opts.trials, len(started))
-                tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space, _first_points(design, space, n_layers)),
+                tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space, first_points(design, space, n_layers)),
                                    run_config=tune.RunConfig(
                                        name=name, storage_path=storage, verbose=1 if opts.progress else 0,
                                        failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
@@ -234,19 +235,6 @@ def _probe_configs(space: SearchSpace, design):
     if design.count is None:  # the validation generator's run; the counting objective trains nothing
         yield (space.reference_config(design.val_eps, batch_scale=design.val_batch_scale, delta=design.delta),
                len(design.validation_data))
-
-
-def _first_points(design, space: SearchSpace, n_layers: int) -> list[dict]:
-    """The reference configuration as trial 1 under the counting objective. Not with a validation generator:
-    V comes from that very configuration, so its trial would score high for looking like V."""
-    from dpsearch.space import reference_point
-
-    if design.count is None:
-        return []
-    point = reference_point(space, n_layers)
-    if point is None:
-        log.info("the reference configuration is outside the space; the search starts without it")
-    return [point] if point else []
 
 
 def tune_config(opts: SweepOptions, space: SearchSpace, first: list[dict] | None = None):

@@ -39,22 +39,25 @@ def test_bad_input_is_refused():
         count_sigma(3, 0.0, 1e-5)
 
 
-class _Fixed(torch.nn.Module):
-    """Predicts label 0 for everything."""
-
-    def forward(self, x):
-        out = torch.zeros(len(x), 10)
-        out[:, 0] = 1
-        return out
-
-
 def test_the_released_accuracy_is_the_true_one_plus_fresh_gaussian_noise():
     n = 400
-    labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(n - 100, dtype=torch.long)])
-    holdout = ImageSet(torch.zeros(n, 1, 28, 28, dtype=torch.uint8), labels, 10, "holdout")
+    holdout = ImageSet(torch.zeros(n, 1, 28, 28, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), 10, "holdout")
     count = NoisyCount(holdout, sigma=8.0)
-    draws = np.array([count.accuracy(_Fixed()) for _ in range(400)])
+    draws = np.array([count.accuracy(100) for _ in range(400)])  # 100 of 400 right
     assert len(set(draws)) == len(draws)  # fresh noise every query
-    assert abs(draws.mean() - 0.25) < 4 * 8.0 / n / math.sqrt(len(draws))  # unbiased: 100 of 400 right
+    assert abs(draws.mean() - 0.25) < 4 * 8.0 / n / math.sqrt(len(draws))  # unbiased
     assert draws.std() * n == pytest.approx(8.0, rel=0.15)
-    assert NoisyCount(holdout, sigma=0.0).accuracy(_Fixed()) == 0.25
+    assert NoisyCount(holdout, sigma=0.0).accuracy(100) == 0.25
+
+
+def test_the_objective_counts_the_classifiers_correct_predictions_on_the_held_out_records():
+    """evaluate() hands the count of right answers of the classifier it trained to the mechanism."""
+    from dpsearch.config import EvaluateConfig
+    from dpsearch.data import printed_digits
+    from dpsearch.evaluate import accuracy, evaluate, train_classifier
+
+    synthetic, held = printed_digits(600, seed=1, progress=False), printed_digits(300, seed=2, progress=False)
+    cfg = EvaluateConfig(classifier_epochs=1)
+    exact = evaluate(synthetic, None, cfg, progress=False, count=NoisyCount(held, sigma=0.0))["objective"]
+    net, _ = train_classifier(synthetic, cfg, progress=False)  # same seed: the same classifier
+    assert exact == pytest.approx(accuracy(net, held)) and 0 < exact < 1
