@@ -17,7 +17,7 @@ if [ -n "$need" ]; then
   ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null) \
     || { echo "could not install$need (apt-get); install them and run again" >&2; exit 1; }
 fi
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "$@"  # the slowest tests, to keep CI short
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2
