@@ -217,10 +217,16 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     assert parts["final"]["eps"] == final["privacy"]["eps"] and "over_total" not in rep
     # trials ran on the tuning slice, with the final run's q: batch scaled by its size
     done = [r for r in res.rows if r["status"] == "DONE"]
-    # q = 1/⌈N/B⌉ on a ~40-record slice: B/N of the final run, up to that rounding
-    assert done and all(r["eps"] < 5.0 and r["q"] == pytest.approx(r["batch"] / sizes["final"], rel=0.35) for r in done)
+    # trials on the tuning slice with the batch scaled by |tuning|/|final|: the final run's q up to q = 1/⌈N/B⌉
+    from dpsearch.privacy.accounting import poisson_plan
+    from dpsearch.space import scaled_batch
+
+    scale = rep["released"]["slices"]["trial_batch_scale"]
+    assert scale == pytest.approx(sizes["tuning"] / sizes["final"])
+    assert done and all(r["eps"] < 5.0 and r["q"] == pytest.approx(
+        poisson_plan(sizes["tuning"], scaled_batch(r["batch"], scale), r["epochs"])[0]) for r in done)
     assert final["config"]["batch"] == res.best["batch"] and final["privacy"]["q"] == pytest.approx(
-        res.best["batch"] / sizes["final"], rel=0.15)  # q = 1/⌈N/B⌉
+        poisson_plan(sizes["final"], res.best["batch"], res.best["epochs"])[0])
     # the free choice was made on the counts, among the space's candidates
     assert {(c["guidance"], c["steps"]) for c in final["free_candidates"]} == {(1.0, 3), (3.0, 3)}
     assert final["free"]["guidance"] == max(final["free_candidates"], key=lambda c: c["objective"])["guidance"]
