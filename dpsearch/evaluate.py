@@ -25,13 +25,17 @@ INCEPTION_CACHE = Path("/tmp/inception-2015-12-05.pt")  # where clean-fid keeps 
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, data: ImageSet, batch: int = 1000) -> float:
+def correct_count(net: nn.Module, data: ImageSet, batch: int = 1000) -> int:
     net.eval()
     correct = 0
     for i in range(0, len(data), batch):
         x = data.images[i: i + batch].float().div(255.0)
-        correct += (net(x).argmax(1) == data.labels[i: i + batch]).sum().item()
-    return correct / len(data)
+        correct += int((net(x).argmax(1) == data.labels[i: i + batch]).sum().item())
+    return correct
+
+
+def accuracy(net: nn.Module, data: ImageSet, batch: int = 1000) -> float:
+    return correct_count(net, data, batch) / len(data)
 
 
 def train_classifier(train: ImageSet, cfg: EvaluateConfig, desc: str = "classifier", progress: bool = True,
@@ -136,7 +140,7 @@ def evaluate(synthetic: ImageSet, real_test: ImageSet | None, cfg: EvaluateConfi
     net, holdout = train_classifier(synthetic, cfg, desc="downstream CNN on synthetic", progress=progress)
     out = {"synthetic/holdout_accuracy": holdout, "n_synthetic": len(synthetic)}
     if count is not None:
-        out["objective"] = count.accuracy(round(accuracy(net, count.holdout) * len(count.holdout)))
+        out["objective"] = count.accuracy(correct_count(net, count.holdout))
     elif validation is not None:
         out["objective"] = accuracy(net, validation)
         out["synthetic/fid_to_validation"], out["fid_extractor"] = fid(synthetic, validation, cfg)

@@ -102,17 +102,10 @@ def format_summary(res: SweepResult) -> str:
         return str(v)[-w:].rjust(w)
     lines = ["  ".join(c.rjust(w) for c, w in cols)]
     lines += ["  ".join(fmt(r.get(c), w) for c, w in cols) for r in res.rows]
-    vp = res.validation_privacy
-    if vp.get("objective") == "count":
-        lines.append(f"objective: accuracy on {vp['n']} held-out private records through Gaussian counts "
-                     f"(σ = {vp['sigma']:.2f}, {vp['queries']} planned, (ε = {vp['eps']:.3f}, δ = {vp['delta']:g}) PLD); "
-                     f"exact counts never leave a trial")
-    else:
-        lines.append(f"validation generator: (ε = {vp['eps']:.3f}, δ = {vp['delta']:g})-DP ({vp['accountant'].upper()}), "
-                     f"layers {vp['layers']}; the objective is accuracy on its synthetic set, never on private data")
-    if "privacy" in res.extra:
-        from dpsearch.privacy.report import format_report
+    from dpsearch.privacy.report import format_report, validation_line
 
+    lines.append(validation_line(res.validation_privacy))
+    if "privacy" in res.extra:
         lines.append(format_report(res.extra["privacy"]))
     if res.spearman is not None:
         lines.append(f"Spearman(objective, oracle accuracy) = {res.spearman:.3f} over {sum(1 for r in res.rows if _finite(r['objective']))} trials")
