@@ -43,9 +43,11 @@ DEFAULT_MODELS = {1.0: ROOT / "runs" / "ceiling" / "dp-eps1-release-model",
 GENERATOR_SLICES = {"tuning": 0.1, "validation": 0.1, "final": 0.8}  # what the generator objective was measured with
 
 
-def bench_space(path: Path, n_release: int, objective: str | None = None) -> Path:
+def bench_space(path: Path, n_release: int, objective: str | None = None, margin: float | None = None) -> Path:
     space = yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())
     space.update(name="search-value", n_private=N_PRIVATE, delta=benchmark_delta(), release={"n": n_release})
+    if margin is not None:
+        space["validation"]["reference_margin"] = margin
     if objective and objective != space["validation"].get("objective", "generator"):
         space["validation"]["objective"] = objective
         if objective == "generator":
@@ -100,10 +102,10 @@ def default_arm(eps: float, seed: int, test: ImageSet, retrain: bool, model_dir:
 
 
 def run_one(eps: float, seed: int, trials: int, test: ImageSet, retrain: bool, model_dir: Path | None,
-            workdir: Path, objective: str, earlier: dict | None = None) -> dict:
+            workdir: Path, objective: str, margin: float, earlier: dict | None = None) -> dict:
     from dpsearch.search import SweepOptions, format_summary, run_sweep
 
-    space = bench_space(workdir / f"space-{eps:g}-{seed}.yaml", LADDER.n_synthetic, objective)
+    space = bench_space(workdir / f"space-{eps:g}-{seed}.yaml", LADDER.n_synthetic, objective, margin)
     t = time.time()
     res = run_sweep(SweepOptions(eps_total=eps, space=str(space), trials=trials, seed=seed, tracking="none",
                                  storage=str(workdir / "sweeps"), name=f"sv-eps{eps:g}-s{seed}", progress=False))
@@ -115,6 +117,7 @@ def run_one(eps: float, seed: int, trials: int, test: ImageSet, retrain: bool, m
                  k: final["released"][k] for k in ("eps", "delta", "accountant")},
              "parts": final["released"]["parts"], "config": final["config"], "free": final["free"],
              "free_candidates": final["free_candidates"], "spearman_objective_oracle": res.spearman,
+             "selection": res.extra.get("selection"),
              "trials": [{k: r.get(k) for k in ("layers", "batch", "lr", "epochs", "eps", "objective", "oracle_accuracy",
                                                 "status")} for r in res.rows],
              "seconds": {"sweep_total": sweep_s, **{f"final_{k}": v for k, v in final["seconds"].items()}},
@@ -124,12 +127,14 @@ def run_one(eps: float, seed: int, trials: int, test: ImageSet, retrain: bool, m
     print(f"ε = {eps:g}, seed {seed}: sweep {100 * sweep['oracle']['oracle/accuracy']:.2f}% vs default "
           f"{100 * default['oracle']['oracle/accuracy']:.2f}%: gain {100 * gain:+.2f} points; sweep wall "
           f"{sweep_s / 60:.1f} min", flush=True)
-    return {"eps": eps, "seed": seed, "objective": objective, "trials": trials, "sweep": sweep, "default": default,
-            "gain": gain}
+    return {"eps": eps, "seed": seed, "objective": objective, "margin": margin if objective == "count" else 0.0,
+            "trials": trials, "sweep": sweep, "default": default, "gain": gain}
 
 
 def _objective(r: dict) -> str:
-    return r.get("objective", "generator")  # rows from before the counting objective
+    """The arm: objective, and under counts the reference margin (rows from before it selected by best objective)."""
+    obj = r.get("objective", "generator")  # rows from before the counting objective
+    return f"{obj}, margin {r['margin']:g}" if r.get("margin") else obj
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -144,6 +149,14 @@ def summarize(rows: list[dict]) -> dict:
 
 RESULTS_MD = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- search-value -->", "<!-- /search-value -->"
+
+
+def _kept(sweep: dict) -> str:
+    sel = sweep.get("selection") or {}
+    if not sel.get("kept_reference"):
+        return ""
+    return " (reference: best objective)" if sel["best_trial"] == sel["reference_trial"] else \
+        f" (reference kept; best trial led by {100 * sel['lead']:.1f})"
 
 
 def _pct(x) -> str:
@@ -172,7 +185,7 @@ def report() -> str:
         rho = sw["spearman_objective_oracle"]
         lines.append(
             f"| {_objective(r)} | {r['eps']:g} | {r['seed']} | ({sw['released']['eps']:.3f}, {sw['released']['delta']:.3g}) | "
-            f"layers {c['layers']}, B {c['batch']}, lr {c['lr']:.2g}, {c['epochs']} epochs | guidance {sw['free']['guidance']:g} | "
+            f"layers {c['layers']}, B {c['batch']}, lr {c['lr']:.2g}, {c['epochs']} epochs{_kept(sw)} | guidance {sw['free']['guidance']:g} | "
             f"{_pct(sw['oracle']['oracle/accuracy'])} | {_pct(de['oracle']['oracle/accuracy'])} | "
             f"**{100 * r['gain']:+.2f}** | {_pct(de['oracle_at_sweep_free_setting']['oracle/accuracy'])} | "
             f"{'–' if rho is None else f'{rho:.2f}'} | {sw['seconds']['sweep_total'] / 60:.0f} min |")
@@ -206,6 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--retrain-default", action="store_true", help="fine-tune the default arm in this run too")
     p.add_argument("--objective", choices=["count", "generator"], default=None,
                    help="the sweep's objective (default: the shipped space's)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="objective count: keep the reference unless beaten by this much (default: the shipped space's)")
     p.add_argument("--default-model", action="append", default=[], metavar="EPS=DIR")
     a = p.parse_args(argv)
     models = {**DEFAULT_MODELS, **{float(k): Path(v) for k, v in (s.split("=", 1) for s in a.default_model)}}
@@ -214,12 +229,16 @@ def main(argv=None) -> int:
     objective = a.objective or yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())["validation"].get(
         "objective", "auto")
     objective = "count" if objective == "auto" else objective  # what auto is under --eps-total (search/design.py)
+    margin = a.margin if a.margin is not None else yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())[
+        "validation"].get("reference_margin", 0.03)
+    arm = _objective({"objective": objective, "margin": margin if objective == "count" else 0.0})
     with tempfile.TemporaryDirectory(prefix="search-value-") as d:
         for eps in a.eps:
             for seed in a.seeds:
                 earlier = next((r["default"] for r in old if (r["eps"], r["seed"]) == (eps, seed)), None)
-                row = run_one(eps, seed, a.trials, test, a.retrain_default, models.get(eps), Path(d), objective, earlier)
-                old = [r for r in old if (r["eps"], r["seed"], _objective(r)) != (eps, seed, objective)] + [row]
+                row = run_one(eps, seed, a.trials, test, a.retrain_default, models.get(eps), Path(d), objective, margin,
+                              earlier)
+                old = [r for r in old if (r["eps"], r["seed"], _objective(r)) != (eps, seed, arm)] + [row]
                 OUT.write_text(json.dumps({"protocol": LADDER.describe(), "rows": old, "summary": summarize(old)},
                                           indent=2, default=str))
     print(json.dumps(summarize(old), indent=2))

@@ -36,7 +36,8 @@ def _scored(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("status") == "DONE" and _finite(r.get("objective"))]
 
 
-def plot_objective_vs_oracle(rows: list[dict], spearman):
+def plot_objective_vs_oracle(rows: list[dict], spearman, selected: str | None = None):
+    """`selected`: the released trial (search/selection.py may keep the reference over the best objective)."""
     import matplotlib.pyplot as plt
 
     pts = [r for r in _scored(rows) if _finite(r.get("oracle_accuracy"))]
@@ -47,9 +48,9 @@ def plot_objective_vs_oracle(rows: list[dict], spearman):
     for r in pts:
         ax.annotate(r["layers"], (r["objective"], r["oracle_accuracy"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    best = max(pts, key=lambda r: r["objective"])
+    best = next((r for r in pts if r.get("trial") == selected), None) or max(pts, key=lambda r: r["objective"])
     ax.scatter([best["objective"]], [best["oracle_accuracy"]], s=160, facecolors="none", edgecolors="tab:red",
-               label="selected (best objective)")
+               label="selected")
     rho = f"Spearman ρ = {spearman:.3f}" if _finite(spearman) else "Spearman ρ: fewer than 3 scored trials"
     ax.set(xlabel="objective: accuracy on the DP validation set (or noisy held-out count)",
            ylabel="ORACLE accuracy (real test split, not DP)", title=rho)
@@ -192,7 +193,7 @@ def build_report(sweep_path: str, out: Path) -> Path:
         [int(str(r["layers"]).split("-")[1]) for r in _scored(rows)] or [1])
     best, best_oracle = summary.get("best"), summary.get("best_oracle")
     g = privacy["released"]
-    plots = [_png(f) for f in (plot_objective_vs_oracle(rows, summary.get("spearman")),
+    plots = [_png(f) for f in (plot_objective_vs_oracle(rows, summary.get("spearman"), (best or {}).get("trial")),
                                plot_layer_heatmap(rows, n_layers), plot_clip_batch(rows)) if f is not None]
     grids = []
     for r in _scored(rows)[:4]:
@@ -211,7 +212,10 @@ def build_report(sweep_path: str, out: Path) -> Path:
         f"ε = {saved['options']['eps']:g}. Details below.</p>",
     ]
     if best:
-        parts.append(f"<p>Selected (best objective): trial {e(best['trial'])}, layers {e(str(best['layers']))}, "
+        from dpsearch.search.selection import describe
+
+        how = (summary.get("extra") or {}).get("selection")
+        parts.append(f"<p>Selected ({e(describe(how).removeprefix('selection: ')) if how else 'best objective'}): trial {e(best['trial'])}, layers {e(str(best['layers']))}, "
                      f"C {best['clip']:.3g}, B {best['batch']}, objective {best['objective']:.4f}, "
                      f"<span class='oracle'>ORACLE accuracy {best.get('oracle_accuracy') or float('nan'):.4f}</span>; "
                      f"model: <code>{e(str(best.get('checkpoint')))}/model</code></p>")

@@ -185,6 +185,9 @@ class Validation(_Strict):
     objective: Literal["auto", "generator", "count"] = "auto"
     per_class: int = Field(100, gt=0)
     eps: Optional[float] = Field(None, gt=0, le=EPS_MAX)  # the validation generator's ε; default: the sweep's
+    # objective count: the reference configuration (trial 1) is released unless a trial beats it by this much
+    # (accuracy, 0.03 = 3 points; search/selection.py says why); 0 = plain best objective
+    reference_margin: float = Field(0.03, ge=0, lt=1)
 
 
 class Slices(_Strict):

@@ -123,6 +123,11 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
             c.log_param(run_id, f"validation/{k}", v[k])
     if summary.get("spearman") is not None:
         c.log_metric(run_id, "spearman_objective_vs_oracle", summary["spearman"])
+    sel = (summary.get("extra") or {}).get("selection")
+    if sel:
+        from dpsearch.search.selection import describe
+
+        c.set_tag(run_id, "selection", describe(sel))
     for name, row in (("best", summary.get("best")), ("best_oracle", summary.get("best_oracle"))):
         if row:
             c.set_tag(run_id, f"{name}.trial", row["trial"])
@@ -132,7 +137,7 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
                 c.set_tag(run_id, f"{name}.checkpoint", row["checkpoint"])
     from dpsearch.html_report import plot_objective_vs_oracle
 
-    fig = plot_objective_vs_oracle(summary.get("rows") or [], summary.get("spearman"))
+    fig = plot_objective_vs_oracle(summary.get("rows") or [], summary.get("spearman"), (summary.get("best") or {}).get("trial"))
     if fig is not None:  # the Spearman figure: did the DP synthetic validation rank trials like the oracle?
         import matplotlib.pyplot as plt
 

@@ -225,6 +225,10 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     assert scale == pytest.approx(sizes["tuning"] / sizes["final"])
     assert done and all(r["eps"] < 5.0 and r["q"] == pytest.approx(
         poisson_plan(sizes["tuning"], scaled_batch(r["batch"], scale), r["epochs"])[0]) for r in done)
+    # the reference (trial 1) is released unless a trial beat it on the counts by the space's margin
+    sel, margin = res.extra["selection"], load_space("smoke").validation.reference_margin
+    assert sel["reference_trial"] in {r["trial"] for r in done} and sel["margin"] == margin
+    assert res.best["trial"] == (sel["reference_trial"] if sel["lead"] < margin else sel["best_trial"])
     assert final["config"]["batch"] == res.best["batch"] and final["privacy"]["q"] == pytest.approx(
         poisson_plan(sizes["final"], res.best["batch"], res.best["epochs"])[0])
     # the free choice was made on the counts, among the space's candidates
@@ -245,6 +249,7 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     tags, params = parent[0].data.tags, parent[0].data.params
     assert tags["final.release"] == final["release"] and tags["final.model"] == final["model"]
     assert float(params["free/guidance"]) == final["free"]["guidance"] and params["released/mode"] == "slices"
+    assert tags["selection"].startswith("selection: ")
     assert {"final/DATA_CARD.md", "final/grid.png", "final/result.json"} <= {
         a.path for a in client.list_artifacts(parent[0].info.run_id, "final")}
     assert len(children) == 2

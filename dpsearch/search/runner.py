@@ -174,7 +174,10 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             grid = tuner.fit()
             rows = rows_of(grid)
-            result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0)
+            first = first_points(design, space, n_layers)  # the reference ran as trial 1: the selection may keep it
+            result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0,
+                               reference=space.reference if first else None, n_layers=n_layers,
+                               margin=space.validation.reference_margin)
             meta.write_text("summary.json", json.dumps(asdict(result), indent=2, default=str))
             if opts.release and result.best:
                 from dpsearch.search.final import finish

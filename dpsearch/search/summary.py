@@ -59,9 +59,13 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds: float) -> SweepResult:
-    """Sorts by objective; how well the synthetic validation ranked trials against the oracle."""
+def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds: float, reference=None,
+              n_layers: int = 0, margin: float = 0.0) -> SweepResult:
+    """Sorts by objective; how well the objective ranked trials against the oracle; the selection
+    (search/selection.py: `reference`, the space's reference configuration when it ran as a trial)."""
     from scipy.stats import spearmanr
+
+    from dpsearch.search.selection import is_reference, select
 
     done = [r for r in rows if _finite(r["objective"]) and r["status"] != "ERROR"]  # an errored trial is never picked
     done.sort(key=lambda r: -r["objective"])
@@ -70,9 +74,10 @@ def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds
     both = [r for r in done if _finite(r["oracle_accuracy"])]
     if len(both) >= 3:
         rho = float(spearmanr([r["objective"] for r in both], [r["oracle_accuracy"] for r in both]).statistic)
-    best = done[0] if done else None
+    ref = next((r for r in done if is_reference(r, reference, n_layers)), None) if reference is not None else None
+    best, how = select(done, ref, margin)
     best_oracle = max(both, key=lambda r: r["oracle_accuracy"]) if both else None
-    return SweepResult(name, path, done + rest, val_privacy, rho, best, best_oracle, seconds)
+    return SweepResult(name, path, done + rest, val_privacy, rho, best, best_oracle, seconds, {"selection": how})
 
 
 def format_final(f: dict) -> str:
@@ -110,8 +115,12 @@ def format_summary(res: SweepResult) -> str:
     if res.spearman is not None:
         lines.append(f"Spearman(objective, oracle accuracy) = {res.spearman:.3f} over {sum(1 for r in res.rows if _finite(r['objective']))} trials")
     if res.best:
+        from dpsearch.search.selection import describe
+
         b, bo = res.best, res.best_oracle
-        lines.append(f"selected by objective: {b['trial']} (layers {b['layers']}), oracle accuracy "
+        if "selection" in res.extra:
+            lines.append(describe(res.extra["selection"]))
+        lines.append(f"selected: {b['trial']} (layers {b['layers']}), oracle accuracy "
                      f"{100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)")
         if bo:
             lines.append(f"best oracle trial: {bo['trial']} (layers {bo['layers']}), oracle accuracy {100 * bo['oracle_accuracy']:.2f}%")
