@@ -200,6 +200,7 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
 
     raw = load_space("smoke").model_dump(mode="json")
     raw["validation"]["objective"] = "count"
+    raw["accountant"] = "rdp"  # the per-trial ε solve calibrates σ some thirty times: seconds with RDP, a minute with PRV
     (tmp_path / "counted.yaml").write_text(yaml.safe_dump(raw))
     res = run_sweep(SweepOptions(eps_total=5.0, space=str(tmp_path / "counted.yaml"), trials=2, concurrency=1,
                                  sampler="random", seed=2, model=str(tiny_model_dir), name="sliced", progress=False))

@@ -33,7 +33,8 @@ def test_the_design_follows_the_budget_flag():
 
 
 def test_slices_give_each_part_its_own_records_and_the_trials_the_final_runs_q():
-    d = plan(SweepOptions(eps_total=4.0, trials=3), _space(), _private())
+    # RDP calibrates in milliseconds; the PRV solve is covered in tests/privacy/test_report.py
+    d = plan(SweepOptions(eps_total=4.0, trials=3), _space(accountant="rdp"), _private())
     sizes = d.slices["sizes"]
     assert d.name == "slices" and sum(sizes.values()) == 3000
     assert (len(d.trial_data), len(d.validation_data), len(d.final_data)) == (sizes["tuning"], sizes["validation"],
