@@ -6,6 +6,7 @@ Gaussian mechanism, sampling rate q, noise σ·C on the sum of per-sample gradie
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -28,6 +29,7 @@ def poisson_plan(n: int, batch: int, epochs: int) -> tuple[float, int]:
 ACCOUNTANT_REL_TOL, ACCOUNTANT_ABS_TOL = 0.03, 0.01
 
 
+@functools.lru_cache(maxsize=1024)  # deterministic in its arguments; a sweep's report asks for the same σ many times
 def calibrate_sigma(eps: float, delta: float, q: float, steps: int, accountant: str = "prv") -> float:
     """The smallest σ (to 0.2%) for which the run is (ε, δ)-DP by `accountant`, in bounded time and memory.
 
