@@ -212,10 +212,8 @@ def build_report(sweep_path: str, out: Path) -> Path:
         f"ε = {saved['options']['eps']:g}. Details below.</p>",
     ]
     if best:
-        from dpsearch.search.selection import describe
-
-        how = (summary.get("extra") or {}).get("selection")
-        parts.append(f"<p>Selected ({e(describe(how).removeprefix('selection: ')) if how else 'best objective'}): trial {e(best['trial'])}, layers {e(str(best['layers']))}, "
+        how = ((summary.get("extra") or {}).get("selection") or {}).get("text", "best objective")
+        parts.append(f"<p>Selected ({e(how.removeprefix('selection: '))}): trial {e(best['trial'])}, layers {e(str(best['layers']))}, "
                      f"C {best['clip']:.3g}, B {best['batch']}, objective {best['objective']:.4f}, "
                      f"<span class='oracle'>ORACLE accuracy {best.get('oracle_accuracy') or float('nan'):.4f}</span>; "
                      f"model: <code>{e(str(best.get('checkpoint')))}/model</code></p>")

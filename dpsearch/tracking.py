@@ -124,10 +124,8 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
     if summary.get("spearman") is not None:
         c.log_metric(run_id, "spearman_objective_vs_oracle", summary["spearman"])
     sel = (summary.get("extra") or {}).get("selection")
-    if sel:
-        from dpsearch.search.selection import describe
-
-        c.set_tag(run_id, "selection", describe(sel))
+    if sel and sel.get("text"):
+        c.set_tag(run_id, "selection", sel["text"])
     for name, row in (("best", summary.get("best")), ("best_oracle", summary.get("best_oracle"))):
         if row:
             c.set_tag(run_id, f"{name}.trial", row["trial"])

@@ -31,20 +31,21 @@ def is_reference(row: dict, reference, n_layers: int) -> bool:
 def select(ranked: list[dict], reference_row: Optional[dict], margin: float) -> tuple[Optional[dict], dict]:
     """(selected row, how it was chosen) from trials sorted by objective, best first."""
     if not ranked:
-        return None, {"rule": "best objective", "selected": None}
+        return None, {"rule": "best objective", "selected": None, "text": "selection: best objective"}
     top = ranked[0]
     if reference_row is None or margin <= 0:
-        return top, {"rule": "best objective", "selected": top["trial"]}
+        return top, {"rule": "best objective", "selected": top["trial"], "text": "selection: best objective"}
     lead = top["objective"] - reference_row["objective"]
     keep = lead < margin
     chosen = reference_row if keep else top
-    return chosen, {"rule": f"reference kept unless beaten by ≥ {margin:g} on the objective", "margin": margin,
-                    "reference_trial": reference_row["trial"], "best_trial": top["trial"], "lead": lead,
-                    "kept_reference": keep, "selected": chosen["trial"]}
+    how = {"rule": f"reference kept unless beaten by ≥ {margin:g} on the objective", "margin": margin,
+           "reference_trial": reference_row["trial"], "best_trial": top["trial"], "lead": lead,
+           "kept_reference": keep, "selected": chosen["trial"]}
+    return chosen, {**how, "text": describe(how)}  # the text travels with it (tracking, the HTML report)
 
 
 def describe(sel: dict) -> str:
-    """One line for the sweep's summary."""
+    """One line for the sweep's summary, MLflow and the HTML report."""
     if "reference_trial" not in sel:
         return "selection: best objective"
     if sel["kept_reference"]:

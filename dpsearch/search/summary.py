@@ -115,11 +115,9 @@ def format_summary(res: SweepResult) -> str:
     if res.spearman is not None:
         lines.append(f"Spearman(objective, oracle accuracy) = {res.spearman:.3f} over {sum(1 for r in res.rows if _finite(r['objective']))} trials")
     if res.best:
-        from dpsearch.search.selection import describe
-
         b, bo = res.best, res.best_oracle
-        if "selection" in res.extra:
-            lines.append(describe(res.extra["selection"]))
+        if res.extra.get("selection", {}).get("text"):
+            lines.append(res.extra["selection"]["text"])
         lines.append(f"selected: {b['trial']} (layers {b['layers']}), oracle accuracy "
                      f"{100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)")
         if bo:
