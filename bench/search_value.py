@@ -34,6 +34,7 @@ from bench.ceiling import LADDER, private_split  # noqa: E402
 from dpsearch.config import FinetuneConfig, SampleConfig  # noqa: E402
 from dpsearch.data import ImageSet  # noqa: E402
 from dpsearch.protocol import N_PRIVATE, benchmark_delta, score  # noqa: E402
+from dpsearch.space import load_space  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "search_value.json"
 DEFAULT_MODELS = {1.0: ROOT / "runs" / "ceiling" / "dp-eps1-release-model",
@@ -227,11 +228,10 @@ def main(argv=None) -> int:
     models = {**DEFAULT_MODELS, **{float(k): Path(v) for k, v in (s.split("=", 1) for s in a.default_model)}}
     _, _, test = private_split()
     old = json.loads(OUT.read_text())["rows"] if OUT.exists() else []
-    objective = a.objective or yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())["validation"].get(
-        "objective", "auto")
+    shipped = load_space("mnist").validation
+    objective = a.objective or shipped.objective
     objective = "count" if objective == "auto" else objective  # what auto is under --eps-total (search/design.py)
-    margin = a.margin if a.margin is not None else yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())[
-        "validation"].get("reference_margin", 0.03)
+    margin = a.margin if a.margin is not None else shipped.reference_margin
     arm = _objective({"objective": objective, "margin": margin if objective == "count" else 0.0})
     with tempfile.TemporaryDirectory(prefix="search-value-") as d:
         for eps in a.eps:

@@ -155,6 +155,7 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
 
                 callbacks.append(TrialTracker(uri, name, parent))
             path = Store(storage).uri(name)
+            first = first_points(design, space, n_layers)  # the reference as trial 1: the selection may keep it
             if resume and tune.Tuner.can_restore(path):
                 tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                              resume_errored=retry_errored)
@@ -167,14 +168,13 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                                           f"longer hold). Start a new sweep.")
                     log.warning("sweep %s: Ray's experiment state cannot be restored; starting %d new trials. The %d trials "
                                 "already started stay counted in the released ε.", name, opts.trials, len(started))
-                tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space, first_points(design, space, n_layers)),
+                tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space, first),
                                    run_config=tune.RunConfig(
                                        name=name, storage_path=storage, verbose=1 if opts.progress else 0,
                                        failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             grid = tuner.fit()
             rows = rows_of(grid)
-            first = first_points(design, space, n_layers)  # the reference ran as trial 1: the selection may keep it
             result = summarize(name, Store(storage).uri(name), rows, val_privacy, time.time() - t0,
                                reference=space.reference if first else None, n_layers=n_layers,
                                margin=space.validation.reference_margin)
