@@ -13,6 +13,7 @@ writes bench/results/transfer.json (merged by ε, seed and arm). Oracle figures:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -29,12 +30,18 @@ from dpsearch.protocol import benchmark_delta  # noqa: E402
 OUT = ROOT / "bench" / "results" / "transfer.json"
 
 
+@functools.cache
+def _shipped_space():
+    from dpsearch.space import load_space
+
+    return load_space("mnist")
+
+
 def _is_reference(t: dict) -> bool:
     """The shipped space's reference configuration (its layer range spans the embedded model's modules)."""
     from dpsearch.search.selection import is_reference
-    from dpsearch.space import load_space
 
-    space = load_space("mnist")
+    space = _shipped_space()
     # clip is fixed in the shipped space, so search_value.json does not store it per trial
     return is_reference({"clip": space.reference.clip, **t}, space.reference, space.params.layers.high)
 

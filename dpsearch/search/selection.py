@@ -30,11 +30,11 @@ def is_reference(row: dict, reference, n_layers: int) -> bool:
 
 def select(ranked: list[dict], reference_row: Optional[dict], margin: float) -> tuple[Optional[dict], dict]:
     """(selected row, how it was chosen) from trials sorted by objective, best first."""
-    if not ranked:
-        return None, {"rule": "best objective", "selected": None, "text": "selection: best objective"}
+    if not ranked or reference_row is None or margin <= 0:
+        top = ranked[0] if ranked else None
+        how = {"rule": "best objective", "selected": top["trial"] if top else None}
+        return top, {**how, "text": describe(how)}
     top = ranked[0]
-    if reference_row is None or margin <= 0:
-        return top, {"rule": "best objective", "selected": top["trial"], "text": "selection: best objective"}
     lead = top["objective"] - reference_row["objective"]
     keep = lead < margin
     chosen = reference_row if keep else top
