@@ -16,6 +16,7 @@ from dpsearch.config import ConfigError, FinetuneConfig, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
 from dpsearch.privacy import PrivacyRecord, epsilon_for
+from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer
 from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
 from dpsearch.privacy.randomness import MechanismRandomness
 
@@ -179,7 +180,9 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         optimizer.load_state_dict(resume.optimizer)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
-                                                        rng=rng, steps_per_epoch=plan.steps_per_epoch)
+                                                        rng=rng, steps_per_epoch=plan.steps_per_epoch,
+                                                        clipping=cfg.clipping)
+    clipping = "bookkeeping" if isinstance(optimizer, BookkeepingDPOptimizer) else "hooks"
 
     history = list(resume.history) if resume else []
     done = resume.steps if resume else 0
@@ -216,7 +219,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         sigma=sigma, q=q, steps=steps, epochs=cfg.epochs, clip=cfg.clip, batch=cfg.batch, n=n,
         layers=f"{a}-{b}" if cfg.scope == "attention" else "unet",
         trainable_params=n_trainable, trainable_fraction=n_trainable / n_total,
-        randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded")
+        randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded", clipping=clipping)
     return FinetuneResult(model, record, history)
 
 

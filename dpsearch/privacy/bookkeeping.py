@@ -1,0 +1,370 @@
+"""Book-keeping clipping: per-sample gradient norms and the clipped sum from one backward pass.
+
+Why by hand: Opacus' hooks mode materialises every trainable layer's per-sample gradients in Python
+backward hooks while autograd still computes the batch gradient `p.grad` that Opacus throws away, and
+its ghost mode pays a second backward pass (docs/performance.md). Book-keeping (Bu, Wang, Zha, Karypis,
+ICML 2023, arXiv 2210.00038) keeps each trainable layer's input and output gradient from the single
+backward pass, takes per-sample norms from them (the "ghost norm" Σ_tt' (a_t·a_t')(g_t·g_t'), or the
+per-sample gradient itself when that is smaller) and forms the clipped sum as one matrix product. Opacus
+has no such path, so the backward of the layer types a trainable attention set holds (Linear, 1×1
+Conv2d, LayerNorm, GroupNorm, Embedding) is written here. Everything else is Opacus': the DPOptimizer
+adds the noise, scales by the expected batch, skips the partial steps of BatchMemoryManager and calls
+the accountant; only `clip_and_accumulate` reads this module's tape instead of `p.grad_sample`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from opacus.optimizers import DPOptimizer
+
+
+class UnsupportedLayer(ValueError):
+    """A trainable parameter sits in a layer this path has no per-sample rule for (use Opacus' hooks)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a layer leaves on the tape during backward. `scale` turns the gradient of the mean loss over the
+# physical batch into each example's own gradient (× batch size), as Opacus does for loss_reduction="mean".
+
+
+@dataclass
+class _Slot:
+    """One trainable layer: its parameters and the records its backward left since the last step."""
+
+    name: str
+    module: nn.Module
+    kind: str
+    ghost: str  # "auto" | "always" | "never": how a linear layer's per-sample norm is computed
+    records: list = field(default_factory=list)
+    _cache: dict | None = field(default=None, repr=False)  # per-sample gradients, when instantiated
+
+    def params(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.module.named_parameters(recurse=False) if p.requires_grad}
+
+    # ---- per-sample norms ------------------------------------------------------------------------------------
+    def norms2(self) -> torch.Tensor:
+        """Squared per-sample gradient norm over this layer's trainable parameters, shape [B]."""
+        if self.kind in ("linear", "conv1x1"):
+            return self._linear_norms2()
+        total = 0
+        for per_sample in self._materialised().values():
+            total = total + per_sample.flatten(1).pow(2).sum(1)
+        return total
+
+    def _use_ghost(self, x: torch.Tensor, g: torch.Tensor) -> bool:
+        if self.ghost != "auto":
+            return self.ghost == "always"
+        t, i, o = x.shape[1], x.shape[2], g.shape[2]
+        return 2 * t * t < i * o  # the paper's rule: the T×T Gram matrices are smaller than an O×I gradient
+
+    def _linear_norms2(self) -> torch.Tensor:
+        weight = self.module.weight.requires_grad
+        bias = self.module.bias is not None and self.module.bias.requires_grad
+        if len(self.records) == 1 and self._use_ghost(*self.records[0]):
+            x, g = self.records[0]
+            out = 0
+            if weight:
+                out = (torch.bmm(x, x.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+            if bias:
+                out = out + g.sum(1).pow(2).sum(1)
+            return out
+        # A layer used more than once per example, or one whose Gram matrices would be larger: instantiate.
+        out = 0
+        for per_sample in self._materialised().values():
+            out = out + per_sample.flatten(1).pow(2).sum(1)
+        return out
+
+    def _materialised(self) -> dict[str, torch.Tensor]:
+        """Per-sample gradients of the trainable parameters, [B, *p.shape] each (computed once, kept)."""
+        if self._cache is not None:
+            return self._cache
+        out: dict[str, torch.Tensor] = {}
+        if self.kind in ("linear", "conv1x1"):
+            w = self.module.weight
+            if w.requires_grad:
+                out["weight"] = sum(torch.bmm(g.transpose(1, 2), x) for x, g in self.records).view(-1, *w.shape)
+            if self.module.bias is not None and self.module.bias.requires_grad:
+                out["bias"] = sum(g.sum(1) for _, g in self.records)
+        else:  # norms and embeddings record their (small) per-sample gradients directly
+            for rec in self.records:
+                for name, per_sample in rec.items():
+                    out[name] = per_sample if name not in out else out[name] + per_sample
+        self._cache = out
+        return out
+
+    # ---- the clipped sum -------------------------------------------------------------------------------------
+    def clipped_sum(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Σ_i c_i · (example i's gradient) for each trainable parameter, shaped like the parameter."""
+        params = self.params()
+        if self.kind in ("linear", "conv1x1") and self._cache is None:
+            # Ghost branch: the clipped sum is one product over the batch and positions, never per example.
+            out = {}
+            for name, p in params.items():
+                total = 0
+                for x, g in self.records:
+                    gc = g * c.view(-1, 1, 1)
+                    total = total + (gc.flatten(0, 1).T @ x.flatten(0, 1) if name == "weight" else gc.sum((0, 1)))
+                out[name] = total.view_as(p)
+            return out
+        return {name: torch.einsum("b,b...->...", c, per_sample).view_as(params[name])
+                for name, per_sample in self._materialised().items()}
+
+    def clear(self) -> None:
+        self.records.clear()
+        self._cache = None
+
+
+class _LinearFn(torch.autograd.Function):
+    """y = x Wᵀ + b whose backward returns dL/dx only and leaves (x, dL/dy) on the tape: no batch p.grad."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, slot, scale_by_batch):
+        ctx.save_for_backward(x, weight)
+        ctx.slot, ctx.scale_by_batch = slot, scale_by_batch
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        b = g.shape[0]
+        s = b if ctx.scale_by_batch else 1
+        ctx.slot.records.append((x.reshape(b, -1, x.shape[-1]), s * g.reshape(b, -1, g.shape[-1])))
+        gx = g @ weight if ctx.needs_input_grad[0] else None
+        return gx, None, None, None, None
+
+
+class _Conv1x1Fn(torch.autograd.Function):
+    """A 1×1, stride-1 convolution is a Linear over channels at every position: the same tape entry."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, slot, scale_by_batch):
+        ctx.save_for_backward(x, weight)
+        ctx.slot, ctx.scale_by_batch = slot, scale_by_batch
+        return F.conv2d(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        b, o = g.shape[:2]
+        s = b if ctx.scale_by_batch else 1
+        ctx.slot.records.append((x.flatten(2).transpose(1, 2), s * g.flatten(2).transpose(1, 2)))
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.einsum("bohw,oi->bihw", g, weight.view(o, -1))
+        return gx, None, None, None, None
+
+
+class _AffineFn(torch.autograd.Function):
+    """The affine part of LayerNorm (channels last) / GroupNorm (channels at dim 1), on the normalised input."""
+
+    @staticmethod
+    def forward(ctx, xhat, weight, bias, slot, scale_by_batch, channel_dim):
+        shape = [1] * xhat.dim()
+        shape[channel_dim] = -1
+        ctx.save_for_backward(xhat, weight)
+        ctx.slot, ctx.scale_by_batch, ctx.channel_dim, ctx.has_bias = slot, scale_by_batch, channel_dim, bias is not None
+        out = xhat * weight.view(shape)
+        return out + bias.view(shape) if bias is not None else out
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, weight = ctx.saved_tensors
+        b, c = g.shape[0], weight.numel()
+        s = b if ctx.scale_by_batch else 1
+        gm, xm = (g.reshape(b, -1, c), xhat.reshape(b, -1, c)) if ctx.channel_dim == -1 else \
+            (g.reshape(b, c, -1).transpose(1, 2), xhat.reshape(b, c, -1).transpose(1, 2))
+        rec = {}
+        if ctx.needs_input_grad[1]:
+            rec["weight"] = s * (gm * xm).sum(1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            rec["bias"] = s * gm.sum(1)
+        ctx.slot.records.append(rec)
+        gx = None
+        if ctx.needs_input_grad[0]:
+            shape = [1] * g.dim()
+            shape[ctx.channel_dim] = -1
+            gx = g * weight.view(shape)
+        return gx, None, None, None, None, None
+
+
+class _EmbeddingFn(torch.autograd.Function):
+    """An embedding lookup whose per-sample gradient ([B, rows, dim], small for a class table) is recorded."""
+
+    @staticmethod
+    def forward(ctx, idx, weight, slot, scale_by_batch):
+        ctx.save_for_backward(idx)
+        ctx.slot, ctx.scale_by_batch, ctx.rows = slot, scale_by_batch, weight.shape[0]
+        return F.embedding(idx, weight)
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        b, d = g.shape[0], g.shape[-1]
+        s = b if ctx.scale_by_batch else 1
+        per_sample = torch.zeros(b, ctx.rows, d, dtype=g.dtype, device=g.device)
+        per_sample.scatter_add_(1, idx.reshape(b, -1, 1).expand(-1, -1, d), s * g.reshape(b, -1, d))
+        ctx.slot.records.append({"weight": per_sample})
+        return None, None, None, None
+
+
+def _kind(m: nn.Module) -> str:
+    if type(m) is nn.Linear or (isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward):
+        return "linear"
+    if isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward and m.kernel_size == (1, 1) \
+            and m.stride == (1, 1) and m.padding in ((0, 0), "valid") and m.dilation == (1, 1) and m.groups == 1 \
+            and m.padding_mode == "zeros":
+        return "conv1x1"
+    if isinstance(m, nn.LayerNorm) and type(m).forward is nn.LayerNorm.forward and len(m.normalized_shape) == 1:
+        return "layernorm"
+    if isinstance(m, nn.GroupNorm) and type(m).forward is nn.GroupNorm.forward:
+        return "groupnorm"
+    if isinstance(m, nn.Embedding) and type(m).forward is nn.Embedding.forward and m.padding_idx is None \
+            and m.max_norm is None and not m.scale_grad_by_freq and not m.sparse:
+        return "embedding"
+    raise UnsupportedLayer(type(m).__name__)
+
+
+def _forward(slot: _Slot, scale_by_batch: bool):
+    m = slot.module
+
+    def check():
+        if torch.is_grad_enabled() and slot.records:
+            raise RuntimeError("a second forward pass with per-sample gradients still pending on the tape: call "
+                               "optimizer.step() (or zero_grad()) after every backward pass")
+
+    if slot.kind == "linear":
+        def fwd(x):
+            check()
+            return _LinearFn.apply(x, m.weight, m.bias, slot, scale_by_batch)
+    elif slot.kind == "conv1x1":
+        def fwd(x):
+            check()
+            return _Conv1x1Fn.apply(x, m.weight, m.bias, slot, scale_by_batch)
+    elif slot.kind == "layernorm":
+        def fwd(x):
+            check()
+            xhat = F.layer_norm(x, m.normalized_shape, None, None, m.eps)
+            return _AffineFn.apply(xhat, m.weight, m.bias, slot, scale_by_batch, -1)
+    elif slot.kind == "groupnorm":
+        def fwd(x):
+            check()
+            xhat = F.group_norm(x, m.num_groups, None, None, m.eps)
+            return _AffineFn.apply(xhat, m.weight, m.bias, slot, scale_by_batch, 1)
+    else:
+        def fwd(idx):
+            check()
+            return _EmbeddingFn.apply(idx, m.weight, slot, scale_by_batch)
+    return fwd
+
+
+class Tape:
+    """Installs the book-keeping forward on every layer of `root` that holds a trainable parameter.
+
+    Raises UnsupportedLayer (naming the layers) if any such layer has no rule here; nothing is changed then.
+    `remove()` restores the layers' own forward.
+    """
+
+    def __init__(self, root: nn.Module, scale_by_batch: bool = True, ghost: str = "auto"):
+        slots, bad = [], []
+        for name, m in root.named_modules():
+            if any(p.requires_grad for p in m.parameters(recurse=False)):
+                try:
+                    slots.append(_Slot(name, m, _kind(m), ghost))
+                except UnsupportedLayer as e:
+                    bad.append(f"{name or '<root>'} ({e})")
+        if bad:
+            raise UnsupportedLayer(f"book-keeping clipping has no per-sample rule for trainable layer(s) "
+                                   f"{', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}; use clipping 'hooks'")
+        self.slots = slots
+        self._saved = []
+        for slot in slots:
+            self._saved.append((slot.module, slot.module.__dict__.get("forward")))
+            slot.module.forward = _forward(slot, scale_by_batch)
+        self._owner = {id(p): (slot, n) for slot in slots for n, p in slot.params().items()}
+
+    def has_records(self) -> bool:
+        return any(s.records for s in self.slots)
+
+    def per_sample_norms(self) -> torch.Tensor:
+        """‖example i's gradient over all trainable parameters‖, shape [B]."""
+        return torch.sqrt(sum(s.norms2() for s in self.slots if s.records))
+
+    def clip_and_sum(self, params: list[nn.Parameter], max_norm: float) -> list[torch.Tensor]:
+        """Opacus' flat clipping (factor min(1, C / (‖g_i‖ + 1e-6))) summed over the batch, one tensor per param."""
+        norms = self.per_sample_norms()
+        c = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        sums: dict[int, torch.Tensor] = {}
+        for slot in self.slots:
+            if slot.records:
+                for name, total in slot.clipped_sum(c).items():
+                    sums[id(slot.module._parameters[name])] = total
+        missing = [i for i, p in enumerate(params) if id(p) not in sums]
+        if missing:
+            raise RuntimeError(f"{len(missing)} trainable parameter(s) got no per-sample gradient in this backward "
+                               f"pass (not reached by the loss, or not book-kept); refusing to step")
+        return [sums[id(p)] for p in params]
+
+    def clear(self) -> None:
+        for s in self.slots:
+            s.clear()
+
+    def remove(self) -> None:
+        for module, own in self._saved:
+            del module.forward
+            if own is not None:
+                module.forward = own
+        self._saved = []
+        self.clear()
+
+
+class BookkeepingDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer whose clipped sum comes from the tape. Noise, scaling, skipped partial steps and
+    the accountant hook are inherited unchanged. An empty Poisson batch (no backward, zero `p.grad_sample`
+    set by the caller) goes through Opacus' own clipping, as before."""
+
+    tape: Tape
+
+    @classmethod
+    def adopt(cls, optimizer: DPOptimizer, tape: Tape) -> "BookkeepingDPOptimizer":
+        # make_private built and wired `optimizer` (expected batch, noise generator, accountant hook); only
+        # the clipping differs, so the instance is re-classed rather than rebuilt by hand.
+        if type(optimizer) is not DPOptimizer:
+            raise TypeError(f"book-keeping clipping supports Opacus' flat DPOptimizer, got {type(optimizer).__name__}")
+        optimizer.__class__ = cls
+        optimizer.tape = tape
+        return optimizer
+
+    def _on_tape(self) -> bool:
+        return self.tape.has_records()
+
+    @property
+    def grad_samples(self):
+        # pre_step asks only whether there are parameters to clip; on the tape there are no per-sample tensors.
+        return [p for p in self.params] if self._on_tape() else super().grad_samples
+
+    @property
+    def accumulated_iterations(self) -> int:
+        # Read by scale_grad and the accountant hook after the tape is consumed: one backward per physical
+        # batch (the tape refuses a second before the step), unless Opacus' own per-sample tensors are set.
+        if all(getattr(p, "grad_sample", None) is None for p in self.params):
+            return 1
+        return super().accumulated_iterations
+
+    def clip_and_accumulate(self):
+        if not self._on_tape():
+            return super().clip_and_accumulate()
+        for p, total in zip(self.params, self.tape.clip_and_sum(self.params, self.max_grad_norm)):
+            total = total.to(p.dtype)
+            p.summed_grad = total if p.summed_grad is None else p.summed_grad + total
+        self.tape.clear()
+
+    def zero_grad(self, set_to_none: bool = False):
+        super().zero_grad(set_to_none)
+        self.tape.clear()
+
+
+__all__ = ["Tape", "BookkeepingDPOptimizer", "UnsupportedLayer"]
