@@ -28,7 +28,8 @@ class UnsupportedLayer(ValueError):
 
 # --------------------------------------------------------------------------------------------------------------
 # What a layer leaves on the tape during backward. `scale` turns the gradient of the mean loss over the
-# physical batch into each example's own gradient (× batch size), as Opacus does for loss_reduction="mean".
+# physical batch into each example's own gradient (× batch size), as Opacus does for loss_reduction="mean";
+# a linear layer's records stay unscaled and the scale multiplies only [B]-vectors (norms, clip factors).
 
 
 @dataclass
@@ -40,6 +41,7 @@ class _Slot:
     kind: str
     ghost: str  # "auto" | "always" | "never": how a linear layer's per-sample norm is computed
     records: list = field(default_factory=list)
+    scale: float = 1.0
     _cache: dict | None = field(default=None, repr=False)  # per-sample gradients, when instantiated
 
     def params(self) -> dict[str, nn.Parameter]:
@@ -71,15 +73,16 @@ class _Slot:
                 out = (torch.bmm(x, x.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
             if bias:
                 out = out + g.sum(1).pow(2).sum(1)
-            return out
+            return out * self.scale ** 2
         # A layer used more than once per example, or one whose Gram matrices would be larger: instantiate.
         out = 0
         for per_sample in self._materialised().values():
             out = out + per_sample.flatten(1).pow(2).sum(1)
-        return out
+        return out * self.scale ** 2
 
     def _materialised(self) -> dict[str, torch.Tensor]:
-        """Per-sample gradients of the trainable parameters, [B, *p.shape] each (computed once, kept)."""
+        """Per-sample gradients of the trainable parameters, [B, *p.shape] each (computed once, kept); a
+        linear layer's are unscaled (see `scale`)."""
         if self._cache is not None:
             return self._cache
         out: dict[str, torch.Tensor] = {}
@@ -102,20 +105,22 @@ class _Slot:
         params = self.params()
         if self.kind in ("linear", "conv1x1") and self._cache is None:
             # Ghost branch: the clipped sum is one product over the batch and positions, never per example.
-            out = {}
-            for name, p in params.items():
-                total = 0
-                for x, g in self.records:
-                    gc = g * c.view(-1, 1, 1)
-                    total = total + (gc.flatten(0, 1).T @ x.flatten(0, 1) if name == "weight" else gc.sum((0, 1)))
-                out[name] = total.view_as(p)
-            return out
+            out, c = {}, c * self.scale
+            for x, g in self.records:
+                gc = g * c.view(-1, 1, 1)
+                for name in params:
+                    part = gc.flatten(0, 1).T @ x.flatten(0, 1) if name == "weight" else gc.sum((0, 1))
+                    out[name] = part if name not in out else out[name] + part
+            return {name: total.view_as(params[name]) for name, total in out.items()}
+        if self.kind in ("linear", "conv1x1"):
+            c = c * self.scale
         return {name: torch.einsum("b,b...->...", c, per_sample).view_as(params[name])
                 for name, per_sample in self._materialised().items()}
 
     def clear(self) -> None:
         self.records.clear()
         self._cache = None
+        self.scale = 1.0
 
 
 class _LinearFn(torch.autograd.Function):
@@ -131,8 +136,8 @@ class _LinearFn(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         b = g.shape[0]
-        s = b if ctx.scale_by_batch else 1
-        ctx.slot.records.append((x.reshape(b, -1, x.shape[-1]), s * g.reshape(b, -1, g.shape[-1])))
+        ctx.slot.scale = b if ctx.scale_by_batch else 1
+        ctx.slot.records.append((x.reshape(b, -1, x.shape[-1]), g.reshape(b, -1, g.shape[-1])))
         gx = g @ weight if ctx.needs_input_grad[0] else None
         return gx, None, None, None, None
 
@@ -150,8 +155,8 @@ class _Conv1x1Fn(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         b, o = g.shape[:2]
-        s = b if ctx.scale_by_batch else 1
-        ctx.slot.records.append((x.flatten(2).transpose(1, 2), s * g.flatten(2).transpose(1, 2)))
+        ctx.slot.scale = b if ctx.scale_by_batch else 1
+        ctx.slot.records.append((x.flatten(2).transpose(1, 2), g.flatten(2).transpose(1, 2)))
         gx = None
         if ctx.needs_input_grad[0]:
             gx = torch.einsum("bohw,oi->bihw", g, weight.view(o, -1))
