@@ -189,23 +189,26 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     if done:
         engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
     bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune {_what(cfg, a, b)}", disable=not progress, leave=False)
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch, on_step=bar.update)
-        eps_spent = float(engine.accountant.get_epsilon(delta=delta))
-        # Divergence is judged on the DP output (the noisy weights), never on the private training loss.
-        if not all(torch.isfinite(p).all() for p in trainable):
-            raise FloatingPointError(f"DP fine-tune diverged: non-finite weights after epoch {epoch} with lr {cfg.lr:g}, "
-                                     f"layers {a}-{b}; lower the learning rate")
-        record = {"epoch": epoch, "eps_spent": eps_spent, "delta": delta, "steps": done}
-        history.append(record)
-        msg = f"epoch {epoch}/{cfg.epochs}: ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
-        (bar.write if progress else log.info)(msg)
-        if on_epoch is not None:
-            state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
-                                  optimizer.original_optimizer.state_dict(), list(history))
-            on_epoch(record, state)
-    bar.close()
-    dp_module._close()  # remove Opacus hooks so the model is a plain diffusers model again
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,
+                                 on_step=bar.update)
+            eps_spent = float(engine.accountant.get_epsilon(delta=delta))
+            # Divergence is judged on the DP output (the noisy weights), never on the private training loss.
+            if not all(torch.isfinite(p).all() for p in trainable):
+                raise FloatingPointError(f"DP fine-tune diverged: non-finite weights after epoch {epoch} with lr "
+                                         f"{cfg.lr:g}, layers {a}-{b}; lower the learning rate")
+            record = {"epoch": epoch, "eps_spent": eps_spent, "delta": delta, "steps": done}
+            history.append(record)
+            msg = f"epoch {epoch}/{cfg.epochs}: ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
+            (bar.write if progress else log.info)(msg)
+            if on_epoch is not None:
+                state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
+                                      optimizer.original_optimizer.state_dict(), list(history))
+                on_epoch(record, state)
+    finally:
+        bar.close()
+        dp_module._close()  # Opacus hooks / the book-keeping tape off: a plain diffusers model again, even on error
     model.unet.eval().requires_grad_(False)
     model.embedder.eval().requires_grad_(False)
 

@@ -40,6 +40,7 @@ class _Slot:
     module: nn.Module
     kind: str
     ghost: str  # "auto" | "always" | "never": how a linear layer's per-sample norm is computed
+    tape: "Tape" = field(repr=False)
     records: list = field(default_factory=list)
     scale: float = 1.0
     _cache: dict | None = field(default=None, repr=False)  # per-sample gradients, when instantiated
@@ -117,6 +118,14 @@ class _Slot:
         return {name: torch.einsum("b,b...->...", c, per_sample).view_as(params[name])
                 for name, per_sample in self._materialised().items()}
 
+    def add(self, batch: int, record) -> None:
+        # Every record must hold the whole physical batch, one row per example: a layer run on chunks of the
+        # batch (e.g. diffusers' chunked feed-forward) would otherwise be summed as if used twice per example.
+        if batch != self.tape.batch:
+            raise RuntimeError(f"layer {self.name} saw a batch of {batch} in a pass over {self.tape.batch} "
+                               f"examples; book-keeping needs each trainable layer to see the whole batch")
+        self.records.append(record)
+
     def clear(self) -> None:
         self.records.clear()
         self._cache = None
@@ -137,7 +146,7 @@ class _LinearFn(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         b = g.shape[0]
         ctx.slot.scale = b if ctx.scale_by_batch else 1
-        ctx.slot.records.append((x.reshape(b, -1, x.shape[-1]), g.reshape(b, -1, g.shape[-1])))
+        ctx.slot.add(b, (x.reshape(b, -1, x.shape[-1]), g.reshape(b, -1, g.shape[-1])))
         gx = g @ weight if ctx.needs_input_grad[0] else None
         return gx, None, None, None, None
 
@@ -156,7 +165,7 @@ class _Conv1x1Fn(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         b, o = g.shape[:2]
         ctx.slot.scale = b if ctx.scale_by_batch else 1
-        ctx.slot.records.append((x.flatten(2).transpose(1, 2), g.flatten(2).transpose(1, 2)))
+        ctx.slot.add(b, (x.flatten(2).transpose(1, 2), g.flatten(2).transpose(1, 2)))
         gx = None
         if ctx.needs_input_grad[0]:
             gx = torch.einsum("bohw,oi->bihw", g, weight.view(o, -1))
@@ -171,7 +180,8 @@ class _AffineFn(torch.autograd.Function):
         shape = [1] * xhat.dim()
         shape[channel_dim] = -1
         ctx.save_for_backward(xhat, weight)
-        ctx.slot, ctx.scale_by_batch, ctx.channel_dim, ctx.has_bias = slot, scale_by_batch, channel_dim, bias is not None
+        ctx.slot, ctx.scale_by_batch, ctx.channel_dim = slot, scale_by_batch, channel_dim
+        ctx.has_bias = bias is not None
         out = xhat * weight.view(shape)
         return out + bias.view(shape) if bias is not None else out
 
@@ -187,7 +197,7 @@ class _AffineFn(torch.autograd.Function):
             rec["weight"] = s * (gm * xm).sum(1)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             rec["bias"] = s * gm.sum(1)
-        ctx.slot.records.append(rec)
+        ctx.slot.add(b, rec)
         gx = None
         if ctx.needs_input_grad[0]:
             shape = [1] * g.dim()
@@ -212,7 +222,7 @@ class _EmbeddingFn(torch.autograd.Function):
         s = b if ctx.scale_by_batch else 1
         per_sample = torch.zeros(b, ctx.rows, d, dtype=g.dtype, device=g.device)
         per_sample.scatter_add_(1, idx.reshape(b, -1, 1).expand(-1, -1, d), s * g.reshape(b, -1, d))
-        ctx.slot.records.append({"weight": per_sample})
+        ctx.slot.add(b, {"weight": per_sample})
         return None, None, None, None
 
 
@@ -236,67 +246,84 @@ def _kind(m: nn.Module) -> str:
 def _forward(slot: _Slot, scale_by_batch: bool):
     m = slot.module
 
-    def check():
-        if torch.is_grad_enabled() and slot.records:
-            raise RuntimeError("a second forward pass with per-sample gradients still pending on the tape: call "
-                               "optimizer.step() (or zero_grad()) after every backward pass")
-
     if slot.kind == "linear":
         def fwd(x):
-            check()
             return _LinearFn.apply(x, m.weight, m.bias, slot, scale_by_batch)
     elif slot.kind == "conv1x1":
         def fwd(x):
-            check()
             return _Conv1x1Fn.apply(x, m.weight, m.bias, slot, scale_by_batch)
     elif slot.kind == "layernorm":
         def fwd(x):
-            check()
             xhat = F.layer_norm(x, m.normalized_shape, None, None, m.eps)
             return _AffineFn.apply(xhat, m.weight, m.bias, slot, scale_by_batch, -1)
     elif slot.kind == "groupnorm":
         def fwd(x):
-            check()
             xhat = F.group_norm(x, m.num_groups, None, None, m.eps)
             return _AffineFn.apply(xhat, m.weight, m.bias, slot, scale_by_batch, 1)
     else:
         def fwd(idx):
-            check()
             return _EmbeddingFn.apply(idx, m.weight, slot, scale_by_batch)
     return fwd
 
 
 class Tape:
-    """Installs the book-keeping forward on every layer of `root` that holds a trainable parameter.
+    """Installs the book-keeping forward on every layer of `root` that holds a trainable parameter, and a
+    guard on `root`'s forward: one grad-enabled pass over one batch until the tape is consumed or cleared.
 
-    Raises UnsupportedLayer (naming the layers) if any such layer has no rule here; nothing is changed then.
-    `remove()` restores the layers' own forward.
+    Raises UnsupportedLayer (naming the layers) if any such layer has no rule here, shares a parameter with
+    another layer, or already has a replaced forward; nothing is changed then. `remove()` restores them all.
     """
 
     def __init__(self, root: nn.Module, scale_by_batch: bool = True, ghost: str = "auto"):
-        slots, bad = [], []
-        for name, m in root.named_modules():
-            if any(p.requires_grad for p in m.parameters(recurse=False)):
-                try:
-                    slots.append(_Slot(name, m, _kind(m), ghost))
-                except UnsupportedLayer as e:
-                    bad.append(f"{name or '<root>'} ({e})")
+        slots, bad, seen = [], [], {}
+        for name, m in root.named_modules(remove_duplicate=False):
+            own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            label = name or "<root>"
+            try:
+                if "forward" in m.__dict__:
+                    raise UnsupportedLayer(f"{type(m).__name__} with a replaced forward")
+                if any(id(p) in seen for p in own):  # the same layer twice, or a parameter tied across layers
+                    raise UnsupportedLayer(f"parameter shared with {seen[next(id(p) for p in own if id(p) in seen)]}")
+                slots.append(_Slot(label, m, _kind(m), ghost, self))
+                seen.update({id(p): label for p in own})
+            except UnsupportedLayer as e:
+                bad.append(f"{label} ({e})")
+        if "forward" in root.__dict__:
+            bad.append("<root> (a replaced forward: another tape installed?)")
         if bad:
             raise UnsupportedLayer(f"book-keeping clipping has no per-sample rule for trainable layer(s) "
                                    f"{', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}; use clipping 'hooks'")
         self.slots = slots
-        self._saved = []
+        self.batch: int | None = None  # the batch of the pass whose records are on the tape
+        self._saved = []  # (module, its own instance forward or None), restored in reverse order
         for slot in slots:
-            self._saved.append((slot.module, slot.module.__dict__.get("forward")))
+            self._saved.append((slot.module, None))
             slot.module.forward = _forward(slot, scale_by_batch)
-        self._owner = {id(p): (slot, n) for slot in slots for n, p in slot.params().items()}
+        self._saved.append((root, root.__dict__.get("forward")))
+        root.forward = self._guard(root.forward)
+
+    def _guard(self, forward):
+        def guarded(*args, **kwargs):
+            if torch.is_grad_enabled():
+                if self.batch is not None:
+                    raise RuntimeError("a second forward pass while per-sample gradients are pending on the tape: "
+                                       "call optimizer.step() (or zero_grad()) after every backward pass")
+                first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+                if first is None:
+                    raise RuntimeError("book-keeping needs the batch as a tensor argument of the model's forward")
+                self.batch = first.shape[0]
+            return forward(*args, **kwargs)
+        return guarded
 
     def has_records(self) -> bool:
         return any(s.records for s in self.slots)
 
     def per_sample_norms(self) -> torch.Tensor:
         """‖example i's gradient over all trainable parameters‖, shape [B]."""
-        return torch.sqrt(sum(s.norms2() for s in self.slots if s.records))
+        # A ghost norm is a sum of products and may round a hair below zero.
+        return torch.sqrt(sum(s.norms2() for s in self.slots if s.records).clamp_min(0))
 
     def clip_and_sum(self, params: list[nn.Parameter], max_norm: float) -> list[torch.Tensor]:
         """Opacus' flat clipping (factor min(1, C / (‖g_i‖ + 1e-6))) summed over the batch, one tensor per param."""
@@ -316,10 +343,11 @@ class Tape:
     def clear(self) -> None:
         for s in self.slots:
             s.clear()
+        self.batch = None
 
     def remove(self) -> None:
-        for module, own in self._saved:
-            del module.forward
+        for module, own in reversed(self._saved):
+            module.__dict__.pop("forward", None)
             if own is not None:
                 module.forward = own
         self._saved = []
@@ -362,9 +390,16 @@ class BookkeepingDPOptimizer(DPOptimizer):
     def clip_and_accumulate(self):
         if not self._on_tape():
             return super().clip_and_accumulate()
+        if any(p.grad is not None and p.grad.any() for p in self.params):
+            # A weight used outside its layer's forward gets an ordinary, unclipped gradient: refuse it.
+            raise RuntimeError("a trainable parameter has an ordinary gradient next to the book-keeping tape "
+                               "(used outside its layer's forward?); use clipping 'hooks'")
         for p, total in zip(self.params, self.tape.clip_and_sum(self.params, self.max_grad_norm)):
             total = total.to(p.dtype)
-            p.summed_grad = total if p.summed_grad is None else p.summed_grad + total
+            if p.summed_grad is None:
+                p.summed_grad = total
+            else:
+                p.summed_grad += total  # in place, as Opacus: keeps its flag against releasing a sum twice
         self.tape.clear()
 
     def zero_grad(self, set_to_none: bool = False):

@@ -129,12 +129,18 @@ def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant=accountant)
         tape = Tape(module) if path == "bookkeeping" else None
-        dp_module, dp_optimizer, dp_loader = engine.make_private(
-            module=module, optimizer=optimizer, data_loader=dp_loader, noise_multiplier=sigma,
-            max_grad_norm=clip, poisson_sampling=False, loss_reduction="mean",
-            grad_sample_mode="no_op" if tape else "hooks", noise_generator=rng.noise_generator(device))
+        try:
+            dp_module, dp_optimizer, dp_loader = engine.make_private(
+                module=module, optimizer=optimizer, data_loader=dp_loader, noise_multiplier=sigma,
+                max_grad_norm=clip, poisson_sampling=False, loss_reduction="mean",
+                grad_sample_mode="no_op" if tape else "hooks", noise_generator=rng.noise_generator(device))
+            if tape:
+                BookkeepingDPOptimizer.adopt(dp_optimizer, tape)
+        except BaseException:
+            if tape:
+                tape.remove()
+            raise
     if tape:
-        BookkeepingDPOptimizer.adopt(dp_optimizer, tape)
         dp_module.remove_hooks = tape.remove  # so dp_module._close() gives the layers their own forward back
     dp_module.forbid_grad_accumulation()  # what poisson_sampling=True would set: one backward per physical batch
     if rng.secure:
@@ -176,5 +182,5 @@ def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainab
     return done
 
 
-__all__ = ["PrivacyPlan", "plan_privacy", "privatize", "clipping_path", "dp_sgd_epoch", "poisson_loader", "check_loader",
-           "PoissonSampler", "ConfigError"]
+__all__ = ["PrivacyPlan", "plan_privacy", "privatize", "clipping_path", "dp_sgd_epoch", "poisson_loader",
+           "check_loader", "PoissonSampler", "ConfigError"]
