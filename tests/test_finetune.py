@@ -94,16 +94,22 @@ def test_without_noise_one_sample_update_has_norm_clip(clipping):
     dp_module._close()
 
 
-@pytest.mark.parametrize("secure,clipping", [(False, "hooks"), (True, "hooks"), (False, "bookkeeping")])
-def test_noise_std_is_sigma_times_clip(secure, clipping):
+@pytest.mark.parametrize("secure,clipping,backward", [(False, "hooks", False), (True, "hooks", False),
+                                                      (False, "bookkeeping", False), (True, "bookkeeping", True)])
+def test_noise_std_is_sigma_times_clip(secure, clipping, backward):
+    """The noise-only step of an empty Poisson batch, and (book-keeping) a step after a real backward pass:
+    one clipped gradient of norm ≤ C spread over > 50,000 coordinates moves the std by < 1e-3 of σC."""
     m, module, trainable, z, y = _setup(n=1)
     before = [p.detach().clone() for p in trainable]
     loader = DataLoader(TensorDataset(z, y), batch_size=1)
     sigma, clip = 1.3, 0.05
     _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=sigma, clip=clip,
                                      rng=MechanismRandomness(secure=secure), clipping=clipping)
-    for p in trainable:  # the noise-only step dp_finetune takes on an empty Poisson batch
-        p.grad_sample = torch.zeros((1, *p.shape))
+    if backward:
+        dp_module(z, y).mean().backward()
+    else:
+        for p in trainable:  # the noise-only step dp_finetune takes on an empty Poisson batch
+            p.grad_sample = torch.zeros((1, *p.shape))
     opt.step()
     update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, trainable)])
     assert update.numel() > 50_000
@@ -145,6 +151,7 @@ def test_finetune_changes_only_selected_layers_and_meets_epsilon():
     assert abs(p.eps_pld_check - p.eps) / p.eps < 0.03
     assert p.steps == 6 and p.layers == "2-3" and 0 < p.trainable_fraction < 1
     assert p.clipping == "bookkeeping"  # "auto": every trainable layer of an attention range has a rule
+    assert res.history[-1]["eps_spent"] == pytest.approx(p.eps, rel=0.02)  # the accountant saw every step
     assert not any("forward" in mod.__dict__ for mod in m.unet.modules())  # the layers' own forward is back
     assert [h["epoch"] for h in res.history] == [1, 2] and res.history[-1]["eps_spent"] <= 3.0
     assert not hasattr(m.unet, "_forward_hooks") or not any(m.unet._forward_hooks)

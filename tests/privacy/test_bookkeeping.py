@@ -78,7 +78,37 @@ def test_a_layer_used_twice_per_example_sums_both_uses_before_the_norm():
     tape = Tape(module)
     module(x).mean().backward()
     torch.testing.assert_close(tape.per_sample_norms(), ref.norm(dim=1), rtol=1e-5, atol=1e-6)
+    clip = ref.norm(dim=1).median().item()
+    summed = torch.cat([s.flatten() for s in tape.clip_and_sum(list(module.parameters()), clip)])
+    _close(summed, _clipped_reference(ref, clip))
     tape.remove()
+
+
+def test_a_layer_run_on_chunks_of_the_batch_is_refused():
+    """Chunks along the batch (diffusers' chunked feed-forward) would pair example i of one chunk with example i
+    of the other as if one example used the layer twice: an under-clipped sum."""
+
+    class Chunked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return torch.cat([self.lin(c) for c in x.chunk(2)]).pow(2).sum(1)
+
+    module = Chunked()
+    tape = Tape(module)
+    with pytest.raises(RuntimeError, match="whole batch"):
+        module(torch.randn(4, 3)).mean().backward()
+    tape.remove()
+
+
+def test_tied_parameters_are_refused():
+    a = nn.Linear(3, 3)
+    b = nn.Linear(3, 3)
+    b.weight = a.weight
+    with pytest.raises(UnsupportedLayer, match="shared"):
+        Tape(nn.Sequential(a, b))
 
 
 def test_an_unsupported_trainable_layer_is_named_and_nothing_is_changed():
@@ -93,12 +123,16 @@ def test_an_unsupported_trainable_layer_is_named_and_nothing_is_changed():
     assert clipping_path(module, "auto") == "bookkeeping"  # frozen layers need no rule
 
 
-def test_a_second_backward_before_the_step_is_refused():
+@pytest.mark.parametrize("first_backward", [True, False])
+def test_a_second_pass_before_the_step_is_refused(first_backward):
+    """Two passes on one tape would be clipped as one example using each layer twice."""
     m, module, trainable, z, y = _setup(layers="1-2", n=4)
     loader = DataLoader(TensorDataset(z, y), batch_size=2)
     _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=1.0,
                                      clipping="bookkeeping")
-    dp_module(z[:2], y[:2]).mean().backward()
+    loss = dp_module(z[:2], y[:2]).mean()
+    if first_backward:
+        loss.backward()
     with pytest.raises(RuntimeError, match="optimizer.step"):
         dp_module(z[2:], y[2:]).mean().backward()
     opt.zero_grad(set_to_none=True)
