@@ -390,7 +390,8 @@ class BookkeepingDPOptimizer(DPOptimizer):
     def clip_and_accumulate(self):
         if not self._on_tape():
             return super().clip_and_accumulate()
-        if any(p.grad is not None and p.grad.any() for p in self.params):
+        stray = [p.grad.abs().max() for p in self.params if p.grad is not None]
+        if stray and torch.stack(stray).max() > 0:  # one device sync, not one per parameter
             # A weight used outside its layer's forward gets an ordinary, unclipped gradient: refuse it.
             raise RuntimeError("a trainable parameter has an ordinary gradient next to the book-keeping tape "
                                "(used outside its layer's forward?); use clipping 'hooks'")
