@@ -26,6 +26,7 @@ import torch
 
 from dpsearch.config import PretrainConfig
 from dpsearch.data import load_mnist
+from dpsearch.device import pick_device
 from dpsearch.finetune import DiffusionLoss
 from dpsearch.models import load_ldm, select_attention_layers
 from dpsearch.pretrain import default_model_dir
@@ -60,8 +61,10 @@ def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
     if mode == "non-private":
         opt = torch.optim.Adam(trainable, lr=1e-4)
         for r in range(repeats + 1):
+            _sync()
             t = time.perf_counter()
             _step_nonprivate(module, opt, x, y, physical)
+            _sync()
             times.append(time.perf_counter() - t)
     else:
         with warnings.catch_warnings():
@@ -93,6 +96,7 @@ def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
                                   expected_batch_size=batch)
                 criterion = torch.mean
         for r in range(repeats + 1):
+            _sync()
             t = time.perf_counter()
             for i in range(0, len(x), physical):
                 criterion(gsm(x[i: i + physical], y[i: i + physical])).backward()
@@ -102,6 +106,7 @@ def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
                     opt.zero_grad(set_to_none=True)  # as dp_sgd_epoch: summed_grad survives a skipped step
             opt.step()
             opt.zero_grad(set_to_none=True)
+            _sync()
             times.append(time.perf_counter() - t)
         gsm._close()
     for p in trainable:
@@ -109,15 +114,24 @@ def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
     return statistics.median(times[1:])
 
 
+def _sync():
+    if torch.cuda.is_available():  # CUDA kernels run asynchronously: time them, not their launch
+        torch.cuda.synchronize()
+
+
 def _one_mode(model_dir: str, layers: str, batch: int, physical: int, mode: str, repeats: int) -> tuple[float, float]:
-    """Runs in a fresh process, so the peak RSS it reports is this mode's alone."""
+    """Runs in a fresh process, so the peak memory it reports is this mode's alone: CUDA's peak allocation on a
+    GPU (the device dpsearch picks), the process' peak RSS on a CPU."""
     torch.set_num_threads(_THREADS)
-    model = load_ldm(model_dir, "cpu")
+    device = pick_device("auto")
+    model = load_ldm(model_dir, device)
     train, _ = load_mnist()
     sub = train.subset(batch)
     with torch.no_grad():
-        latents = model.encode(sub.as_float())
-    sec = bench_mode(model, latents, sub.labels, layers, batch, physical, mode, repeats)
+        latents = model.encode(sub.as_float().to(device))
+    sec = bench_mode(model, latents, sub.labels.to(device), layers, batch, physical, mode, repeats)
+    if device.type == "cuda":
+        return sec, torch.cuda.max_memory_allocated() / 2**20
     return sec, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
