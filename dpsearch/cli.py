@@ -44,6 +44,9 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
     p.add_argument("--accountant", choices=["prv", "rdp"], default=DEFAULT_FT.accountant)
     p.add_argument("--secure-rng", action="store_true",
                    help="draw Poisson sampling and noise from the OS CSPRNG (slower; bench/secure_rng.py measures it)")
+    p.add_argument("--clipping", choices=["auto", "bookkeeping", "hooks"], default=DEFAULT_FT.clipping,
+                   help="per-sample clipping path: book-keeping (one backward pass) or Opacus' hooks; auto = "
+                        "book-keeping wherever it applies (docs/performance.md)")
     p.add_argument("--n-private", type=int, default=None, help="use a random subset of N private images")
     p.add_argument("--private", default="mnist", help="private dataset: mnist, folder:PATH, torchvision:NAME")
 

@@ -18,6 +18,7 @@ def _ft_config(a) -> FinetuneConfig:
     return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, clip=a.clip, batch=a.batch,
                     epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
                     n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
+                    clipping=a.clipping,
                     non_private=getattr(a, "non_private", False))
 
 

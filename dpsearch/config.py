@@ -128,6 +128,9 @@ class FinetuneConfig(_Strict):
     n_private: Optional[int] = None  # use a random subset of the private set (tests, quick looks)
     accountant: Literal["prv", "rdp"] = "prv"
     secure_rng: bool = False  # draw sampling and noise from the OS CSPRNG (privacy/randomness.py)
+    # How per-sample gradients are clipped: book-keeping (one backward pass, privacy/bookkeeping.py) or Opacus'
+    # hooks; "auto" takes book-keeping wherever every trainable layer has a rule (docs/performance.md).
+    clipping: Literal["auto", "bookkeeping", "hooks"] = "auto"
     seed: int = 0  # only the --n-private subset choice; a fine-tune seeds nothing (fresh OS entropy per run)
 
     @field_validator("eps")

@@ -16,6 +16,7 @@ from dpsearch.config import ConfigError, FinetuneConfig, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
 from dpsearch.privacy import PrivacyRecord, epsilon_for
+from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer
 from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
 from dpsearch.privacy.randomness import MechanismRandomness
 
@@ -179,30 +180,35 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         optimizer.load_state_dict(resume.optimizer)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
-                                                        rng=rng, steps_per_epoch=plan.steps_per_epoch)
+                                                        rng=rng, steps_per_epoch=plan.steps_per_epoch,
+                                                        clipping=cfg.clipping)
+    clipping = "bookkeeping" if isinstance(optimizer, BookkeepingDPOptimizer) else "hooks"
 
     history = list(resume.history) if resume else []
     done = resume.steps if resume else 0
     if done:
         engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
     bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune {_what(cfg, a, b)}", disable=not progress, leave=False)
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch, on_step=bar.update)
-        eps_spent = float(engine.accountant.get_epsilon(delta=delta))
-        # Divergence is judged on the DP output (the noisy weights), never on the private training loss.
-        if not all(torch.isfinite(p).all() for p in trainable):
-            raise FloatingPointError(f"DP fine-tune diverged: non-finite weights after epoch {epoch} with lr {cfg.lr:g}, "
-                                     f"layers {a}-{b}; lower the learning rate")
-        record = {"epoch": epoch, "eps_spent": eps_spent, "delta": delta, "steps": done}
-        history.append(record)
-        msg = f"epoch {epoch}/{cfg.epochs}: ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
-        (bar.write if progress else log.info)(msg)
-        if on_epoch is not None:
-            state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
-                                  optimizer.original_optimizer.state_dict(), list(history))
-            on_epoch(record, state)
-    bar.close()
-    dp_module._close()  # remove Opacus hooks so the model is a plain diffusers model again
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,
+                                 on_step=bar.update)
+            eps_spent = float(engine.accountant.get_epsilon(delta=delta))
+            # Divergence is judged on the DP output (the noisy weights), never on the private training loss.
+            if not all(torch.isfinite(p).all() for p in trainable):
+                raise FloatingPointError(f"DP fine-tune diverged: non-finite weights after epoch {epoch} with lr "
+                                         f"{cfg.lr:g}, layers {a}-{b}; lower the learning rate")
+            record = {"epoch": epoch, "eps_spent": eps_spent, "delta": delta, "steps": done}
+            history.append(record)
+            msg = f"epoch {epoch}/{cfg.epochs}: ε spent {eps_spent:.3f} (δ = {delta:g}, {cfg.accountant.upper()})"
+            (bar.write if progress else log.info)(msg)
+            if on_epoch is not None:
+                state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
+                                      optimizer.original_optimizer.state_dict(), list(history))
+                on_epoch(record, state)
+    finally:
+        bar.close()
+        dp_module._close()  # Opacus hooks / the book-keeping tape off: a plain diffusers model again, even on error
     model.unet.eval().requires_grad_(False)
     model.embedder.eval().requires_grad_(False)
 
@@ -216,7 +222,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         sigma=sigma, q=q, steps=steps, epochs=cfg.epochs, clip=cfg.clip, batch=cfg.batch, n=n,
         layers=f"{a}-{b}" if cfg.scope == "attention" else "unet",
         trainable_params=n_trainable, trainable_fraction=n_trainable / n_total,
-        randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded")
+        randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded", clipping=clipping)
     return FinetuneResult(model, record, history)
 
 

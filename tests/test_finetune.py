@@ -41,7 +41,8 @@ def test_per_sample_gradients_match_one_at_a_time_reference():
     reference = _one_at_a_time(module, trainable, z, y, noise, t)
     module.zero_grad()
     loader = DataLoader(TensorDataset(z, y), batch_size=4)
-    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=1e9)
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=1e9,
+                                     clipping="hooks")  # book-keeping's norms: tests/privacy/test_bookkeeping.py
     dp_module(z, y, noise, t).mean().backward()
     per_sample = torch.cat([p.grad_sample.flatten(1) for p in trainable], dim=1)
     assert per_sample.shape == reference.shape
@@ -51,8 +52,9 @@ def test_per_sample_gradients_match_one_at_a_time_reference():
     dp_module._close()
 
 
-def test_clipped_sum_over_physical_batches_matches_the_one_at_a_time_reference():
-    """The default path (hooks, logical batch split into physical batches) against a slow reference."""
+@pytest.mark.parametrize("clipping", ["hooks", "bookkeeping"])
+def test_clipped_sum_over_physical_batches_matches_the_one_at_a_time_reference(clipping):
+    """Either clipping path, a logical batch split into physical batches, against a slow reference."""
     m, module, trainable, z, y = _setup(n=8)
     noise, t = torch.randn_like(z), torch.randint(0, 1000, (len(z),))
     grads = _one_at_a_time(module, trainable, z, y, noise, t)
@@ -60,7 +62,8 @@ def test_clipped_sum_over_physical_batches_matches_the_one_at_a_time_reference()
     reference = (grads * (clip / (grads.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)).sum(0)
     module.zero_grad()
     loader = DataLoader(TensorDataset(z, y), batch_size=4)  # expected logical batch 4 (q = 1/2)
-    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=clip)
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=0.0, clip=clip,
+                                     clipping=clipping)
     dp_module(z[:3], y[:3], noise[:3], t[:3]).mean().backward()  # two physical batches of one logical step
     opt.signal_skip_step(True)
     opt.step()
@@ -73,30 +76,40 @@ def test_clipped_sum_over_physical_batches_matches_the_one_at_a_time_reference()
     dp_module._close()
 
 
-def test_without_noise_one_sample_update_has_norm_clip():
+@pytest.mark.parametrize("clipping", ["hooks", "bookkeeping"])
+def test_without_noise_one_sample_update_has_norm_clip(clipping):
     m, module, trainable, z, y = _setup(n=1)
     before = [p.detach().clone() for p in trainable]
     loader = DataLoader(TensorDataset(z, y), batch_size=1)
     clip = 1e-3
-    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=0.0, clip=clip)
+    _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=0.0, clip=clip,
+                                     clipping=clipping)
     dp_module(z, y).mean().backward()
-    assert torch.cat([p.grad_sample.flatten() for p in trainable]).norm() > clip  # clipping is active
+    norm = (opt.tape.per_sample_norms()[0] if clipping == "bookkeeping" else
+            torch.cat([p.grad_sample.flatten() for p in trainable]).norm())
+    assert norm > clip  # clipping is active
     opt.step()
     update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, trainable)])
     assert update.norm().item() == pytest.approx(clip, rel=1e-4)
     dp_module._close()
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_noise_std_is_sigma_times_clip(secure):
+@pytest.mark.parametrize("secure,clipping,backward", [(False, "hooks", False), (True, "hooks", False),
+                                                      (False, "bookkeeping", False), (True, "bookkeeping", True)])
+def test_noise_std_is_sigma_times_clip(secure, clipping, backward):
+    """The noise-only step of an empty Poisson batch, and (book-keeping) a step after a real backward pass:
+    one clipped gradient of norm ≤ C spread over > 50,000 coordinates moves the std by < 1e-3 of σC."""
     m, module, trainable, z, y = _setup(n=1)
     before = [p.detach().clone() for p in trainable]
     loader = DataLoader(TensorDataset(z, y), batch_size=1)
     sigma, clip = 1.3, 0.05
     _, dp_module, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=1.0), loader, sigma=sigma, clip=clip,
-                                     rng=MechanismRandomness(secure=secure))
-    for p in trainable:  # the noise-only step dp_finetune takes on an empty Poisson batch
-        p.grad_sample = torch.zeros((1, *p.shape))
+                                     rng=MechanismRandomness(secure=secure), clipping=clipping)
+    if backward:
+        dp_module(z, y).mean().backward()
+    else:
+        for p in trainable:  # the noise-only step dp_finetune takes on an empty Poisson batch
+            p.grad_sample = torch.zeros((1, *p.shape))
     opt.step()
     update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, trainable)])
     assert update.numel() > 50_000
@@ -137,6 +150,9 @@ def test_finetune_changes_only_selected_layers_and_meets_epsilon():
     assert p.eps <= 3.0 and p.delta == 1e-2  # N = 60: 1/N rounded down to a power of ten
     assert abs(p.eps_pld_check - p.eps) / p.eps < 0.03
     assert p.steps == 6 and p.layers == "2-3" and 0 < p.trainable_fraction < 1
+    assert p.clipping == "bookkeeping"  # "auto": every trainable layer of an attention range has a rule
+    assert res.history[-1]["eps_spent"] == pytest.approx(p.eps, rel=0.02)  # the accountant saw every step
+    assert not any("forward" in mod.__dict__ for mod in m.unet.modules())  # the layers' own forward is back
     assert [h["epoch"] for h in res.history] == [1, 2] and res.history[-1]["eps_spent"] <= 3.0
     assert not hasattr(m.unet, "_forward_hooks") or not any(m.unet._forward_hooks)
 

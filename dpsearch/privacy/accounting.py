@@ -128,6 +128,7 @@ class PrivacyRecord:
     trainable_fraction: float
     randomness: str = "torch-generator-os-seeded"  # or "os-csprng" (--secure-rng); never a recorded seed
     sampling: str = "poisson"
+    clipping: str = "hooks"  # per-sample clipping path: "bookkeeping" or Opacus' "hooks" (same clip, noise, sampler)
     unit: str = "one private image (add/remove)"
 
     def to_dict(self) -> dict:

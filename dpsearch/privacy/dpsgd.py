@@ -19,6 +19,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from dpsearch.config import ConfigError, FinetuneConfig, default_delta
 from dpsearch.privacy.accounting import calibrate_sigma, check_accountants, poisson_plan
+from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer, Tape, UnsupportedLayer
 from dpsearch.privacy.randomness import MechanismRandomness
 
 
@@ -89,14 +90,32 @@ def _use_secure_noise(optimizer, rng: MechanismRandomness) -> None:
     optimizer.add_noise = add_noise
 
 
+def clipping_path(module: nn.Module, clipping: str = "auto") -> str:
+    """Which per-sample clipping runs: "bookkeeping" (privacy/bookkeeping.py) when every trainable layer has
+    a rule there, else Opacus' "hooks"; "auto" picks book-keeping wherever it applies (docs/performance.md)."""
+    if clipping == "hooks":
+        return "hooks"
+    try:
+        Tape(module).remove()
+        return "bookkeeping"
+    except UnsupportedLayer:
+        if clipping == "bookkeeping":
+            raise
+        return "hooks"
+
+
 def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, sigma: float, clip: float,
-              accountant: str = "prv", rng: MechanismRandomness | None = None, steps_per_epoch: int | None = None):
+              accountant: str = "prv", rng: MechanismRandomness | None = None, steps_per_epoch: int | None = None,
+              clipping: str = "auto"):
     """Opacus wrapping with Poisson sampling: (engine, module, optimizer, loader).
 
     The one place DP-SGD is configured; the trainable set must already be frozen/unfrozen. `loader` gives
-    the dataset and the expected batch size (q = 1/⌈N/B⌉); rng defaults to fresh OS entropy.
+    the dataset and the expected batch size (q = 1/⌈N/B⌉); rng defaults to fresh OS entropy. `clipping`
+    chooses how per-sample gradients are clipped (clipping_path); the sampler, noise and accountant are the
+    same on both paths.
     """
     rng = rng or MechanismRandomness()
+    path = clipping_path(module, clipping)
     n = len(loader.dataset)
     q, per_epoch = poisson_plan(n, loader.batch_size, 1)
     if steps_per_epoch is not None and steps_per_epoch != per_epoch:
@@ -109,10 +128,20 @@ def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
         # randomness itself (privacy/randomness.py), with --secure-rng for a CSPRNG.
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant=accountant)
-        dp_module, dp_optimizer, dp_loader = engine.make_private(
-            module=module, optimizer=optimizer, data_loader=dp_loader, noise_multiplier=sigma,
-            max_grad_norm=clip, poisson_sampling=False, loss_reduction="mean", grad_sample_mode="hooks",
-            noise_generator=rng.noise_generator(device))
+        tape = Tape(module) if path == "bookkeeping" else None
+        try:
+            dp_module, dp_optimizer, dp_loader = engine.make_private(
+                module=module, optimizer=optimizer, data_loader=dp_loader, noise_multiplier=sigma,
+                max_grad_norm=clip, poisson_sampling=False, loss_reduction="mean",
+                grad_sample_mode="no_op" if tape else "hooks", noise_generator=rng.noise_generator(device))
+            if tape:
+                BookkeepingDPOptimizer.adopt(dp_optimizer, tape)
+        except BaseException:
+            if tape:
+                tape.remove()
+            raise
+    if tape:
+        dp_module.remove_hooks = tape.remove  # so dp_module._close() gives the layers their own forward back
     dp_module.forbid_grad_accumulation()  # what poisson_sampling=True would set: one backward per physical batch
     if rng.secure:
         _use_secure_noise(dp_optimizer, rng)
@@ -153,5 +182,5 @@ def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainab
     return done
 
 
-__all__ = ["PrivacyPlan", "plan_privacy", "privatize", "dp_sgd_epoch", "poisson_loader", "check_loader",
-           "PoissonSampler", "ConfigError"]
+__all__ = ["PrivacyPlan", "plan_privacy", "privatize", "clipping_path", "dp_sgd_epoch", "poisson_loader",
+           "check_loader", "PoissonSampler", "ConfigError"]
