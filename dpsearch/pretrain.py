@@ -95,8 +95,13 @@ def train_ldm(model: LDM, latents: torch.Tensor, labels: torch.Tensor, cfg: Pret
 
 def pretrain(cfg: PretrainConfig, out: Path | None = None, overwrite: bool = False, device: str = "auto") -> Path:
     """Trains AE then LDM on cfg.public (a registered public source only) and saves the model; reuses the
-    cached model when present."""
+    cached model when present, and installs the shipped one when the cache has none (dpsearch/shipped)."""
+    shippable = out is None and not overwrite  # the default location only: an explicit --out means "train here"
     out = Path(out) if out else default_model_dir(cfg)
+    if shippable and not out.exists():
+        from dpsearch import shipped
+
+        shipped.install_dir(out.name, out)  # the default config's model ships with the package (public data only)
     if out.exists() and not overwrite:
         try:
             load_ldm(out)

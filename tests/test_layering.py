@@ -10,6 +10,7 @@ LAYERS = [
     {"paths", "device", "config", "outputs"},
     {"space", "storage", "data", "models", "services", "fingerprints", "classifiers"},
     {"checkpoints", "privacy"},
+    {"shipped"},
     {"pretrain", "sample", "evaluate", "finetune", "sweep_store"},
     {"protocol", "synthetic_release"},
     {"pipeline"},
