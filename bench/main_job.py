@@ -34,9 +34,11 @@ RESULTS = REPO / "bench" / "results"
 MARKERS = [
     ("setup (venv + pip install)", r"^\[setup\] (creating|installing)"),
     ("start: data, services, probes", r"^\[setup\] ok"),
-    ("public pretraining (AE + LDM)", r"rendering printed digits|pretrain autoencoder"),
-    ("start: data, services, probes ", r"pretrained model saved to|reusing pretrained model|installed the shipped pretrained"),
+    ("calibrating ε (the trials' share of the total)", r"solving the per-trial ε"),
+    ("public pretraining (AE + LDM)", r"rendering printed digits|pretrain autoencoder|installed the shipped pretrained"),
+    ("start: data, services, probes ", r"pretrained model saved to|reusing pretrained model|^\S*\s*design: "),
     ("DP validation generator", r"making the DP synthetic validation set"),
+    ("Ray start", r"running \d+ trials at once"),
     ("trials", r"dp_trial pid=|Trial dp_trial_\w+ started"),
     ("final stage (free choice + release)", r"final stage:"),
     ("summary and exit", r"^\s*(best|released|trial\s+layers|Sweep \S+ finished)|privacy report"),
@@ -104,13 +106,29 @@ def phases(lines: list[tuple[float, str]], total: float) -> list[dict]:
     return [{"phase": k, "seconds": v} for k, v in merged.items()]
 
 
+def table(rows: list[dict], total: float, rc: int) -> None:
+    print(f"\n{'phase':<48} {'seconds':>8} {'min':>6} {'share':>6}")
+    for r in rows:
+        print(f"{r['phase']:<48} {r['seconds']:8.0f} {r['seconds'] / 60:6.1f} {r['seconds'] / total:6.0%}")
+    print(f"{'whole job (exit code %d)' % rc:<48} {total:8.0f} {total / 60:6.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", default="HEAD", help="git revision of this repository to run")
     ap.add_argument("--label", required=True, help="name of the result, e.g. before / after")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a new temporary directory")
     ap.add_argument("--keep", action="store_true", help="keep the clone, venv and caches afterwards")
+    ap.add_argument("--from-log", type=Path, default=None, help="recompute the phases of a kept log (TMPDIR/main_job-LABEL.log)")
     a, extra = ap.parse_known_args()
+    if a.from_log:
+        stamped = [(float(t), text) for t, _, text in (ln.rstrip("\n").strip().partition(" ") for ln in open(a.from_log))
+                   if t.replace(".", "", 1).isdigit()]
+        res = json.loads((RESULTS / f"main_job-{a.label}.json").read_text())
+        res["phases"] = phases(stamped, res["seconds"])
+        (RESULTS / f"main_job-{a.label}.json").write_text(json.dumps(res, indent=2))
+        table(res["phases"], res["seconds"], res["exit_code"])
+        return
     rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", a.rev], check=True, capture_output=True,
                          text=True).stdout.strip()
     work = a.workdir or Path(tempfile.mkdtemp(prefix=f"main-job-{a.label}-"))
@@ -118,10 +136,7 @@ def main() -> None:
     print(f"main job at {rev[:10]} in {work} (log: {work / 'main.log'})", flush=True)
     lines, rc, total = run(rev, work, extra)
     rows = phases(lines, total)
-    print(f"\n{'phase':<40} {'seconds':>8} {'min':>6} {'share':>6}")
-    for r in rows:
-        print(f"{r['phase']:<40} {r['seconds']:8.0f} {r['seconds'] / 60:6.1f} {r['seconds'] / total:6.0%}")
-    print(f"{'whole job (exit code %d)' % rc:<40} {total:8.0f} {total / 60:6.1f}")
+    table(rows, total, rc)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"main_job-{a.label}.json"
     out.write_text(json.dumps({"rev": rev, "label": a.label, "exit_code": rc, "seconds": total, "phases": rows,
