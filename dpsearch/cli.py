@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dpsearch", description="DP fine-tuning of latent diffusion models")
     sub = ap.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser("pretrain", help="train autoencoder + LDM on public data (cached), report the public-only baseline")
+    p = sub.add_parser("pretrain", help="train autoencoder + LDM on public data (cached; the default config's model ships with "
+                                            "the package, --overwrite retrains it here), report the public-only baseline")
     p.add_argument("--config", help="YAML PretrainConfig (default: the embedded one)")
     p.add_argument("--out", type=Path, default=None, help="model directory (default: cache under DPSEARCH_HOME)")
     p.add_argument("--no-baseline", action="store_true")
