@@ -41,7 +41,7 @@ MARKERS = [
     ("Ray start", r"running \d+ trials at once"),
     ("trials", r"dp_trial pid=|Trial dp_trial_\w+ started"),
     ("final stage (free choice + release)", r"final stage:"),
-    ("summary and exit", r"^\s*(best|released|trial\s+layers|Sweep \S+ finished)|privacy report"),
+    ("summary and exit", r"^privacy report of sweep"),
 ]
 
 
