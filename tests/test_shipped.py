@@ -58,7 +58,7 @@ def test_an_explicit_out_or_overwrite_trains_instead(empty_home, monkeypatch, tm
     def training(*a, **k):
         raise Trained
 
-    monkeypatch.setattr(pre, "train_autoencoder", training)
+    monkeypatch.setattr(pre, "load_dataset", training)  # the first step of training: reading the public data
     with pytest.raises(Trained):
         pre.pretrain(PretrainConfig(), out=tmp_path / "mine")
     with pytest.raises(Trained):
