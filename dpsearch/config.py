@@ -115,6 +115,10 @@ class FinetuneConfig(_Strict):
     # "attention": the attention modules `layers` (the product's search dimension); "unet": every UNet weight,
     # the ceiling ladder's whole-model rung (docs/utility.md).
     scope: Literal["attention", "unet"] = "attention"
+    # "attention": every weight of modules a..b; "lora": rank-`rank` adapters on their attention projections
+    # (q, k, v, out of self- and cross-attention), the base weights frozen (models/lora.py)
+    method: Literal["attention", "lora"] = "attention"
+    rank: int = Field(8, gt=0)  # LoRA rank r (method lora); α = r, so the adapter's scale is 1
     clip: float = 0.01
     # 5 epochs keep a trial near 12 minutes on this 2-core CPU (≈ 150 s per epoch over 55-60k MNIST with Opacus
     # hooks, bench/dp_step.py). B = 4000 rather than 1000 at the same epochs: 3.2× less noise per step at ε = 10
@@ -176,6 +180,8 @@ class FinetuneConfig(_Strict):
     def _scope(self):
         if self.scope == "unet" and self.layers != "all":
             raise ValueError(f"scope 'unet' trains every UNet weight: drop the layer range {self.layers!r}")
+        if self.scope == "unet" and self.method == "lora":
+            raise ValueError("method 'lora' adapts attention projections: use scope 'attention' with it")
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from dpsearch.config import ConfigError, FinetuneConfig, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
+from dpsearch.models.lora import add_lora, has_lora, lora_adapter, merge_lora
 from dpsearch.privacy import PrivacyRecord, epsilon_for
 from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer
 from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
@@ -45,6 +46,7 @@ class FinetuneResult:
     model: LDM
     privacy: PrivacyRecord | None  # None only for a non-private reference run
     history: list[dict] = field(default_factory=list)  # per epoch: ε spent and steps (public: from the plan)
+    adapter: tuple[dict, dict] | None = None  # method lora: the DP adapter (weights, config), already merged into model
 
 
 HISTORY_FIELDS = ("epoch", "eps_spent", "delta", "steps")  # per epoch; all from the privacy plan
@@ -97,7 +99,16 @@ NOT_DP = {"dp": False, "statement": "non-private reference run: no per-sample cl
 
 
 def _select_trainable(model: LDM, cfg: FinetuneConfig, a: int, b: int) -> list[nn.Parameter]:
-    """Attention modules a..b and the embedder, or (scope "unet") every UNet weight and the embedder."""
+    """Attention modules a..b and the embedder, LoRA adapters on their projections and the embedder (method
+    lora), or (scope "unet") every UNet weight and the embedder."""
+    if cfg.method == "lora":
+        if has_lora(model.unet):
+            raise ValueError("this UNet already carries LoRA adapters; load a fresh copy of the model")
+        for m in (model.unet, model.embedder, model.vae):
+            m.requires_grad_(False)
+        adapters = add_lora(model.unet, a, b, cfg.rank)
+        model.embedder.requires_grad_(True)
+        return adapters + [p for p in model.embedder.parameters() if p.requires_grad]
     params = select_attention_layers(model.unet, model.embedder, (a, b), frozen=(model.vae,))
     if cfg.scope == "unet":
         model.unet.requires_grad_(True)
@@ -106,7 +117,20 @@ def _select_trainable(model: LDM, cfg: FinetuneConfig, a: int, b: int) -> list[n
 
 
 def _what(cfg: FinetuneConfig, a: int, b: int) -> str:
-    return "whole UNet" if cfg.scope == "unet" else f"layers {a}-{b}"
+    if cfg.scope == "unet":
+        return "whole UNet"
+    return f"LoRA r={cfg.rank} on layers {a}-{b}" if cfg.method == "lora" else f"layers {a}-{b}"
+
+
+def _finish(model: LDM, cfg: FinetuneConfig) -> tuple[dict, dict] | None:
+    """Freezes the trained model; with LoRA, keeps a copy of the adapter and merges it into the UNet."""
+    adapter = None
+    if cfg.method == "lora":
+        adapter = lora_adapter(model.unet)
+        merge_lora(model.unet)
+    model.unet.eval().requires_grad_(False)
+    model.embedder.eval().requires_grad_(False)
+    return adapter
 
 
 def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True) -> FinetuneResult:
@@ -134,9 +158,7 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
             bar.update()
         history.append({"epoch": epoch, "steps": epoch * len(loader)})
     bar.close()
-    model.unet.eval().requires_grad_(False)
-    model.embedder.eval().requires_grad_(False)
-    return FinetuneResult(model, None, history)
+    return FinetuneResult(model, None, history, adapter=_finish(model, cfg))
 
 
 def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bool = True,
@@ -165,7 +187,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     latents = model.encode(private.as_float()).cpu()
     trainable = _select_trainable(model, cfg, a, b)
     n_trainable = sum(p.numel() for p in trainable)
-    n_total = sum(p.numel() for m in (model.unet, model.embedder) for p in m.parameters())
+    # the model's own weights (LoRA adds parameters it does not count)
+    n_total = sum(p.numel() for m in (model.unet, model.embedder) for n, p in m.named_parameters() if "lora_" not in n)
 
     module = DiffusionLoss(model, cfg.label_dropout).train()
     named = _trainable_named(model)
@@ -209,8 +232,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     finally:
         bar.close()
         dp_module._close()  # Opacus hooks / the book-keeping tape off: a plain diffusers model again, even on error
-    model.unet.eval().requires_grad_(False)
-    model.embedder.eval().requires_grad_(False)
+    adapter = _finish(model, cfg)
 
     eps = epsilon_for(sigma, q, done, delta, cfg.accountant)
     if done != steps:
@@ -222,8 +244,9 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         sigma=sigma, q=q, steps=steps, epochs=cfg.epochs, clip=cfg.clip, batch=cfg.batch, n=n,
         layers=f"{a}-{b}" if cfg.scope == "attention" else "unet",
         trainable_params=n_trainable, trainable_fraction=n_trainable / n_total,
-        randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded", clipping=clipping)
-    return FinetuneResult(model, record, history)
+        randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded", clipping=clipping,
+        method=cfg.method, lora_rank=cfg.rank if cfg.method == "lora" else None)
+    return FinetuneResult(model, record, history, adapter=adapter)
 
 
 __all__ = ["dp_finetune", "finetune_non_private", "NOT_DP", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]

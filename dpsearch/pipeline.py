@@ -16,6 +16,7 @@ from dpsearch.data import ImageSet
 from dpsearch.evaluate import evaluate
 from dpsearch.finetune import NOT_DP, FinetuneState, dp_finetune, finetune_non_private
 from dpsearch.models import LDM, load_ldm, save_ldm
+from dpsearch.models.lora import save_lora
 from dpsearch.outputs import write_json
 from dpsearch.sample import sample, save_grid
 
@@ -28,6 +29,7 @@ class TrialOutput:
     synthetic: ImageSet | None = None
     scores: dict = field(default_factory=dict)  # evaluate(): objective, synthetic/*, oracle/* (labelled)
     seconds: dict = field(default_factory=dict)
+    adapter: tuple[dict, dict] | None = None  # method lora: the DP adapter, also merged into model
 
 
 def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneConfig, smp: SampleConfig | None = None,
@@ -46,7 +48,7 @@ def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneCo
         result = dp_finetune(model, private, ft, progress=progress, on_epoch=on_epoch, resume=resume)
         privacy = result.privacy.to_dict()
     seconds["finetune"], t = time.time() - t, time.time()
-    out = TrialOutput(result.model, privacy, result.history, seconds=seconds)
+    out = TrialOutput(result.model, privacy, result.history, seconds=seconds, adapter=result.adapter)
     if smp is not None:
         out.synthetic = sample(result.model, smp, progress=progress)
         seconds["sample"], t = time.time() - t, time.time()
@@ -57,10 +59,13 @@ def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneCo
 
 
 def write_outputs(d: Path, out: TrialOutput, result: dict, synthetic_npz: bool = False) -> None:
-    """The one writer of a trial's directory: model/, privacy.json, history.json, samples.png (when
-    sampled), synthetic.npz (when asked) and result.json (what the caller releases about the trial)."""
+    """The one writer of a trial's directory: model/, lora/ (method lora: the adapter as diffusers LoRA weights;
+    model/ has it merged), privacy.json, history.json, samples.png (when sampled), synthetic.npz (when asked) and
+    result.json (what the caller releases about the trial)."""
     d = Path(d)
     save_ldm(out.model.to("cpu"), d / "model", extra={"privacy": out.privacy})
+    if out.adapter is not None:
+        save_lora(out.adapter, d / "lora")
     write_json(d / "privacy.json", out.privacy)
     write_json(d / "history.json", {"epochs": out.history})
     if out.synthetic is not None:

@@ -130,6 +130,8 @@ class PrivacyRecord:
     sampling: str = "poisson"
     clipping: str = "hooks"  # per-sample clipping path: "bookkeeping" or Opacus' "hooks" (same clip, noise, sampler)
     unit: str = "one private image (add/remove)"
+    method: str = "attention"  # what trained in `layers`: whole attention modules, or LoRA adapters of rank lora_rank
+    lora_rank: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
