@@ -116,7 +116,18 @@ def _features(data: ImageSet, extractor: str, cfg: EvaluateConfig, device: str) 
         return np.concatenate(feats)
     net = public_feature_extractor(cfg)
     with torch.no_grad():
-        return torch.cat([net.embed(data.images[i: i + 1000].float().div(255.0)) for i in range(0, len(data), 1000)]).numpy()
+        return torch.cat([net.embed(_as_digit_input(data.images[i: i + 1000])) for i in range(0, len(data), 1000)]).numpy()
+
+
+def _as_digit_input(x: torch.Tensor) -> torch.Tensor:
+    """The public CNN reads 28 × 28 grey digits: other images are averaged to grey and resized first (its FID
+    then compares what a digit reader sees; clean-fid's Inception suits natural images better)."""
+    x = x.float().div(255.0)
+    if x.shape[1] != 1:
+        x = x.mean(1, keepdim=True)
+    if x.shape[-2:] != (28, 28):
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
+    return x
 
 
 def fid(a: ImageSet, b: ImageSet, cfg: EvaluateConfig, device: str = "cpu") -> tuple[float, str]:

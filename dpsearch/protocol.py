@@ -59,8 +59,7 @@ def split_synthetic(synthetic: ImageSet, n_val: int, seed: int = 0) -> tuple[Ima
     val = torch.from_numpy(np.concatenate(val_idx))
     mask = torch.ones(len(synthetic), dtype=torch.bool)
     mask[val] = False
-    pick = lambda m, name: ImageSet(synthetic.images[m], synthetic.labels[m], synthetic.num_classes, name)  # noqa: E731
-    return pick(mask, "synthetic-train"), pick(val, "synthetic-val")
+    return synthetic.take(mask, "synthetic-train"), synthetic.take(val, "synthetic-val")
 
 
 def score(synthetic: ImageSet, real_test: ImageSet, protocol: Protocol = DPIMAGEBENCH, seed: int = 0,

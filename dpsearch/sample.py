@@ -34,7 +34,7 @@ def sample(model: LDM, cfg: SampleConfig, progress: bool = True) -> ImageSet:
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = model.device
     unet, emb = model.unet.eval(), model.embedder.eval()
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    shape = (unet.config.in_channels, model.latent_size, model.latent_size)
     guided = cfg.guidance != 1.0
     out = []
     batches = range(0, len(labels), cfg.batch)

@@ -19,6 +19,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from dpsearch.config import ModelConfig
+from dpsearch.models.sd import PromptEmbedder
 
 META_FILE = "dpsearch_model.json"
 PARTS = ("vae", "unet", "class_embedder", "scheduler")
@@ -52,7 +53,7 @@ class ClassEmbedder(ModelMixin, ConfigMixin):
 class LDM:
     vae: AutoencoderKL
     unet: UNet2DConditionModel
-    embedder: ClassEmbedder
+    embedder: ClassEmbedder | PromptEmbedder
     scheduler: DDPMScheduler
     meta: dict
 
@@ -64,6 +65,11 @@ class LDM:
         for m in (self.vae, self.unet, self.embedder):
             m.to(device)
         return self
+
+    @property
+    def latent_size(self) -> int:
+        """The UNet's input size at this model's resolution (an SD UNet's config names its native one only)."""
+        return self.meta["padded_size"] // 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def _pad(self) -> int:
         return (self.meta["padded_size"] - self.meta["image_size"]) // 2
@@ -135,6 +141,9 @@ def load_ldm(ref: str | Path, device: str | torch.device = "cpu") -> LDM:
             root = root / "model"  # a trial's directory (`dpsearch finetune --out`, a pulled checkpoint)
         if not root.is_dir():
             raise ModelError(f"model directory {root} does not exist; run `dpsearch pretrain` or give a path or hub id")
+        if (root / "model_index.json").exists() and not (root / META_FILE).exists():
+            raise ModelError(f"{root} is a Stable Diffusion-format pipeline: give it as --model to `dpsearch run`, "
+                             f"`finetune` or `sweep`, which embed the dataset's class prompts once (models/sd.py)")
         missing = [p for p in (*PARTS, META_FILE) if not (root / p).exists()]
         if missing:
             raise ModelError(f"model directory {root} is incomplete (missing {', '.join(missing)}); "
@@ -149,7 +158,9 @@ def load_ldm(ref: str | Path, device: str | torch.device = "cpu") -> LDM:
     try:
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", low_cpu_mem_usage=False)
         unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", low_cpu_mem_usage=False)
-        embedder = ClassEmbedder.from_pretrained(src, subfolder="class_embedder", low_cpu_mem_usage=False)
+        kind = ClassEmbedder.load_config(src, subfolder="class_embedder").get("_class_name")
+        embedder_cls = PromptEmbedder if kind == "PromptEmbedder" else ClassEmbedder  # an SD model's prompt table
+        embedder = embedder_cls.from_pretrained(src, subfolder="class_embedder", low_cpu_mem_usage=False)
         scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
     except Exception as e:  # noqa: BLE001 - safetensors/json/OSError all mean "this model is unusable"
         raise ModelError(f"model {ref} could not be loaded ({type(e).__name__}: {str(e)[:300]}); "

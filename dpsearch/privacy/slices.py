@@ -75,7 +75,7 @@ def split(data: ImageSet, rule: SliceRule, keep: float = 1.0) -> dict[str, Image
     parts = {}
     for name, lo, hi in zip(PARTS, edges[:-1], edges[1:]):
         idx = torch.from_numpy(np.flatnonzero((u >= lo) & (u < hi)))
-        parts[name] = ImageSet(data.images[idx], data.labels[idx], data.num_classes, f"{data.name}:{name}")
+        parts[name] = data.take(idx, f"{data.name}:{name}")
     for name, part in parts.items():
         if len(part) == 0:
             raise ConfigError(f"the {name} slice of {data.name} is empty ({len(data)} records, fraction "
