@@ -36,6 +36,9 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
         p.add_argument("--eps", type=_float("--eps"), required=True, help="target ε of this DP fine-tune")
     p.add_argument("--delta", type=_float("--delta"), default=None, help="δ (default: 1/N rounded down to a power of 10, < 1/N)")
     p.add_argument("--layers", default=DEFAULT_FT.layers, help="attention modules a-b to train (1-based, inclusive) or 'all'")
+    p.add_argument("--method", choices=["attention", "lora"], default=DEFAULT_FT.method,
+                   help="train the modules' weights (attention) or rank-r LoRA adapters on their projections (lora)")
+    p.add_argument("--rank", type=int, default=DEFAULT_FT.rank, help="LoRA rank r (with --method lora)")
     p.add_argument("--clip", type=_float("--clip"), default=DEFAULT_FT.clip, help="per-sample clip norm C")
     p.add_argument("--batch", type=int, default=DEFAULT_FT.batch, help="expected logical batch size B (q = B/N)")
     p.add_argument("--epochs", type=int, default=DEFAULT_FT.epochs)
@@ -49,6 +52,15 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
                         "book-keeping wherever it applies (docs/performance.md)")
     p.add_argument("--n-private", type=int, default=None, help="use a random subset of N private images")
     p.add_argument("--private", default="mnist", help="private dataset: mnist, folder:PATH, torchvision:NAME")
+    _add_model_input_args(p)
+
+
+def _add_model_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", default=None,
+                   help="Stable Diffusion models: the prompt of each class, with {label} for its name "
+                        "(default '{label}'), e.g. 'a photo of a {label}'")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="Stable Diffusion models: train and sample at this size (default: the UNet's native size)")
 
 
 def _add_sample_args(p: argparse.ArgumentParser) -> None:
@@ -86,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd.cmd_layers)
 
     p = sub.add_parser("finetune", help="DP fine-tune attention layers a-b of a pretrained model")
-    p.add_argument("--model", required=True, help="pretrained model directory or hub id")
+    p.add_argument("--model", required=True, help="pretrained model: a dpsearch model or a Stable Diffusion-format "
+                   "pipeline, directory or hub id")
     p.add_argument("--out", required=True)
     _add_finetune_args(p)
     _common(p)
@@ -107,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd.cmd_evaluate)
 
     p = sub.add_parser("run", help="one full trial: pretrain (cached) → DP fine-tune → sample → evaluate")
-    p.add_argument("--model", default=None, help="pretrained model (default: pretrain or reuse the cached default)")
+    p.add_argument("--model", default=None, help="pretrained model: a dpsearch model or a Stable Diffusion-format "
+                   "pipeline, directory or hub id (default: the shipped / cached default)")
     p.add_argument("--config", help="YAML PretrainConfig for the pretraining step")
     p.add_argument("--out", default=None, help="trial directory (default: runs/trial-…)")
     _add_finetune_args(p, non_private=True)
@@ -149,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "config); default: the embedded S3 server")
     p.add_argument("--tracking", default=None,
                    help="MLflow URI (default: MLFLOW_TRACKING_URI, else the embedded server); 'none' to log nothing")
-    p.add_argument("--model", default=None, help="pretrained model (default: the space's, else the embedded one)")
+    p.add_argument("--model", default=None, help="pretrained model: a dpsearch model or a Stable Diffusion-format "
+                   "pipeline, directory or hub id (default: the space's, else the embedded one)")
+    _add_model_input_args(p)
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs each trial requests (default: 1/concurrency of one GPU when the cluster has or can "
                         "autoscale GPU nodes, else 0)")

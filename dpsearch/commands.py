@@ -15,7 +15,8 @@ from dpsearch.data import ImageSet
 
 
 def _ft_config(a) -> FinetuneConfig:
-    return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, clip=a.clip, batch=a.batch,
+    return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, method=a.method, rank=a.rank,
+                    clip=a.clip, batch=a.batch,
                     epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
                     n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
                     clipping=a.clipping,
@@ -31,11 +32,12 @@ def _pretrain_config(a) -> PretrainConfig:
     return load_yaml(Path(a.config), PretrainConfig) if getattr(a, "config", None) else PretrainConfig()
 
 
-def _private(spec: str, n: int | None, seed: int) -> tuple[ImageSet, ImageSet | None]:
-    from dpsearch.data import load_dataset
+def _inputs(a, model: str | None, n: int | None):
+    """(model, private subset, test): the data at the model's size, an SD pipeline converted with its prompts."""
+    from dpsearch.inputs import resolve_inputs
 
-    train, test = load_dataset(spec)
-    return train.subset(n, seed=seed), test
+    got = resolve_inputs(model, a.private, a.prompt, a.resolution, device=a.device)
+    return got.model, got.private.subset(n, seed=a.seed), got.test
 
 
 def _default_storage() -> str:
@@ -81,7 +83,11 @@ def cmd_pretrain(a) -> int:
 
 def cmd_layers(a) -> int:
     from dpsearch.models import layer_table, load_ldm
+    from dpsearch.models.sd import is_sd_pipeline, load_sd_unet
 
+    if is_sd_pipeline(a.model):  # the numbering needs only the UNet; prompts come with the data
+        print(layer_table(load_sd_unet(a.model), None, a.range))
+        return 0
     model = load_ldm(a.model)
     print(layer_table(model.unet, model.embedder, a.range))
     return 0
@@ -95,9 +101,9 @@ def cmd_finetune(a) -> int:
 
     cfg = _ft_config(a)
     check_output(Path(a.out), a.overwrite)
-    private, _ = _private(a.private, cfg.n_private, a.seed)
+    model, private, _ = _inputs(a, a.model, cfg.n_private)
     plan_privacy(cfg, len(private))
-    out = run_pipeline(a.model, private, cfg, device=str(pick_device(a.device)), progress=not a.quiet)
+    out = run_pipeline(model, private, cfg, device=str(pick_device(a.device)), progress=not a.quiet)
     with atomic_dir(Path(a.out), a.overwrite) as tmp:
         write_outputs(tmp, out, {"privacy": out.privacy})
     print(f"(ε = {out.privacy['eps']:.3f}, δ = {out.privacy['delta']:g})-DP by {out.privacy['accountant'].upper()}, "
@@ -130,7 +136,8 @@ def cmd_evaluate(a) -> int:
 
     path = Path(a.synthetic)
     synth = ImageSet.load(path / "synthetic.npz" if path.is_dir() else path)
-    _, test = load_dataset(a.test)
+    c, size, _ = synth.image_shape
+    _, test = load_dataset(a.test, size, c)
     res = evaluate(synth, test, EvaluateConfig(seed=a.seed, fid_extractor=a.fid_extractor), progress=not a.quiet)
     print(json.dumps(res, indent=2))
     return 0
@@ -143,11 +150,12 @@ def cmd_release(a) -> int:
     from dpsearch.models import load_ldm
     from dpsearch.trial import release_trial
 
-    k = load_ldm(a.trial).meta["num_classes"]
+    meta = load_ldm(a.trial).meta
+    k = meta["num_classes"]
     if a.n < k or a.n % k:
         raise ConfigError(f"--n {a.n} must be a positive multiple of the {k} classes (balanced release)")
     smp = validate(SampleConfig, per_class=a.n // k, steps=a.steps, scheduler=a.scheduler, guidance=a.guidance, seed=a.seed)
-    test = None if a.test == "none" else load_dataset(a.test)[1]
+    test = None if a.test == "none" else load_dataset(a.test, meta["image_size"], meta["channels"])[1]
     res = release_trial(Path(a.trial), Path(a.out), smp, test, overwrite=a.overwrite, device=str(pick_device(a.device)),
                         progress=not a.quiet)
     p = res["privacy"]
@@ -172,10 +180,10 @@ def cmd_run(a) -> int:
     from dpsearch.outputs import check_output
 
     check_output(out, a.overwrite)
-    private, test = _private(a.private, ft.n_private, a.seed)
-    ft.check_against_data(len(private))
     t = time.time()
-    model = a.model or pretrain(_pretrain_config(a), device=a.device)
+    model = a.model or (pretrain(_pretrain_config(a), device=a.device) if getattr(a, "config", None) else None)
+    model, private, test = _inputs(a, model, ft.n_private)
+    ft.check_against_data(len(private))
     summary = run_trial(model, private, test, ft, _sample_config(a), EvaluateConfig(seed=a.seed), out, a.overwrite,
                         str(pick_device(a.device)), progress=not a.quiet)
     p, m = summary["privacy"], summary["metrics"]
@@ -199,7 +207,8 @@ def cmd_sweep(a) -> int:
 
     opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
-                        storage=a.storage, model=a.model, gpus_per_trial=a.gpus_per_trial,
+                        storage=a.storage, model=a.model, prompt=a.prompt, resolution=a.resolution,
+                        gpus_per_trial=a.gpus_per_trial,
                         tracking=a.tracking, private_selection=a.private_selection, eps_total=a.eps_total, mean_trials=a.mean_trials, progress=not a.quiet,
                         design=a.design, release=not a.no_release)
     if a.retry_errored and not a.resume:

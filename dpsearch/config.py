@@ -201,6 +201,12 @@ class FinetuneConfig(_Strict):
                               f"releasing a whole record. Use δ < 1/N, e.g. {default_delta(n):g}")
 
 
+def method_label(method: str | None, rank=None) -> str:
+    """How tables, reports and plots name what trained: "attention" or "lora r8"."""
+    method = method or "attention"
+    return f"lora r{int(rank)}" if method == "lora" and rank is not None else method
+
+
 def default_delta(n: int) -> float:
     """1/N rounded down to a power of ten, and strictly below 1/N (docs/privacy.md)."""
     k = math.ceil(math.log10(n))

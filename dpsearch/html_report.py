@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from dpsearch.config import ConfigError
+from dpsearch.config import ConfigError, method_label
 from dpsearch.storage import Store
 
 
@@ -60,27 +60,31 @@ def plot_objective_vs_oracle(rows: list[dict], spearman, selected: str | None = 
 
 
 def plot_layer_heatmap(rows: list[dict], n_layers: int):
-    """Best objective per layer range a-b (start × end); empty cells were not tried."""
+    """Best objective per layer range a-b (start × end), one panel per method; empty cells were not tried."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     pts = _scored(rows)
     if not pts:
         return None
-    grid = np.full((n_layers, n_layers), np.nan)
-    for r in pts:
-        a, b = (int(x) for x in str(r["layers"]).split("-"))
-        if 1 <= a <= b <= n_layers:
-            grid[a - 1, b - 1] = np.nanmax([grid[a - 1, b - 1], r["objective"]])
-    fig, ax = plt.subplots(figsize=(4.8, 4))
-    im = ax.imshow(grid, origin="lower", cmap="viridis")
-    ax.set_xticks(range(n_layers), range(1, n_layers + 1))
-    ax.set_yticks(range(n_layers), range(1, n_layers + 1))
-    ax.set(xlabel="layer range end b", ylabel="layer range start a", title="best objective per layer range")
-    for (i, j), v in np.ndenumerate(grid):
-        if not np.isnan(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    methods = sorted({r.get("method") or "attention" for r in pts})
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        grid = np.full((n_layers, n_layers), np.nan)
+        for r in pts:
+            if (r.get("method") or "attention") != method:
+                continue
+            a, b = (int(x) for x in str(r["layers"]).split("-"))
+            if 1 <= a <= b <= n_layers:
+                grid[a - 1, b - 1] = np.nanmax([grid[a - 1, b - 1], r["objective"]])
+        im = ax.imshow(grid, origin="lower", cmap="viridis")
+        ax.set_xticks(range(n_layers), range(1, n_layers + 1))
+        ax.set_yticks(range(n_layers), range(1, n_layers + 1))
+        ax.set(xlabel="layer range end b", ylabel="layer range start a", title=f"best objective per layer range: {method}")
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
 
@@ -136,7 +140,9 @@ def rows_from_mlflow(runs) -> list[dict]:
         rows.append({"trial": r.get("tags.dpsearch.trial_id") or r.get("run_id"),
                      "status": "DONE" if r.get("status") == "FINISHED" and get(r, "metrics.objective") is not None
                      else str(r.get("status")),
-                     "layers": r.get("params.layers"), "clip": get(r, "params.clip"), "batch": get(r, "params.batch", int),
+                     "layers": r.get("params.layers"),
+                     "method": method_label(r.get("params.method"), get(r, "params.rank", int)),
+                     "clip": get(r, "params.clip"), "batch": get(r, "params.batch", int),
                      "lr": get(r, "params.lr"), "epochs": get(r, "params.epochs", int),
                      "eps": get(r, "params.privacy/eps"), "delta": get(r, "params.privacy/delta"),
                      "objective": get(r, "metrics.objective"), "oracle_accuracy": get(r, "metrics.oracle/accuracy"),
@@ -146,7 +152,7 @@ def rows_from_mlflow(runs) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> str:
-    cols = [("trial", "trial"), ("status", "status"), ("layers", "layers a-b"), ("clip", "C"), ("batch", "B"),
+    cols = [("trial", "trial"), ("status", "status"), ("layers", "layers a-b"), ("method", "method"), ("clip", "C"), ("batch", "B"),
             ("lr", "lr"), ("epochs", "epochs"), ("sigma", "σ"), ("eps", "ε"), ("delta", "δ"),
             ("objective", "objective"), ("synthetic_fid", "FID(S, V)"), ("oracle_accuracy", "ORACLE acc."),
             ("oracle_fid", "ORACLE FID"), ("error", "error")]

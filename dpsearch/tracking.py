@@ -38,7 +38,10 @@ def useful_metrics(result: dict) -> dict:
 
 def trial_params(config: dict) -> dict:
     """Layer range as two integers (a, b) so MLflow's parallel coordinates can plot it."""
-    p = {k: config[k] for k in ("layers", "clip", "batch", "lr", "epochs") if k in config}
+    p = {k: config[k] for k in ("layers", "method", "rank", "clip", "batch", "lr", "epochs") if k in config}
+    p.setdefault("method", "attention")
+    if p["method"] != "lora":
+        p.pop("rank", None)  # a rank means nothing for whole-module training
     if "layers" in p:
         a, b = str(p["layers"]).split("-")
         p["layer_a"], p["layer_b"] = int(a), int(b)

@@ -12,7 +12,7 @@ LAYERS = [
     {"checkpoints", "privacy"},
     {"shipped"},
     {"pretrain", "sample", "evaluate", "finetune", "sweep_store"},
-    {"protocol", "synthetic_release"},
+    {"protocol", "synthetic_release", "inputs"},
     {"pipeline"},
     {"trial", "baseline", "html_report"},
     {"tracking"},

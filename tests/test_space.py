@@ -120,3 +120,42 @@ def test_validation_eps_of_the_space_is_used_and_bounded(tmp_path):
     with pytest.raises(ConfigError, match="validation.eps"):
         load_space(p)
 
+
+
+def test_method_and_rank_are_searched_and_rank_only_for_lora(tmp_path):
+    space = load_space(_params(tmp_path, method="{choice: [attention, lora]}", rank="{choice: [4, 16]}"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        fixed = define_by_run(space)(trial)
+        cfg = space.finetune_config({**trial.params, **fixed}, eps=5.0)
+        if cfg.method == "lora":
+            assert trial.params["rank"] in (4, 16) and cfg.rank == trial.params["rank"]
+        else:
+            assert "rank" not in trial.params
+        seen.add((cfg.method, cfg.rank if cfg.method == "lora" else None))
+        study.tell(trial, 0.5)
+    assert seen == {("attention", None), ("lora", 4), ("lora", 16)}
+
+
+def test_a_fixed_method_and_rank_reach_the_config_and_old_spaces_mean_attention(tmp_path):
+    space = load_space(_params(tmp_path, method="lora", rank="{value: 2}"))
+    trial = optuna.create_study().ask()
+    fixed = define_by_run(space)(trial)
+    assert fixed["method"] == "lora" and fixed["rank"] == 2
+    cfg = space.finetune_config({**trial.params, **fixed}, eps=1.0)
+    assert (cfg.method, cfg.rank) == ("lora", 2)
+    (tmp_path / "old").mkdir()
+    old = load_space(_params(tmp_path / "old"))  # a space written before the method dimension existed
+    trial = optuna.create_study().ask()
+    fixed = define_by_run(old)(trial)
+    assert old.finetune_config({**trial.params, **fixed}, eps=1.0).method == "attention"
+
+
+@pytest.mark.parametrize("method, message", [("{choice: [attention, dora]}", "params.method"),
+                                             ("{choice: []}", "params.method"), ("{value: x, choice: [lora]}", "method")])
+def test_a_bad_method_is_a_clear_error(tmp_path, method, message):
+    with pytest.raises(ConfigError, match="malformed") as e:
+        load_space(_params(tmp_path, method=method))
+    assert message in str(e.value)

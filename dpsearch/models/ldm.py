@@ -126,6 +126,24 @@ def save_ldm(model: LDM, path: Path, extra: dict | None = None) -> None:
     (path / META_FILE).write_text(json.dumps({**model.meta, **(extra or {})}, indent=2))
 
 
+def model_geometry(ref: str | Path, resolution: int | None = None) -> tuple[int, int, int | None]:
+    """(image size, channels, classes or None) of a dpsearch model or an SD pipeline, from its configs alone:
+    what the private data is converted to before anything loads weights."""
+    from dpsearch.models.sd import is_sd_pipeline, read_config, sd_geometry
+
+    ref = str(ref)
+    if is_sd_pipeline(ref):
+        return (*sd_geometry(ref, resolution), None)
+    root = Path(ref).expanduser()
+    if _is_local(ref) and not (root / META_FILE).exists() and (root / "model" / META_FILE).exists():
+        ref = str(root / "model")
+    meta = read_config(ref, META_FILE)
+    if meta is None:
+        raise ModelError(f"{ref} is neither a dpsearch model ({META_FILE}) nor a Stable Diffusion pipeline "
+                         f"(model_index.json); run `dpsearch pretrain` or give a model directory or hub id")
+    return meta["image_size"], meta["channels"], meta["num_classes"]
+
+
 def _is_local(ref: str) -> bool:
     return Path(ref).exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1
 

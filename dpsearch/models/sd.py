@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
@@ -43,7 +42,7 @@ class PromptEmbedder(ModelMixin, ConfigMixin):
         return self.table[labels]
 
 
-def _read_json(ref: str, name: str) -> dict | None:
+def read_config(ref: str, name: str) -> dict | None:
     """A config file of a local directory or a hub repository; None when it is not there."""
     local = Path(ref).expanduser()
     if local.is_dir():
@@ -67,7 +66,7 @@ def is_sd_pipeline(ref: str | Path) -> bool:
     local = Path(ref).expanduser()
     if local.is_dir():
         return (local / SD_INDEX).is_file() and not (local / META_FILE).is_file()
-    return _read_json(ref, META_FILE) is None and _read_json(ref, SD_INDEX) is not None
+    return read_config(ref, META_FILE) is None and read_config(ref, SD_INDEX) is not None
 
 
 def _vae_scale(vae_config: dict) -> int:
@@ -79,7 +78,7 @@ def sd_geometry(ref: str, resolution: int | None = None) -> tuple[int, int]:
     against the autoencoder's and the UNet's downsampling."""
     from dpsearch.models.ldm import ModelError
 
-    vae, unet = _read_json(ref, "vae/config.json"), _read_json(ref, "unet/config.json")
+    vae, unet = read_config(ref, "vae/config.json"), read_config(ref, "unet/config.json")
     if vae is None or unet is None:
         raise ModelError(f"{ref} has {SD_INDEX} but no vae/config.json or unet/config.json: not a Stable Diffusion "
                          f"pipeline dpsearch can fine-tune")
@@ -168,8 +167,6 @@ def prepare_model(ref: str | Path, class_names: tuple[str, ...], template: str =
 
     ref = str(ref)
     if not is_sd_pipeline(ref):
-        if resolution is not None:
-            raise ValueError("--resolution applies to Stable Diffusion pipelines; a dpsearch model has its own size")
         return ref
     prompts = prompts_for(template, class_names)
     key = hashlib.sha256(json.dumps([str(Path(ref).expanduser().resolve()) if Path(ref).expanduser().is_dir() else ref,

@@ -42,6 +42,10 @@ def reference_point(space: SearchSpace, n_layers: int) -> Optional[dict]:
             return None
         if not isinstance(p, FIXED):
             point[name] = v
+    if "attention" not in ps.method.values():  # the reference trains whole attention modules
+        return None
+    if ps.method.choice is not None:
+        point["method"] = "attention"
     return point
 
 

@@ -30,6 +30,8 @@ class SweepOptions:
     storage: Optional[str] = None  # local dir or s3://bucket/prefix; default: the embedded S3, else DPSEARCH_HOME/sweeps
     tracking: Optional[str] = None  # MLflow URI; None/"auto": MLFLOW_TRACKING_URI, else the embedded server; "none": off
     model: Optional[str] = None  # overrides the space's pretrained model
+    prompt: Optional[str] = None  # overrides the space's prompt template (Stable Diffusion models)
+    resolution: Optional[int] = None  # overrides the space's resolution (Stable Diffusion models)
     gpus_per_trial: Optional[float] = None  # default: 1/concurrency of a GPU when the cluster has GPUs
     private_selection: Optional[str] = None  # geometric | logarithmic | poisson: K is random, only the best released
     mean_trials: Optional[float] = None  # μ, the mean of K under private selection

@@ -58,10 +58,8 @@ def connect_services(opts: SweepOptions) -> tuple[str, Optional[str]]:
 def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: bool = False) -> SweepResult:
     from ray import tune
 
-    from dpsearch.config import PretrainConfig
-    from dpsearch.data import load_dataset
+    from dpsearch.inputs import resolve_inputs
     from dpsearch.models import attention_modules, load_ldm
-    from dpsearch.pretrain import pretrain
     from dpsearch.fingerprints import check_resume, files_fingerprint, private_fingerprint, text_fingerprint
     from dpsearch.search.ray_session import ray_session
     from dpsearch.search.trial_counter import TrialCounter
@@ -79,7 +77,9 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         space = SearchSpace(**saved["space"])
     else:
         space = load_space(opts.space)
-    private, oracle = load_dataset(space.private)
+    inputs = resolve_inputs(opts.model or space.model, space.private, opts.prompt or space.prompt,
+                            opts.resolution or space.resolution)  # an SD pipeline is converted here, once
+    model_dir, private, oracle = inputs.model, inputs.private, inputs.test
     design = plan(opts, space, private, saved if resume else None)
     opts.eps = eps = design.eps
     val_eps = design.val_eps
@@ -89,7 +89,6 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     # Everything that can be wrong with the input fails here, before any training.
     for cfg_probe, n in _probe_configs(space, design):
         cfg_probe.check_against_data(n)
-    model_dir = opts.model or space.model or pretrain(PretrainConfig())
     probe = load_ldm(model_dir)
     n_layers = len(attention_modules(probe.unet))
     space.params.layers.check_model(n_layers)

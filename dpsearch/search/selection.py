@@ -17,7 +17,10 @@ from dpsearch.config import parse_layers
 
 
 def is_reference(row: dict, reference, n_layers: int) -> bool:
-    """Whether a trial row ran the reference configuration (layers compared as ranges, "all" = 1-n)."""
+    """Whether a trial row ran the reference configuration (layers compared as ranges, "all" = 1-n; the
+    reference trains whole attention modules)."""
+    if row.get("method", "attention") != "attention":
+        return False
     try:
         if parse_layers(str(row["layers"]), n_layers) != parse_layers(reference.layers, n_layers):
             return False

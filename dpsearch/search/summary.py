@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from dpsearch.config import method_label
 from dpsearch.search.options import METRIC
 
 
@@ -33,7 +34,7 @@ def rows_of(grid) -> list[dict]:
         rows.append({
             "trial": m.get("trial_id") or (os.path.basename(r.path) if r.path else "?"), "status": "ERROR" if r.error else (
                 "DONE" if m.get("done") else "STOPPED"),
-            "layers": cfg.get("layers"), "clip": cfg.get("clip"), "batch": cfg.get("batch"), "lr": cfg.get("lr"),
+            "layers": cfg.get("layers"), "method": method_label(cfg.get("method"), cfg.get("rank")), "clip": cfg.get("clip"), "batch": cfg.get("batch"), "lr": cfg.get("lr"),
             "epochs": cfg.get("epochs"), "sigma": m.get("privacy/sigma"), "eps": m.get("privacy/eps"),
             "delta": m.get("privacy/delta"), "q": m.get("privacy/q"), "steps": m.get("privacy/steps"),
             "accountant": m.get("privacy/accountant"), "objective": m.get(METRIC), "oracle_accuracy": m.get("oracle/accuracy"),
@@ -97,7 +98,7 @@ def format_final(f: dict) -> str:
 
 
 def format_summary(res: SweepResult) -> str:
-    cols = [("trial", 11), ("status", 7), ("layers", 6), ("clip", 8), ("batch", 5), ("lr", 8), ("epochs", 6),
+    cols = [("trial", 11), ("status", 7), ("layers", 6), ("method", 9), ("clip", 8), ("batch", 5), ("lr", 8), ("epochs", 6),
             ("sigma", 7), ("eps", 6), ("objective", 9), ("oracle_accuracy", 15)]
     def fmt(v, w):
         if v is None:

@@ -1,153 +1,23 @@
 """Search spaces are YAML files (search_spaces/*.yaml): typed here, turned into an Optuna define-by-run.
 
 A space fixes what every trial shares (data, model, ε, δ, sampling, evaluation, the validation
-generator's reference configuration) and says what varies (layer range, C, B, lr, epochs).
+generator's reference configuration) and says what varies (layer range, C, B, lr, epochs, and the method:
+whole attention modules or LoRA adapters of rank r). The value types live in space/params.py.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dpsearch.config import EPS_MAX, ConfigError, _Strict, EvaluateConfig, FinetuneConfig, SampleConfig, parse_layers
+from dpsearch.config import EPS_MAX, ConfigError, _Strict, EvaluateConfig, FinetuneConfig, SampleConfig
 
-
-MAX_INT_VALUES = 64  # an integer range is a grid the privacy report enumerates (one σ per batch × epochs)
-
-
-def _number(name: str, v) -> float:
-    """YAML 1.1 reads 1e3 and 1e-3 (no dot) as strings: accept numeric strings, refuse the rest."""
-    if isinstance(v, bool):
-        raise ValueError(f"{name}: {v!r} is not a number")
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            raise ValueError(f"{name}: {v!r} is not a number") from None
-    if not isinstance(v, (int, float)):
-        raise ValueError(f"{name}: {v!r} is not a number")
-    return float(v)
-
-
-def _integer(name: str, v) -> int:
-    x = _number(name, v)
-    if not (math.isfinite(x) and x == int(x) and x >= 1):
-        raise ValueError(f"{name}: {v!r} is not a whole number ≥ 1")
-    return int(x)
-
-
-class LogUniform(_Strict):
-    log_uniform: tuple[float, float]
-
-    @model_validator(mode="after")
-    def _order(self):
-        lo, hi = self.log_uniform
-        if not (0 < lo <= hi):
-            raise ValueError(f"log_uniform bounds must satisfy 0 < low ≤ high, got {lo}, {hi}")
-        return self
-
-
-class FloatChoice(_Strict):
-    choice: list[float] = Field(min_length=1)
-
-
-class FloatFixed(_Strict):
-    value: float
-
-
-class IntChoice(_Strict):
-    choice: list[int] = Field(min_length=1)
-
-    def values(self) -> list[int]:
-        return sorted(set(self.choice))
-
-
-class IntRange(_Strict):
-    """Every integer low, low + step, ..., ≤ high; searched with Optuna's suggest_int."""
-
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
-    step: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _order(self):
-        if self.low > self.high:
-            raise ValueError(f"low {self.low} > high {self.high}")
-        if len(self.values()) > MAX_INT_VALUES:
-            raise ValueError(f"low {self.low}, high {self.high}, step {self.step} gives {len(self.values())} values; the "
-                             f"privacy report calibrates σ for each, so at most {MAX_INT_VALUES}: raise step or use choice")
-        return self
-
-    def values(self) -> list[int]:
-        return list(range(self.low, self.high + 1, self.step))
-
-
-class IntFixed(_Strict):
-    value: int = Field(ge=1)
-
-    def values(self) -> list[int]:
-        return [self.value]
-
-
-FloatParam = Union[LogUniform, FloatChoice, FloatFixed]
-IntParam = Union[IntChoice, IntRange, IntFixed]
-
-
-def _float_param(name: str, raw) -> FloatParam:
-    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("log_uniform", "choice", "value"):
-        raise ValueError(f"{name} must be one of {{log_uniform: [low, high]}}, {{choice: [...]}}, {{value: x}}; got {raw!r}")
-    (kind, v), = raw.items()
-    if kind == "log_uniform":
-        if not isinstance(v, (list, tuple)) or len(v) != 2:
-            raise ValueError(f"{name}: log_uniform takes [low, high], got {v!r}")
-        return LogUniform(log_uniform=tuple(_number(name, x) for x in v))
-    if kind == "choice":
-        if not isinstance(v, list) or not v:
-            raise ValueError(f"{name}: choice takes a non-empty list, got {v!r}")
-        return FloatChoice(choice=[_number(name, x) for x in v])
-    return FloatFixed(value=_number(name, v))
-
-
-def _int_param(name: str, raw) -> IntParam:
-    if isinstance(raw, dict) and "log_uniform" in raw:
-        raise ValueError(f"{name} is a whole number: log_uniform would draw fractions; use {{choice: [...]}} or an "
-                         f"integer range {{low: a, high: b, step: s}}")
-    if isinstance(raw, dict) and set(raw) <= {"low", "high", "step"} and {"low", "high"} <= set(raw):
-        return IntRange(**{k: _integer(f"{name}.{k}", v) for k, v in raw.items()})
-    if isinstance(raw, dict) and set(raw) == {"choice"}:
-        v = raw["choice"]
-        if not isinstance(v, list) or not v:
-            raise ValueError(f"{name}: choice takes a non-empty list, got {v!r}")
-        return IntChoice(choice=[_integer(name, x) for x in v])
-    if isinstance(raw, dict) and set(raw) == {"value"}:
-        return IntFixed(value=_integer(name, raw["value"]))
-    raise ValueError(f"{name} must be {{choice: [...]}}, {{low: a, high: b, step: s}} or {{value: n}}; got {raw!r}")
-
-
-class LayerSpace(_Strict):
-    """Either an integer range in which start ≤ end are both searched, or a list of named ranges."""
-
-    low: Optional[int] = Field(None, ge=1)
-    high: Optional[int] = Field(None, ge=1)
-    choice: Optional[list[str]] = None
-
-    @model_validator(mode="after")
-    def _one_form(self):
-        if (self.choice is None) == (self.low is None or self.high is None):
-            raise ValueError("give either low and high (searched a ≤ b) or choice: a list of ranges like '5-16'")
-        if self.low is not None and self.high is not None and self.low > self.high:
-            raise ValueError(f"low {self.low} > high {self.high}")
-        for r in self.choice or []:
-            parse_layers(r, 10_000)  # form only; the model's L is checked when the sweep starts
-        return self
-
-    def check_model(self, n_layers: int) -> None:
-        for r in self.choice or [f"{self.low}-{self.high}"]:
-            parse_layers(r, n_layers)
+from dpsearch.space.params import (FloatChoice, FloatFixed, FloatParam, IntChoice, IntFixed, IntParam, IntRange,
+                                   LayerSpace, LogUniform, MethodSpace, _float_param, _int_param)
 
 
 class ValidationGenerator(_Strict):
@@ -166,13 +36,20 @@ class Params(_Strict):
     batch: IntParam
     lr: FloatParam
     epochs: IntParam
+    method: MethodSpace = MethodSpace(value="attention")  # whole modules, or LoRA adapters on their projections
+    rank: IntParam = IntFixed(value=8)  # LoRA rank; drawn only in trials whose method is lora
 
     @field_validator("clip", "lr", mode="before")
     @classmethod
     def _floats(cls, v, info):
         return v if isinstance(v, BaseModel) else _float_param(info.field_name, v)
 
-    @field_validator("batch", "epochs", mode="before")
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v):
+        return MethodSpace(value=v) if isinstance(v, str) else v
+
+    @field_validator("batch", "epochs", "rank", mode="before")
     @classmethod
     def _ints(cls, v, info):
         return v if isinstance(v, BaseModel) else _int_param(info.field_name, v)
@@ -246,6 +123,9 @@ class SearchSpace(_Strict):
     private: str = "mnist"
     n_private: Optional[int] = Field(None, gt=0)
     model: Optional[str] = None  # pretrained model dir or hub id; default: the embedded pretrained model
+    # Stable Diffusion-format models: each class's prompt ({label} = its name) and the training resolution
+    prompt: Optional[str] = None
+    resolution: Optional[int] = Field(None, gt=0)
     eps: float = Field(5.0, gt=0)
     delta: Optional[float] = Field(None, gt=0, lt=1)
     accountant: Literal["prv", "rdp"] = "prv"
@@ -262,8 +142,10 @@ class SearchSpace(_Strict):
     def finetune_config(self, trial: dict, eps: float, seed: int = 0, batch_scale: float = 1.0,
                         delta: Optional[float] = None) -> FinetuneConfig:
         """The FinetuneConfig of one trial from its sampled values (batch scaled on a tuning slice)."""
+        method = trial.get("method", "attention")
+        rank = {"rank": int(trial["rank"])} if method == "lora" and trial.get("rank") is not None else {}
         return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=trial["layers"],
-                              clip=float(trial["clip"]), batch=scaled_batch(int(trial["batch"]), batch_scale),
+                              method=method, **rank, clip=float(trial["clip"]), batch=scaled_batch(int(trial["batch"]), batch_scale),
                               epochs=int(trial["epochs"]), lr=float(trial["lr"]), physical_batch=self.physical_batch,
                               n_private=self.n_private, accountant=self.accountant, seed=seed)
 
@@ -280,7 +162,7 @@ def load_space(path: str | Path) -> SearchSpace:
     """Reads and validates a space file; a malformed one is a ConfigError naming the field."""
     path = Path(path)
     if not path.exists():
-        builtin = Path(__file__).resolve().parent.parent / "search_spaces" / f"{path.name.removesuffix('.yaml')}.yaml"
+        builtin = Path(__file__).resolve().parents[2] / "search_spaces" / f"{path.name.removesuffix('.yaml')}.yaml"
         if builtin.exists():
             path = builtin
         else:
@@ -324,7 +206,7 @@ class DefineByRun:
     valid a ≤ b and the distributions stay fixed across trials (TPE models them independently).
     """
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: "SearchSpace"):
         self.space = space
 
     def __call__(self, trial) -> dict:
@@ -341,6 +223,14 @@ class DefineByRun:
             v = _suggest(trial, name, p)
             if isinstance(p, FIXED):
                 fixed[name] = v
+        m = ps.method
+        method = trial.suggest_categorical("method", m.choice) if m.choice else m.value
+        if m.choice is None:
+            fixed["method"] = method
+        if method == "lora":  # a conditional dimension: TPE models it over the LoRA trials only
+            rank = _suggest(trial, "rank", ps.rank)
+            if isinstance(ps.rank, IntFixed):
+                fixed["rank"] = rank
         return fixed
 
 
