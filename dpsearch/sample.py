@@ -56,7 +56,8 @@ def sample(model: LDM, cfg: SampleConfig, progress: bool = True) -> ImageSet:
             bar.update()
         out.append(model.decode(z).cpu())
     bar.close()
-    return ImageSet.from_float(torch.cat(out), labels, k, "synthetic")
+    names = tuple(model.meta.get("class_names") or ())  # an SD model's label names, carried to the release
+    return ImageSet.from_float(torch.cat(out), labels, k, "synthetic", names)
 
 
 def save_grid(images: ImageSet, path: Path, per_class: int = 10, scale: int = 2) -> Path:

@@ -69,10 +69,11 @@ class ImageSet:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     @staticmethod
-    def from_float(images: torch.Tensor, labels: torch.Tensor, num_classes: int, name: str) -> "ImageSet":
+    def from_float(images: torch.Tensor, labels: torch.Tensor, num_classes: int, name: str,
+                   class_names: tuple[str, ...] = ()) -> "ImageSet":
         """Inverse of `as_float`: [-1, 1] floats back to uint8."""
         u8 = images.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu()
-        return ImageSet(u8, labels.detach().long().cpu(), num_classes, name)
+        return ImageSet(u8, labels.detach().long().cpu(), num_classes, name, class_names)
 
     def save(self, path) -> None:
         np.savez_compressed(path, images=self.images.numpy(), labels=self.labels.numpy(),

@@ -53,21 +53,28 @@ def select_attention_layers(unet: UNet2DConditionModel, embedder: nn.Module, lay
     return [p for m in (unet, embedder) for p in m.parameters() if p.requires_grad]
 
 
-def layer_table(unet: UNet2DConditionModel, embedder: nn.Module | None = None, layers: str | None = None) -> str:
-    """The numbered table `dpsearch layers MODEL` prints, with the trainable fraction of a range."""
+def layer_table(unet: UNet2DConditionModel, embedder: nn.Module | None = None, layers: str | None = None,
+                ranks: tuple[int, ...] = (4, 16)) -> str:
+    """The numbered table `dpsearch layers MODEL` prints, with what a range trains: whole modules, or LoRA
+    adapters of the given ranks on their projections."""
+    from dpsearch.models.lora import lora_params
+
     mods = attention_modules(unet)
-    total = sum(p.numel() for p in unet.parameters()) + (sum(p.numel() for p in embedder.parameters()) if embedder else 0)
-    emb = sum(p.numel() for p in embedder.parameters()) if embedder else 0
+    emb = sum(p.numel() for p in embedder.parameters()) if embedder is not None else 0
+    total = sum(p.numel() for p in unet.parameters()) + emb
     lines = [f"{'#':>3}  {'module':<45} {'params':>12} {'% of model':>10}"]
     for m in mods:
         lines.append(f"{m.index:>3}  {m.name:<45} {m.params:>12,} {100 * m.params / total:>9.2f}%")
-    if embedder is not None:
+    if emb:
         lines.append(f"{'emb':>3}  {'class_embedder (always trained)':<45} {emb:>12,} {100 * emb / total:>9.2f}%")
-    lines.append(f"L = {len(mods)} attention modules; UNet + embedder = {total:,} parameters "
+    elif embedder is not None or unet.config.cross_attention_dim:
+        lines.append(f"{'':>3}  {'conditioning: class prompts embedded once by the frozen text encoder (not trained)'}")
+    lines.append(f"L = {len(mods)} attention modules; UNet{' + embedder' if emb else ''} = {total:,} parameters "
                  f"(autoencoder excluded: it is never fine-tuned)")
     ranges = [layers] if layers else ["all", f"1-{len(mods) // 2}", f"{len(mods) // 2 + 1}-{len(mods)}"]
     for r in ranges:
         a, b = parse_layers(r, len(mods))
         n = sum(m.params for m in mods[a - 1: b]) + emb
-        lines.append(f"range {a}-{b}: {n:,} trainable ({100 * n / total:.2f}% of UNet + embedder)")
+        lora = ", ".join(f"LoRA r={k}: {lora_params(unet, a, b, k) + emb:,}" for k in ranks)
+        lines.append(f"range {a}-{b}: {n:,} trainable ({100 * n / total:.2f}%); {lora}")
     return "\n".join(lines)

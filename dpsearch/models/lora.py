@@ -28,6 +28,12 @@ def lora_targets(unet, a: int, b: int) -> list[str]:
     return targets
 
 
+def lora_params(unet, a: int, b: int, rank: int) -> int:
+    """Adapter parameters of rank `rank` on modules a..b, r·(in + out) per projection, without injecting them."""
+    mods = dict(unet.named_modules())
+    return sum(rank * (mods[t].in_features + mods[t].out_features) for t in lora_targets(unet, a, b))
+
+
 def add_lora(unet, a: int, b: int, rank: int) -> list:
     """Injects rank-`rank` adapters (α = r: scale 1; A Gaussian, B zero, so the model starts unchanged) on modules
     a..b and returns the adapter parameters. Call after the UNet is on its device (opacus#820: moving it after

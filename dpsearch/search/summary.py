@@ -119,8 +119,9 @@ def format_summary(res: SweepResult) -> str:
         b, bo = res.best, res.best_oracle
         if res.extra.get("selection", {}).get("text"):
             lines.append(res.extra["selection"]["text"])
-        lines.append(f"selected: {b['trial']} (layers {b['layers']}), oracle accuracy "
-                     f"{100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)")
+        oracle = (f"oracle accuracy {100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)"
+                  if b.get("oracle_accuracy") is not None else "no oracle metrics (the data has no real test split)")
+        lines.append(f"selected: {b['trial']} (layers {b['layers']}, {b.get('method') or 'attention'}), {oracle}")
         if bo:
             lines.append(f"best oracle trial: {bo['trial']} (layers {bo['layers']}), oracle accuracy {100 * bo['oracle_accuracy']:.2f}%")
         lines.append(f"best trial's model: {b['checkpoint']}/model")
