@@ -1,7 +1,7 @@
 """DP step time vs non-private step time on the same model, trainable layers and batch.
 
-    python bench/dp_step.py [--model DIR] [--layers all] [--batch 512] [--physical 128]
-                            [--modes non-private,bookkeeping,hooks,functorch,ghost] [--rounds 3]
+    python bench/dp_step.py [--model DIR] [--layers all] [--method attention|lora] [--rank 8] [--batch 512]
+                            [--physical 128] [--modes non-private,bookkeeping,hooks,functorch,ghost] [--rounds 3]
 
 Prints a table and writes bench/results/dp_step.json. A mode's time is the median over --repeats logical
 steps after one warm-up, in a fresh process (its own peak RSS); the modes run round-robin --rounds times,
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from dpsearch.config import PretrainConfig
+from dpsearch.config import FinetuneConfig, PretrainConfig, parse_layers
 from dpsearch.data import load_mnist
 from dpsearch.device import pick_device
-from dpsearch.finetune import DiffusionLoss
-from dpsearch.models import load_ldm, select_attention_layers
+from dpsearch.finetune import DiffusionLoss, select_trainable
+from dpsearch.models import attention_modules, load_ldm
 from dpsearch.pretrain import default_model_dir
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,11 +50,13 @@ class _PerSample(torch.nn.Module):
         return loss if self.reduction == "none" else loss.mean()
 
 
-def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats):
+def bench_mode(model, latents, labels, layers, batch, physical, mode, repeats, method="attention", rank=8):
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    trainable = select_attention_layers(model.unet, model.embedder, layers, frozen=(model.vae,))
+    a, b = parse_layers(layers, len(attention_modules(model.unet)))
+    # the product's own choice of trainable set (LoRA adapters are injected here for method lora)
+    trainable = select_trainable(model, FinetuneConfig(non_private=True, method=method, rank=rank), a, b)
     module = DiffusionLoss(model, 0.1).train()
     x, y = latents[:batch], labels[:batch]
     times = []
@@ -119,7 +121,8 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _one_mode(model_dir: str, layers: str, batch: int, physical: int, mode: str, repeats: int) -> tuple[float, float]:
+def _one_mode(model_dir: str, layers: str, batch: int, physical: int, mode: str, repeats: int, method: str = "attention",
+              rank: int = 8) -> tuple[float, float, int]:
     """Runs in a fresh process, so the peak memory it reports is this mode's alone: CUDA's peak allocation on a
     GPU (the device dpsearch picks), the process' peak RSS on a CPU."""
     torch.set_num_threads(_THREADS)
@@ -129,10 +132,11 @@ def _one_mode(model_dir: str, layers: str, batch: int, physical: int, mode: str,
     sub = train.subset(batch)
     with torch.no_grad():
         latents = model.encode(sub.as_float().to(device))
-    sec = bench_mode(model, latents, sub.labels.to(device), layers, batch, physical, mode, repeats)
+    sec = bench_mode(model, latents, sub.labels.to(device), layers, batch, physical, mode, repeats, method, rank)
+    n_trainable = sum(p.numel() for m in (model.unet, model.embedder) for p in m.parameters() if p.requires_grad)
     if device.type == "cuda":
-        return sec, torch.cuda.max_memory_allocated() / 2**20
-    return sec, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return sec, torch.cuda.max_memory_allocated() / 2**20, n_trainable
+    return sec, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n_trainable
 
 
 _THREADS = torch.get_num_threads()
@@ -145,6 +149,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="pretrained model dir (default: the cached default)")
     ap.add_argument("--layers", default="all")
+    ap.add_argument("--method", choices=["attention", "lora"], default="attention")
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank (with --method lora)")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--physical", type=int, default=128)
     ap.add_argument("--modes", default="non-private,bookkeeping,hooks,functorch,ghost")
@@ -160,21 +166,23 @@ def main(argv=None):
     for r in range(1, args.rounds + 1):
         for mode in modes:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                sec, peak = pool.submit(_one_mode, model_dir, args.layers, args.batch, args.physical, mode,
-                                        args.repeats).result()
+                sec, peak, n_trainable = pool.submit(_one_mode, model_dir, args.layers, args.batch, args.physical, mode,
+                                                     args.repeats, args.method, args.rank).result()
             base = sec if mode == "non-private" else base
             runs.append({"round": r, "mode": mode, "seconds_per_step": sec, "ratio_to_nonprivate": sec / base,
-                         "peak_rss_mb": peak})
+                         "peak_rss_mb": peak, "trainable_params": n_trainable})
             print(f"round {r}  {mode:>12}  {sec:7.3f} s/step  {peak:7.0f} MB peak  {sec / base:5.2f}× non-private",
                   flush=True)
     rows = []
-    print(f"\nlayers {args.layers}, logical batch {args.batch}, physical {args.physical}, {args.rounds} rounds:")
+    what = f"LoRA r={args.rank}" if args.method == "lora" else "whole attention modules"
+    print(f"\nlayers {args.layers} ({what}, {runs[0]['trainable_params']:,} trainable), logical batch {args.batch}, "
+          f"physical {args.physical}, {args.rounds} rounds:")
     for mode in modes:
         mine = [x for x in runs if x["mode"] == mode]
         ratios = [x["ratio_to_nonprivate"] for x in mine]
         row = {"mode": mode, "seconds_per_step": statistics.median(x["seconds_per_step"] for x in mine),
                "ratio_to_nonprivate": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-               "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in mine)}
+               "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in mine), "trainable_params": mine[0]["trainable_params"]}
         rows.append(row)
         print(f"{mode:>12}  {row['seconds_per_step']:7.3f} s/step  {row['peak_rss_mb']:7.0f} MB peak  "
               f"{row['ratio_to_nonprivate']:5.2f}× non-private (rounds {row['ratio_min']:.2f}–{row['ratio_max']:.2f})")

@@ -18,7 +18,7 @@ import torch
 
 from dpsearch.config import FinetuneConfig
 from dpsearch.data import load_mnist
-from dpsearch.finetune import DiffusionLoss, _select_trainable
+from dpsearch.finetune import DiffusionLoss, select_trainable
 from dpsearch.models import load_ldm
 from dpsearch.privacy.accounting import calibrate_sigma
 
@@ -33,7 +33,7 @@ def main() -> None:
     model = load_ldm(a.model)
     images = load_mnist()[0].subset(a.n, seed=3)
     z = model.encode(images.as_float())
-    params = _select_trainable(model, FinetuneConfig(non_private=True), 1, 7)
+    params = select_trainable(model, FinetuneConfig(non_private=True), 1, 7)
     d = sum(q.numel() for q in params)
     loss = DiffusionLoss(model, 0.1).train()
     grads = []

@@ -98,7 +98,7 @@ NOT_DP = {"dp": False, "statement": "non-private reference run: no per-sample cl
                                      "private; never release this model or its samples as DP"}
 
 
-def _select_trainable(model: LDM, cfg: FinetuneConfig, a: int, b: int) -> list[nn.Parameter]:
+def select_trainable(model: LDM, cfg: FinetuneConfig, a: int, b: int) -> list[nn.Parameter]:
     """Attention modules a..b and the embedder, LoRA adapters on their projections and the embedder (method
     lora), or (scope "unet") every UNet weight and the embedder."""
     if cfg.method == "lora":
@@ -141,7 +141,7 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
     a, b = parse_layers(cfg.layers, len(attention_modules(model.unet)))
     model.vae.requires_grad_(False)
     latents = model.encode(private.as_float()).cpu()
-    trainable = _select_trainable(model, cfg, a, b)
+    trainable = select_trainable(model, cfg, a, b)
     module = DiffusionLoss(model, cfg.label_dropout).train()
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=True)
@@ -185,7 +185,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     # The autoencoder is public and frozen: encoding is a fixed per-image map, computed once.
     model.vae.requires_grad_(False)
     latents = model.encode(private.as_float()).cpu()
-    trainable = _select_trainable(model, cfg, a, b)
+    trainable = select_trainable(model, cfg, a, b)
     n_trainable = sum(p.numel() for p in trainable)
     # the model's own weights (LoRA adds parameters it does not count)
     n_total = sum(p.numel() for m in (model.unet, model.embedder) for n, p in m.named_parameters() if "lora_" not in n)
