@@ -16,4 +16,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet -e ".[test]"
   touch "$stamp"
 fi
-"$VENV/bin/python" -c "import torch, torchvision, diffusers, opacus, cleanfid, dp_accounting; print(f'[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, diffusers {diffusers.__version__}, opacus {opacus.__version__}')"
+"$VENV/bin/python" -c "import torch, torchvision, diffusers, opacus, cleanfid, dp_accounting, peft, transformers; print(f'[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, diffusers {diffusers.__version__}, opacus {opacus.__version__}, peft {peft.__version__}, transformers {transformers.__version__}')"
