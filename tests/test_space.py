@@ -7,7 +7,7 @@ from dpsearch.space import define_by_run, load_space
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.mark.parametrize("name", ["mnist", "smoke", "dpldm_paper"])
+@pytest.mark.parametrize("name", ["mnist", "mnist-lora", "smoke", "dpldm_paper"])
 def test_shipped_spaces_load_by_name_and_path(name):
     assert load_space(name).name == name
     assert load_space(f"search_spaces/{name}.yaml").name == name
