@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from dpsearch.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, default_delta, \
-    load_yaml, validate
+    load_yaml, method_label, validate
 from dpsearch.data import ImageSet
 
 
@@ -108,7 +108,7 @@ def cmd_finetune(a) -> int:
         write_outputs(tmp, out, {"privacy": out.privacy})
     print(f"(ε = {out.privacy['eps']:.3f}, δ = {out.privacy['delta']:g})-DP by {out.privacy['accountant'].upper()}, "
           f"σ = {out.privacy['sigma']:.4f}, q = {out.privacy['q']:.5f}, steps = {out.privacy['steps']}, "
-          f"layers {out.privacy['layers']}")
+          f"layers {out.privacy['layers']} ({method_label(out.privacy.get('method'), out.privacy.get('lora_rank'))})")
     print(f"model ({a.out}/model) and privacy.json written to {a.out}")
     return 0
 
@@ -192,7 +192,8 @@ def cmd_run(a) -> int:
     else:
         print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:g}) by {p['accountant'].upper()} "
               f"[PLD check {p['eps_pld_check']:.3f}], σ = {p['sigma']:.4f}, q = {p['q']:.5f}, steps = {p['steps']}, "
-              f"layers {p['layers']} ({100 * p['trainable_fraction']:.1f}% of UNet trainable); noise and sampling "
+              f"layers {p['layers']}, {method_label(p.get('method'), p.get('lora_rank'))} "
+              f"({100 * p['trainable_fraction']:.1f}% of UNet trainable); noise and sampling "
               f"from fresh OS entropy ({p['randomness']})")
     if "oracle/accuracy" in m:
         print(f"oracle accuracy (real test split, not DP): {100 * m['oracle/accuracy']:.2f}%; "

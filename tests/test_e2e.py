@@ -70,3 +70,20 @@ def test_finetune_then_sample_through_the_cli(tiny_model_dir, tmp_path, capsys):
     assert json.loads((ft / "privacy.json").read_text())["layers"] == "2-4" and (ft / "model" / "unet").is_dir()
     assert main(["sample", "--model", str(ft), "--out", str(syn), "--per-class", "2", "--steps", "2", "--quiet"]) == 0
     assert ImageSet.load(syn / "synthetic.npz").class_counts() == [2] * 10
+
+
+@pytest.mark.e2e
+def test_a_lora_trial_on_the_default_kind_of_model(tiny_model_dir, tmp_path, capsys):
+    """LoRA through the CLI on a dpsearch MNIST model: adapters trained under DP, merged into model/, written to lora/."""
+    from dpsearch.models.lora import LORA_FILE
+
+    out = tmp_path / "trial"
+    assert main(["run", "--model", str(tiny_model_dir), "--out", str(out), "--eps", "5", "--layers", "2-6",
+                 "--method", "lora", "--rank", "4", "--batch", "100", "--epochs", "1", "--n-private", "300",
+                 "--per-class", "5", "--steps", "3", "--quiet"]) == 0
+    assert "layers 2-6, lora r4" in capsys.readouterr().out
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert privacy["method"] == "lora" and privacy["lora_rank"] == 4 and privacy["eps"] <= 5
+    assert privacy["clipping"] == "bookkeeping" and privacy["trainable_fraction"] < 0.05
+    assert (out / "lora" / LORA_FILE).stat().st_size > 0
+    assert not any("lora" in name for name, _ in load_ldm(out / "model").unet.named_parameters())  # merged
