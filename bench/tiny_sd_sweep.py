@@ -1,9 +1,10 @@
 """A whole sweep on a Stable Diffusion-format pipeline, offline: a tiny SD pipeline with random weights
 (tests/tiny_sd.py) and a folder of two image classes, `method` and `rank` searched.
 
-    python bench/tiny_sd_sweep.py [--trials 4] [--eps 5] [--out bench/results/tiny_sd_sweep]
+    python bench/tiny_sd_sweep.py [--trials 3] [--eps 5] [--seed 0] [--out /tmp/tiny_sd_sweep]
 
-Prints the sweep's table (`dpsearch sweep`) and writes its HTML report (`dpsearch report`) to OUT/report.html.
+Prints the sweep's table (`dpsearch sweep`), keeps the sweep under OUT/sweeps and writes its HTML report
+(`dpsearch report`) to OUT/report.html.
 The model is untrained, so the scores say nothing about quality: this shows the path (prompts from folder names,
 per-method heatmaps, method and rank in the table) end to end.
 """
@@ -41,9 +42,10 @@ def main(argv=None) -> int:
     from tests.tiny_sd import make_tiny_sd
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--eps", default="5")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tiny_sd_sweep")
+    ap.add_argument("--seed", default="0")
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tiny_sd_sweep")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -62,11 +64,11 @@ def main(argv=None) -> int:
         shutil.rmtree(args.out, ignore_errors=True)
         args.out.mkdir(parents=True)
         rc = cli(["sweep", "--space", str(tmp / "space.yaml"), "--model", str(pipeline), "--eps", args.eps,
-                  "--trials", str(args.trials), "--concurrency", "1", "--sampler", "random", "--name", "tiny-sd",
-                  "--storage", str(tmp / "sweeps"), "--tracking", "none", "--quiet"])
+                  "--trials", str(args.trials), "--concurrency", "1", "--sampler", "random", "--seed", args.seed,
+                  "--name", "tiny-sd", "--storage", str(args.out / "sweeps"), "--tracking", "none", "--quiet"])
         if rc not in (0, 1):
             return rc
-        rc = cli(["report", str(tmp / "sweeps" / "tiny-sd"), "--out", str(args.out / "report.html")])
+        rc = cli(["report", str(args.out / "sweeps" / "tiny-sd"), "--out", str(args.out / "report.html")])
         print(f"report: {args.out / 'report.html'}")
         return rc
 

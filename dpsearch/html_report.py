@@ -206,7 +206,8 @@ def build_report(sweep_path: str, out: Path) -> Path:
         uri = _sample_grid(r.get("checkpoint"))
         if uri:
             grids.append(f'<figure><img src="{uri}" width="280"><figcaption>{html.escape(r["trial"])}: layers '
-                         f'{html.escape(str(r["layers"]))}, objective {r["objective"]:.3f}</figcaption></figure>')
+                         f'{html.escape(str(r["layers"]))}, {html.escape(r.get("method") or "attention")}, '
+                         f'objective {r["objective"]:.3f}</figcaption></figure>')
     e = html.escape
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>dpsearch sweep {e(summary['name'])}</title>"
@@ -219,9 +220,11 @@ def build_report(sweep_path: str, out: Path) -> Path:
     ]
     if best:
         how = ((summary.get("extra") or {}).get("selection") or {}).get("text", "best objective")
+        oracle = (f"ORACLE accuracy {best['oracle_accuracy']:.4f}" if best.get("oracle_accuracy") is not None
+                  else "no ORACLE metrics (the data has no real test split)")
         parts.append(f"<p>Selected ({e(how.removeprefix('selection: '))}): trial {e(best['trial'])}, layers {e(str(best['layers']))}, "
-                     f"C {best['clip']:.3g}, B {best['batch']}, objective {best['objective']:.4f}, "
-                     f"<span class='oracle'>ORACLE accuracy {best.get('oracle_accuracy') or float('nan'):.4f}</span>; "
+                     f"{e(best.get('method') or 'attention')}, C {best['clip']:.3g}, B {best['batch']}, "
+                     f"objective {best['objective']:.4f}, <span class='oracle'>{oracle}</span>; "
                      f"model: <code>{e(str(best.get('checkpoint')))}/model</code></p>")
     if best_oracle:
         parts.append(f"<p class='oracle'>Best ORACLE trial (for judging the search only): {e(best_oracle['trial'])}, "
