@@ -56,6 +56,11 @@ def read_config(ref: str, name: str) -> dict | None:
         return json.loads(Path(hf_hub_download(ref, name)).read_text())
     except EntryNotFoundError:
         return None
+    except Exception as e:  # noqa: BLE001 - offline, no such repository, no access: one user-facing problem
+        from dpsearch.models.ldm import ModelError
+
+        raise ModelError(f"model {ref!r} is not a local directory and could not be read from the Hugging Face hub "
+                         f"({type(e).__name__}: {str(e)[:200]}); check the path or the hub id") from e
 
 
 def is_sd_pipeline(ref: str | Path) -> bool:
