@@ -58,7 +58,8 @@ def image_folder(path: Path, size: int = 28, channels: int = 1) -> ImageSet:
                         + (f"; … {len(bad) - 20} more" if len(bad) > 20 else "") + ". Remove or replace them.")
     if not imgs:
         raise DataError(f"image folder {path} has class folders {classes} but no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    empty = [c for k, c in enumerate(classes) if k not in set(labels)]
+    found = set(labels)
+    empty = [c for k, c in enumerate(classes) if k not in found]
     if empty:
         raise DataError(f"class folder(s) {', '.join(empty)} in {path} hold no images; remove them or add images")
     return ImageSet(torch.from_numpy(np.stack(imgs)), torch.tensor(labels), len(classes), f"folder:{path.name}",
@@ -116,7 +117,6 @@ def load_dataset(spec: str, size: int | None = None, channels: int | None = None
         train, test = (printed_digits(n or 30000, seed=seed, elastic=el),
                        printed_digits(max(1000, (n or 30000) // 10), seed=seed + 10_000, elastic=el))
     else:
-        train = None
-    if train is not None:
-        return conform(train, size, channels), conform(test, size, channels)
-    raise DataError(f"unknown dataset {spec!r}: use mnist, printed-digits, printed-digits-elastic, folder:PATH or torchvision:NAME")
+        raise DataError(f"unknown dataset {spec!r}: use mnist, printed-digits, printed-digits-elastic, folder:PATH "
+                        f"or torchvision:NAME")
+    return conform(train, size, channels), conform(test, size, channels)

@@ -67,7 +67,7 @@ def layer_table(unet: UNet2DConditionModel, embedder: nn.Module | None = None, l
         lines.append(f"{m.index:>3}  {m.name:<45} {m.params:>12,} {100 * m.params / total:>9.2f}%")
     if emb:
         lines.append(f"{'emb':>3}  {'class_embedder (always trained)':<45} {emb:>12,} {100 * emb / total:>9.2f}%")
-    elif embedder is not None or unet.config.cross_attention_dim:
+    else:
         lines.append(f"{'':>3}  {'conditioning: class prompts embedded once by the frozen text encoder (not trained)'}")
     lines.append(f"L = {len(mods)} attention modules; UNet{' + embedder' if emb else ''} = {total:,} parameters "
                  f"(autoencoder excluded: it is never fine-tuned)")

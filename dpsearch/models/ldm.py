@@ -19,14 +19,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from dpsearch.config import ModelConfig
+from dpsearch.models.refs import META_FILE, ModelError, is_local, model_root, read_config
 from dpsearch.models.sd import PromptEmbedder
 
-META_FILE = "dpsearch_model.json"
 PARTS = ("vae", "unet", "class_embedder", "scheduler")
-
-
-class ModelError(RuntimeError):
-    """A model directory is missing, incomplete or corrupt."""
 
 
 class ClassEmbedder(ModelMixin, ConfigMixin):
@@ -129,14 +125,13 @@ def save_ldm(model: LDM, path: Path, extra: dict | None = None) -> None:
 def model_geometry(ref: str | Path, resolution: int | None = None) -> tuple[int, int, int | None]:
     """(image size, channels, classes or None) of a dpsearch model or an SD pipeline, from its configs alone:
     what the private data is converted to before anything loads weights."""
-    from dpsearch.models.sd import is_sd_pipeline, read_config, sd_geometry
+    from dpsearch.models.sd import is_sd_pipeline, sd_geometry
 
     ref = str(ref)
     if is_sd_pipeline(ref):
         return (*sd_geometry(ref, resolution), None)
-    root = Path(ref).expanduser()
-    if _is_local(ref) and not (root / META_FILE).exists() and (root / "model" / META_FILE).exists():
-        ref = str(root / "model")
+    if is_local(ref):
+        ref = str(model_root(ref))
     meta = read_config(ref, META_FILE)
     if meta is None:
         raise ModelError(f"{ref} is neither a dpsearch model ({META_FILE}) nor a Stable Diffusion pipeline "
@@ -144,19 +139,13 @@ def model_geometry(ref: str | Path, resolution: int | None = None) -> tuple[int,
     return meta["image_size"], meta["channels"], meta["num_classes"]
 
 
-def _is_local(ref: str) -> bool:
-    return Path(ref).exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1
-
-
 def load_ldm(ref: str | Path, device: str | torch.device = "cpu") -> LDM:
     """Loads a local model directory (or a trial directory holding model/), or a hub id `owner/name` where there
     is internet."""
     ref = str(ref)
-    local = _is_local(ref)
+    local = is_local(ref)
     if local:
-        root = Path(ref).expanduser()
-        if not (root / META_FILE).exists() and (root / "model" / META_FILE).exists():
-            root = root / "model"  # a trial's directory (`dpsearch finetune --out`, a pulled checkpoint)
+        root = model_root(ref)
         if not root.is_dir():
             raise ModelError(f"model directory {root} does not exist; run `dpsearch pretrain` or give a path or hub id")
         if (root / "model_index.json").exists() and not (root / META_FILE).exists():

@@ -19,6 +19,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from dpsearch.models.refs import META_FILE, ModelError, read_config
+
 log = logging.getLogger(__name__)
 
 SD_INDEX = "model_index.json"
@@ -42,31 +44,8 @@ class PromptEmbedder(ModelMixin, ConfigMixin):
         return self.table[labels]
 
 
-def read_config(ref: str, name: str) -> dict | None:
-    """A config file of a local directory or a hub repository; None when it is not there."""
-    local = Path(ref).expanduser()
-    if local.is_dir():
-        return json.loads((local / name).read_text()) if (local / name).is_file() else None
-    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
-        return None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return json.loads(Path(hf_hub_download(ref, name)).read_text())
-    except EntryNotFoundError:
-        return None
-    except Exception as e:  # noqa: BLE001 - offline, no such repository, no access: one user-facing problem
-        from dpsearch.models.ldm import ModelError
-
-        raise ModelError(f"model {ref!r} is not a local directory and could not be read from the Hugging Face hub "
-                         f"({type(e).__name__}: {str(e)[:200]}); check the path or the hub id") from e
-
-
 def is_sd_pipeline(ref: str | Path) -> bool:
     """A diffusers pipeline folder (or hub id) that is not a dpsearch model directory."""
-    from dpsearch.models.ldm import META_FILE
-
     ref = str(ref)
     local = Path(ref).expanduser()
     if local.is_dir():
@@ -81,8 +60,6 @@ def _vae_scale(vae_config: dict) -> int:
 def sd_geometry(ref: str, resolution: int | None = None) -> tuple[int, int]:
     """(image size, channels) the pipeline is trained at: `resolution` or its UNet's native size, checked
     against the autoencoder's and the UNet's downsampling."""
-    from dpsearch.models.ldm import ModelError
-
     vae, unet = read_config(ref, "vae/config.json"), read_config(ref, "unet/config.json")
     if vae is None or unet is None:
         raise ModelError(f"{ref} has {SD_INDEX} but no vae/config.json or unet/config.json: not a Stable Diffusion "
@@ -118,7 +95,7 @@ def import_sd(ref: str, class_names: tuple[str, ...], template: str = DEFAULT_PR
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from dpsearch.models.ldm import LDM, ModelError
+    from dpsearch.models.ldm import LDM
 
     size, channels = sd_geometry(ref, resolution)
     prompts = prompts_for(template, class_names)
@@ -177,7 +154,7 @@ def prepare_model(ref: str | Path, class_names: tuple[str, ...], template: str =
     key = hashlib.sha256(json.dumps([str(Path(ref).expanduser().resolve()) if Path(ref).expanduser().is_dir() else ref,
                                      _source_stamp(ref), prompts, sd_geometry(ref, resolution)]).encode()).hexdigest()
     out = home() / "models" / "sd" / key[:16]
-    if not (out / "dpsearch_model.json").exists():
+    if not (out / META_FILE).exists():
         log.info("converting Stable Diffusion pipeline %s (%d prompts, e.g. %r) into %s", ref, len(prompts), prompts[0], out)
         model = import_sd(ref, class_names, template, resolution)
         with atomic_dir(out, overwrite=True) as tmp:
