@@ -34,7 +34,7 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
                        help="a reference run without clipping or noise (NOT DP): what DP costs at the same settings")
     else:
         p.add_argument("--eps", type=_float("--eps"), required=True, help="target ε of this DP fine-tune")
-    p.add_argument("--delta", type=_float("--delta"), default=None, help="δ (default: 1/N rounded down to a power of 10, < 1/N)")
+    p.add_argument("--delta", type=_float("--delta"), default=None, help="δ (default: 1/(N ln N), two significant digits)")
     p.add_argument("--layers", default=DEFAULT_FT.layers, help="attention modules a-b to train (1-based, inclusive) or 'all'")
     p.add_argument("--method", choices=["attention", "lora"], default=DEFAULT_FT.method,
                    help="train the modules' weights (attention) or rank-r LoRA adapters on their projections (lora)")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--eps", type=_float("--eps"), required=True)
         else:
             q.add_argument("--sigma", type=_float("--sigma"), required=True)
-        q.add_argument("--delta", type=_float("--delta"), default=None, help="default: 1/N rounded down to a power of ten, strictly below 1/N")
+        q.add_argument("--delta", type=_float("--delta"), default=None, help="default: 1/(N ln N), two significant digits")
         q.add_argument("--batch", type=int, required=True, help="expected (Poisson) batch size B")
         q.add_argument("--n", type=int, required=True, help="private set size N")
         q.add_argument("--epochs", type=int, required=True)
@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("sweep", help="sweep name (under --storage) or its directory")
     q.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.add_argument("--tracking-store", action="store_true",
+                   help="private selection: print the tracking store's part (per-trial rows, K, its composition figure) "
+                        "instead of the release's; keep it apart from the released figure")
     q.set_defaults(fn=cmd.cmd_privacy_report)
 
     p = sub.add_parser("services", help="the embedded S3 (SeaweedFS) and MLflow servers on 127.0.0.1")

@@ -32,12 +32,18 @@ def _pretrain_config(a) -> PretrainConfig:
     return load_yaml(Path(a.config), PretrainConfig) if getattr(a, "config", None) else PretrainConfig()
 
 
-def _inputs(a, model: str | None, n: int | None):
-    """(model, private subset, test): the data at the model's size, an SD pipeline converted with its prompts."""
+def _inputs(a, model: str | None, cfg: FinetuneConfig):
+    """(model, private share, test, cfg): the data at the model's size, an SD pipeline converted with its prompts.
+    --n-private n keeps a hash-rule share of about n records (privacy/slices.py) and the plan uses n, the public
+    size asked for, not the share's exact count."""
     from dpsearch.inputs import resolve_inputs
+    from dpsearch.privacy.slices import hash_share, share_of, subset_salt
 
     got = resolve_inputs(model, a.private, a.prompt, a.resolution, device=a.device)
-    return got.model, got.private.subset(n, seed=a.seed), got.test
+    keep = share_of(cfg.n_private, len(got.private))
+    if keep < 1:
+        cfg = cfg.model_copy(update={"n_public": cfg.n_private})
+    return got.model, hash_share(got.private, keep, subset_salt(a.seed)), got.test, cfg
 
 
 def _default_storage() -> str:
@@ -101,7 +107,7 @@ def cmd_finetune(a) -> int:
 
     cfg = _ft_config(a)
     check_output(Path(a.out), a.overwrite)
-    model, private, _ = _inputs(a, a.model, cfg.n_private)
+    model, private, _, cfg = _inputs(a, a.model, cfg)
     plan_privacy(cfg, len(private))
     out = run_pipeline(model, private, cfg, device=str(pick_device(a.device)), progress=not a.quiet)
     with atomic_dir(Path(a.out), a.overwrite) as tmp:
@@ -148,9 +154,13 @@ def cmd_release(a) -> int:
     from dpsearch.data import load_dataset
     from dpsearch.device import pick_device
     from dpsearch.models import load_ldm
-    from dpsearch.trial import release_trial
+    from dpsearch.storage import is_remote
+    from dpsearch.synthetic_release import provenance
+    from dpsearch.trial import read_privacy, release_trial
 
     meta = load_ldm(a.trial).meta
+    if is_remote(str((read_privacy(Path(a.trial)).get("sweep") or {}).get("storage", ""))):
+        _default_storage()  # a sweep trial's figure is in its sweep's storage: the embedded S3's settings, if it runs
     k = meta["num_classes"]
     if a.n < k or a.n % k:
         raise ConfigError(f"--n {a.n} must be a positive multiple of the {k} classes (balanced release)")
@@ -160,7 +170,13 @@ def cmd_release(a) -> int:
                         progress=not a.quiet)
     p = res["privacy"]
     print(f"released {res['n_images']} images to {res['release']} (DATA_CARD.md, synthetic.npz, png/, grid.png)")
-    print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:.3g})" if p.get("dp", True) else "privacy: NONE (NOT DP)")
+    if not p.get("dp", True):
+        print("privacy: NONE (NOT DP)")
+    else:
+        print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:.3g})" + (f", sweep {p['sweep']['name']}'s figure: it covers "
+              f"{p['covers']}" if "run" in p and "sweep" in p else ""))
+        for line in filter(None, [provenance(p), *(p.get("warnings") or [])]):
+            print(f"  {line}")
     if "oracle/accuracy" in res["oracle"]:
         o = res["oracle"]
         print(f"oracle accuracy (real test split, not DP; DPImageBench protocol): best {100 * o['oracle/accuracy']:.2f}%, "
@@ -182,7 +198,7 @@ def cmd_run(a) -> int:
     check_output(out, a.overwrite)
     t = time.time()
     model = a.model or (pretrain(_pretrain_config(a), device=a.device) if getattr(a, "config", None) else None)
-    model, private, test = _inputs(a, model, ft.n_private)
+    model, private, test, ft = _inputs(a, model, ft)
     ft.check_against_data(len(private))
     summary = run_trial(model, private, test, ft, _sample_config(a), EvaluateConfig(seed=a.seed), out, a.overwrite,
                         str(pick_device(a.device)), progress=not a.quiet)
@@ -340,5 +356,14 @@ def cmd_privacy_report(a) -> int:
     from dpsearch.sweep_store import sweep_report
 
     rep = sweep_report(_sweep_path(a.sweep, a.storage))
-    print(json.dumps(rep, indent=2) if a.json else format_report(rep))
+    store = rep.pop("tracking_store", None)
+    if a.tracking_store:
+        if store is None:
+            raise ConfigError(f"sweep {a.sweep} did not run private selection: its report already covers the whole "
+                              f"tracking store")
+        rep["tracking_store"] = store
+        print(json.dumps(store, indent=2) if a.json else format_report(rep, tracking_store=True))
+        return 0
+    # private selection: the release's part only, with no K, trial ids or rows beside its figure
+    print(json.dumps(rep, indent=2) if a.json else format_report({**rep, "tracking_store": store} if store else rep))
     return 0

@@ -171,8 +171,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     """
     if cfg.non_private:
         raise ValueError("dp_finetune got a non-private config; call finetune_non_private")
-    n = len(private)
-    plan = plan_privacy(cfg, n)
+    plan = plan_privacy(cfg, len(private))
+    n = cfg.n_public or len(private)  # the public N of the plan: the only size the privacy record carries
     delta, q, steps, sigma = plan.delta, plan.q, plan.steps, plan.sigma
     n_layers = len(attention_modules(model.unet))
     a, b = parse_layers(cfg.layers, n_layers)
@@ -204,7 +204,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
                                                         rng=rng, steps_per_epoch=plan.steps_per_epoch,
-                                                        clipping=cfg.clipping)
+                                                        clipping=cfg.clipping, n_public=n)
     clipping = "bookkeeping" if isinstance(optimizer, BookkeepingDPOptimizer) else "hooks"
 
     history = list(resume.history) if resume else []

@@ -36,12 +36,16 @@ def _key(create: bool) -> bytes | None:
     return f.read_bytes()
 
 
-def private_fingerprint(images, labels, create_key: bool = True) -> str | None:
-    """HMAC-SHA256 of the private images and labels; None when this machine has no key (and none is made)."""
+def private_fingerprint(images, labels, create_key: bool = True, salt: str | None = None) -> str | None:
+    """HMAC-SHA256 of the salt, the private images and labels; None when this machine has no key (and none is
+    made). The salt is drawn per sweep and stored with it: one machine key would otherwise give the same
+    fingerprint to every sweep on the same data, linking them."""
     key = _key(create_key)
     if key is None:
         return None
     h = hmac.new(key, digestmod=hashlib.sha256)
+    if salt:
+        h.update(b"salt\0" + salt.encode() + b"\0")
     for t in (images, labels):
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -61,7 +65,7 @@ def text_fingerprint(text: str) -> str:
 
 def check_resume(saved: dict, now: dict, name: str) -> None:
     """Refuses a resume whose private data, base model or space differ from the sweep's start."""
-    what = {"private": "private data", "model": "base model", "space": "search space"}
+    what = {"private": "private data", "model": "base model", "space": "search space"}  # "salt" is not compared
     for k, label in what.items():
         before, after = saved.get(k), now.get(k)
         if before is None:

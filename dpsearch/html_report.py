@@ -197,7 +197,7 @@ def build_report(sweep_path: str, out: Path) -> Path:
     rows = summary["rows"]
     n_layers = int(saved["space"]["params"]["layers"].get("high", 0) or 0) or max(
         [int(str(r["layers"]).split("-")[1]) for r in _scored(rows)] or [1])
-    best, best_oracle = summary.get("best"), summary.get("best_oracle")
+    best = summary.get("best")  # an older summary's "best_oracle" is not shown: no pointer from the test split to a model
     g = privacy["released"]
     plots = [_png(f) for f in (plot_objective_vs_oracle(rows, summary.get("spearman"), (best or {}).get("trial")),
                                plot_layer_heatmap(rows, n_layers), plot_clip_batch(rows)) if f is not None]
@@ -226,9 +226,6 @@ def build_report(sweep_path: str, out: Path) -> Path:
                      f"{e(best.get('method') or 'attention')}, C {best['clip']:.3g}, B {best['batch']}, "
                      f"objective {best['objective']:.4f}, <span class='oracle'>{oracle}</span>; "
                      f"model: <code>{e(str(best.get('checkpoint')))}/model</code></p>")
-    if best_oracle:
-        parts.append(f"<p class='oracle'>Best ORACLE trial (for judging the search only): {e(best_oracle['trial'])}, "
-                     f"ORACLE accuracy {best_oracle['oracle_accuracy']:.4f}.</p>")
     parts += ["<h2>Plots</h2><div class='plots'>", *[f"<img src='{p}'>" for p in plots], "</div>"]
     if grids:
         parts += ["<h2>Synthetic samples (top trials by objective)</h2><div class='grids'>", *grids, "</div>"]

@@ -11,11 +11,26 @@ from dpsearch.config import ConfigError
 from dpsearch.privacy.report import stored_sweep_report
 from dpsearch.storage import Store
 
-STARTED = "trials_started.json"  # ids of every trial a sweep ever started, written by search/trial_counter.py
+STARTED = "trials_started.json"  # ids of every trial attempt a sweep ever started, written by search/trial_counter.py
+ATTEMPTS = "attempts.json"  # how often each once-per-sweep DP stage started: {"validation": n, "final": n, "free": n}
 
 
-def sweep_report(sweep_dir: str | Path) -> dict:
-    """The privacy report of the sweep stored in sweep_dir, local or s3:// (its `dpsearch/` folder is read)."""
+def attempts(meta: Store) -> dict:
+    return json.loads(meta.read_text(ATTEMPTS)) if meta.exists(ATTEMPTS) else {}
+
+
+def record_attempt(meta: Store, stage: str) -> int:
+    """Counts one start of a once-per-sweep DP stage, written before it reads any private record, so a stage that
+    dies and runs again is composed in the report instead of silently drawn twice. Returns this start's number."""
+    got = attempts(meta)
+    got[stage] = int(got.get(stage, 0)) + 1
+    meta.write_text(ATTEMPTS, json.dumps(got))
+    return got[stage]
+
+
+def sweep_report(sweep_dir: str | Path, final_privacy: dict | None = None) -> dict:
+    """The privacy report of the sweep stored in sweep_dir, local or s3:// (its `dpsearch/` folder is read).
+    final_privacy: the final run's record, for the final stage while it has not written its result yet."""
     meta = Store(sweep_dir).child("dpsearch")
     try:
         saved = json.loads(meta.read_text("sweep.json"))
@@ -25,7 +40,9 @@ def sweep_report(sweep_dir: str | Path) -> dict:
     vp = json.loads(meta.read_text("validation_privacy.json")) if meta.exists("validation_privacy.json") else None
     started = json.loads(meta.read_text(STARTED)) if meta.exists(STARTED) else []
     final = json.loads(meta.read_text("final/result.json")) if meta.exists("final/result.json") else None
-    return stored_sweep_report(saved, rows, vp, started, final)
+    if final_privacy is not None:
+        final = {"privacy": final_privacy}
+    return stored_sweep_report(saved, rows, vp, started, final, attempts(meta))
 
 
-__all__ = ["STARTED", "sweep_report"]
+__all__ = ["ATTEMPTS", "STARTED", "attempts", "record_attempt", "sweep_report"]

@@ -19,17 +19,31 @@ from dpsearch.outputs import atomic_dir
 from dpsearch.sample import save_grid
 
 
+def provenance(p: dict) -> str | None:
+    """For a model trained in a sweep: its own run's (ε, δ), and why that is not the figure to state."""
+    run, sweep = p.get("run"), p.get("sweep")
+    if not run or not sweep or run.get("eps") is None:
+        return None
+    return (f"this model's own fine-tune was (ε = {run['eps']:.3f}, δ = {run['delta']:.3g})-DP, but it was trial "
+            f"{sweep.get('trial') or '?'} of sweep {sweep['name']}, a search on the same private data: the sweep's "
+            f"figure above is what covers it, not the trial's own")
+
+
 def _card_markdown(card: dict) -> str:
     p = card["privacy"]
     guarantee = (f"(ε = {p['eps']:.3f}, δ = {p['delta']:.3g})-DP with respect to the private training set "
                  f"(add/remove one image), by the {p.get('accountant', '?').upper()} accountant"
                  if p.get("dp", True) else "NONE: this data set is NOT differentially private")
     lines = [f"# Synthetic data set: {card['name']}", "",
-             f"**Privacy guarantee:** {guarantee}. It covers {p.get('covers', 'the model that generated these images')}.",
-             "", f"- images: {card['n_images']} ({card['per_class']} per class), {card['image_shape']}, uint8",
-             f"- classes: {', '.join(map(str, card['class_names']))}",
-             f"- synthetic.npz sha256: `{card['sha256']}`", "", "## How it was made", "",
-             "```json", json.dumps(card["configuration"], indent=2), "```", ""]
+             f"**Privacy guarantee:** {guarantee}. It covers {p.get('covers', 'the model that generated these images')}."]
+    if provenance(p):
+        lines += ["", f"**Part of a search:** {provenance(p)}."]
+    for w in p.get("warnings") or []:
+        lines += ["", f"**WARNING:** {w}"]
+    lines += ["", f"- images: {card['n_images']} ({card['per_class']} per class), {card['image_shape']}, uint8",
+              f"- classes: {', '.join(map(str, card['class_names']))}",
+              f"- synthetic.npz sha256: `{card['sha256']}`", "", "## How it was made", "",
+              "```json", json.dumps(card["configuration"], indent=2), "```", ""]
     if card.get("oracle"):
         lines += ["## Oracle scores (not DP, chose nothing)", "",
                   "Measured on the real test split after release, never used for any choice:", ""]

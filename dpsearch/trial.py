@@ -29,11 +29,85 @@ def run_trial(pretrained: str | Path, private: ImageSet, oracle_test: ImageSet |
     return summary
 
 
+def read_privacy(trial_dir: Path) -> dict:
+    """The trial's own privacy record (privacy.json)."""
+    try:
+        return json.loads((Path(trial_dir) / "privacy.json").read_text())
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{trial_dir} is not a finished trial (privacy.json unreadable: {e}); "
+                                f"pass the directory `dpsearch run` wrote") from e
+
+
+def release_privacy(run: dict) -> dict:
+    """The (ε, δ) a release of this model must state, and what it covers. A sweep trial's own ε is not it: the
+    trial was one of a search on the same private data, so the sweep's released figure is (sweep_coverage)."""
+    if not run.get("dp", True) or "covers" in run:  # NOT DP; or a sweep's final/, which states its own coverage
+        return run
+    if "sweep" in run:
+        return sweep_coverage(run)
+    return {**run, "covers": ("this one DP fine-tune. If the model was selected from a sweep, the guarantee of the "
+                              "release is the sweep's released (ε, δ) (`dpsearch report SWEEP`), not this trial's")}
+
+
+def sweep_coverage(run: dict) -> dict:
+    """The card's privacy for a trial of sweep run["sweep"]: the sweep's released (ε, δ); under private selection,
+    for a trial that is not the selected one (or before the selection is complete), the tracking store's
+    composition of all trials. The trial's own record stays under "run"."""
+    s = run["sweep"]
+    rep, selected = _stored_sweep(s)
+    name, trial = s["name"], s.get("trial") or "?"
+    store = rep.get("tracking_store")
+    if store and (selected is None or selected != s.get("trial") or rep.get("incomplete")):
+        g, figure = store, "tracking_store"
+        why = "not the sweep's selected trial" if selected and not rep.get("incomplete") else "the selection is not complete"
+        covers = (f"sweep {name}'s tracking store, every trial composed with the validation generator (private selection; "
+                  f"this model is trial {trial}, {why}, so the repeat-and-select figure, which covers the selected "
+                  f"trial alone, does not cover it); `dpsearch privacy report {name}`")
+    else:
+        g, figure = rep["released"], "released"
+        if rep.get("design") == "slices":
+            what = "the whole search (disjoint slices: every trial, the final model and its release)"
+        elif store:
+            what = "its selected trial (private selection, repeat-and-select)"
+        else:
+            what = f"all {g.get('trials') or '?'} trials of its search and the validation generator, composed"
+        covers = f"sweep {name}: {what}; this model is trial {trial}; `dpsearch privacy report {name}`"
+    return {"dp": True, "eps": g["eps"], "delta": g["delta"], "accountant": g["accountant"], "covers": covers,
+            "sweep": {**s, "figure": figure, "design": rep.get("design")},
+            "warnings": [rep[k] for k in ("over_total", "incomplete") if rep.get(k)], "run": run}
+
+
+def _stored_sweep(s: dict) -> tuple[dict, str | None]:
+    """(the sweep's privacy report, the id of its selected trial or None) from the sweep's storage. Unreadable
+    storage is an error: falling back to the trial's own ε would understate what the release costs."""
+    from dpsearch.config import ConfigError
+    from dpsearch.storage import Store
+    from dpsearch.sweep_store import sweep_report
+
+    where = f"{s.get('storage')}/{s.get('name')}"
+    try:
+        root = Store(s["storage"])
+        meta = root.child(s["name"], "dpsearch")
+        if not meta.exists("sweep.json"):  # fast: no retries against an absent server
+            raise FileNotFoundError(f"no {meta.uri('sweep.json')}")
+        rep = sweep_report(root.uri(s["name"]))
+        best = json.loads(meta.read_text("summary.json")).get("best") if meta.exists("summary.json") else None
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"this model is trial {s.get('trial') or '?'} of sweep {s.get('name')!r}: its release is covered by the "
+            f"sweep's released (ε, δ), read from the sweep's storage {where}, which cannot be read "
+            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}). Make it reachable and run again: the "
+            f"embedded S3 with `dpsearch services up`, another S3 with AWS_ENDPOINT_URL and its credentials, a local "
+            f"sweep at that path. The trial's own ε is not used instead: it was one of a search.") from None
+    return rep, (best or {}).get("trial")
+
+
 def release_trial(trial_dir: Path, out: Path, smp: SampleConfig, oracle_test: ImageSet | None = None,
                   protocol: str = "dpimagebench", overwrite: bool = False, device: str = "cpu",
                   progress: bool = True) -> dict:
     """Samples the released data set from a finished trial's model (post-processing: no privacy cost), scores
-    it under the protocol when a real test split is given (oracle), and writes it with its data card."""
+    it under the protocol when a real test split is given (oracle), and writes it with its data card, which states
+    the (ε, δ) that covers it (release_privacy: for a sweep trial, its sweep's, not its own)."""
     from dpsearch.models import load_ldm
     from dpsearch.protocol import DPIMAGEBENCH, score
     from dpsearch.sample import sample
@@ -41,14 +115,7 @@ def release_trial(trial_dir: Path, out: Path, smp: SampleConfig, oracle_test: Im
 
     trial_dir = Path(trial_dir)
     check_output(out, overwrite)
-    try:
-        privacy = json.loads((trial_dir / "privacy.json").read_text())
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{trial_dir} is not a finished trial (privacy.json unreadable: {e}); "
-                                f"pass the directory `dpsearch run` wrote") from e
-    if privacy.get("dp", True) and "covers" not in privacy:  # a sweep's final/ states its own coverage
-        privacy["covers"] = ("this one DP fine-tune. If the model was selected from a sweep, the guarantee of the "
-                             "release is the sweep's released (ε, δ) (`dpsearch report SWEEP`), not this trial's")
+    privacy = release_privacy(read_privacy(trial_dir))  # before sampling: an unreadable sweep fails fast
     model = load_ldm(trial_dir, device)
     synthetic = sample(model, smp, progress=progress)
     oracle = {}

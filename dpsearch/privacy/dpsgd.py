@@ -35,8 +35,10 @@ class PrivacyPlan(NamedTuple):
 
 
 def plan_privacy(cfg: FinetuneConfig, n: int) -> PrivacyPlan:
-    """The plan for this config on N private images; raises ConfigError on impossible input."""
+    """The plan for this config on N private images; raises ConfigError on impossible input. With a declared
+    public N (cfg.n_public) the plan reads only that, never the exact number of records (docs/privacy.md)."""
     cfg.check_against_data(n)
+    n = cfg.n_public or n
     delta = cfg.delta if cfg.delta is not None else default_delta(n)
     q, steps = poisson_plan(n, cfg.batch, cfg.epochs)
     sigma = calibrate_sigma(cfg.eps, delta, q, steps, cfg.accountant)
@@ -106,17 +108,18 @@ def clipping_path(module: nn.Module, clipping: str = "auto") -> str:
 
 def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, sigma: float, clip: float,
               accountant: str = "prv", rng: MechanismRandomness | None = None, steps_per_epoch: int | None = None,
-              clipping: str = "auto"):
+              clipping: str = "auto", n_public: int | None = None):
     """Opacus wrapping with Poisson sampling: (engine, module, optimizer, loader).
 
     The one place DP-SGD is configured; the trainable set must already be frozen/unfrozen. `loader` gives
     the dataset and the expected batch size (q = 1/⌈N/B⌉); rng defaults to fresh OS entropy. `clipping`
     chooses how per-sample gradients are clipped (clipping_path); the sampler, noise and accountant are the
-    same on both paths.
+    same on both paths. n_public: the public N q is planned from (default: the dataset's length); each record
+    is still sampled with probability q, whatever the exact count.
     """
     rng = rng or MechanismRandomness()
     path = clipping_path(module, clipping)
-    n = len(loader.dataset)
+    n = n_public or len(loader.dataset)
     q, per_epoch = poisson_plan(n, loader.batch_size, 1)
     if steps_per_epoch is not None and steps_per_epoch != per_epoch:
         raise RuntimeError(f"planned {steps_per_epoch} steps per epoch, the loader gives {per_epoch}")

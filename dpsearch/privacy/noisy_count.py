@@ -54,18 +54,23 @@ def count_sigma(queries: int, eps: float, delta: float) -> float:
 
 @dataclass
 class NoisyCount:
-    """Held-out private records and the noise every query on them gets."""
+    """Held-out private records, the noise every query on them gets, and the slice's public (planned) size,
+    the denominator: dividing by the exact count would publish it (docs/privacy.md)."""
 
     holdout: ImageSet
     sigma: float
+    n_public: int
 
     def accuracy(self, correct: int) -> float:
-        """(correct + N(0, σ²)) / n: the released accuracy of a classifier that got `correct` of the held-out
-        records right (evaluate.py counts them; this is the only place the count goes)."""
+        """round(correct + N(0, σ²)) / n: the released accuracy of a classifier that got `correct` of the held-out
+        records right (evaluate.py counts them; this is the only place the count goes). The Gaussian is drawn
+        from the OS CSPRNG (one number: the cost is nil) and the noisy count is rounded to a whole number before it
+        leaves, so no low-order float bits of the sample can reveal the exact count (Mironov's floating-point
+        attack on the Laplace/Gaussian mechanisms); rounding is post-processing."""
         from dpsearch.privacy.randomness import MechanismRandomness
 
-        noise = MechanismRandomness().gaussian_like(torch.zeros((), dtype=torch.float64), self.sigma)
-        return (int(correct) + float(noise)) / len(self.holdout)
+        noise = MechanismRandomness(secure=True).gaussian_like(torch.zeros((), dtype=torch.float64), self.sigma)
+        return float(round(int(correct) + float(noise))) / self.n_public
 
 
 __all__ = ["NoisyCount", "count_epsilon", "count_sigma"]

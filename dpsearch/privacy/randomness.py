@@ -65,7 +65,8 @@ class MechanismRandomness:
         """Which of n records join the next batch: each independently with probability q."""
         if self.secure:
             return torch.from_numpy(_os_uniform(n) <= q)
-        return torch.rand(n, generator=self._generator(torch.device("cpu"))) < q
+        # float64 uniforms: float32 has 24 bits, so q would be rounded and small q lose precision
+        return torch.rand(n, generator=self._generator(torch.device("cpu")), dtype=torch.float64) < q
 
     def gaussian_like(self, reference: torch.Tensor, std: float) -> torch.Tensor:
         """N(0, std²) noise of reference's shape, dtype and device."""

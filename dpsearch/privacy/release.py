@@ -27,23 +27,30 @@ RELEASED_FIELDS: dict[str, str] = {
     "oracle/fid": "oracle metric on the real test split: not DP, labelled, never used for selection",
     "oracle/note": "the label saying the oracle metrics are not DP",
     "privacy/": "the privacy record: σ, q, steps, ε, δ, accountant, trainable parameter counts (public or accounted)",
-    "time/": "wall-clock seconds per phase (a timing side channel that DP-SGD implementations do not cover; "
-             "it depends on the number of Poisson-sampled records only through the total compute)",
+    # Per-phase seconds (`time/finetune_s`, ...) are not on the list: a fine-tune's time tracks the sum of its Poisson
+    # batch sizes, an unnoised count of private records (docs/privacy.md, "What leaves a trial").
+    "time/total_min": "the trial's whole wall time rounded up to whole minutes: what planning a sweep needs, no "
+                      "per-phase or per-epoch resolution (not DP: a coarser view of the timing side channel)",
     "node": "public: which Ray node ran the trial",
     "device": "public: cpu or cuda",
 }
 
+# Ray Tune's clock fields time each report, so per epoch they track the Poisson batch sizes like `time/finetune_s`
+# did. Ray writes them to its own result.json / progress.csv in the sweep's storage (the same side channel as the
+# time each report appears there: not covered); dpsearch forwards none of them (tracking.py logs an allowlist).
+RAY_CLOCK: frozenset[str] = frozenset({"timestamp", "date", "time_this_iter_s", "time_total_s", "time_since_restore"})
+
 # What Ray Tune adds to every reported result (and writes to its result.json / progress.csv in the sweep's
-# storage): bookkeeping about the process and the clock, nothing computed from the data.
-RAY_BOOKKEEPING: frozenset[str] = frozenset({
-    "timestamp", "checkpoint_dir_name", "should_checkpoint", "training_iteration", "trial_id", "date",
-    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+# storage): bookkeeping about the process and the clock.
+RAY_BOOKKEEPING: frozenset[str] = RAY_CLOCK | frozenset({
+    "checkpoint_dir_name", "should_checkpoint", "training_iteration", "trial_id", "pid", "hostname", "node_ip",
     "iterations_since_restore", "config", "experiment_tag", "done"})
 
 # Files in a trial's checkpoint directory (and so in `dpsearch pull`).
 RELEASED_FILES: dict[str, str] = {
     "model/": "the DP model (diffusers format) with its privacy record",
-    "privacy.json": "the privacy record",
+    "privacy.json": "the privacy record (a sweep trial's also names its sweep and trial id: public bookkeeping that "
+                    "says whose released (ε, δ) covers it)",
     "history.json": "per epoch: ε spent, δ, steps (from the plan)",
     "samples.png": "DP synthetic samples",
     "synthetic.npz": "DP synthetic images (written by `dpsearch run`, not by sweep trials)",
@@ -67,4 +74,4 @@ def release(fields: dict) -> dict:
     return dict(fields)
 
 
-__all__ = ["RAY_BOOKKEEPING", "RELEASED_FIELDS", "RELEASED_FILES", "allowed", "release"]
+__all__ = ["RAY_BOOKKEEPING", "RAY_CLOCK", "RELEASED_FIELDS", "RELEASED_FILES", "allowed", "release"]

@@ -39,47 +39,81 @@ def space_grid(space, eps: float, n: int, batch_scale: float = 1.0, delta: Optio
 
 def guarantee_for(space, eps: float, n: int, validation: Optional[Mechanism], *, trials: Optional[int] = None,
                   selection: Optional[str] = None, mean_trials: Optional[float] = None, batch_scale: float = 1.0,
-                  delta: Optional[float] = None) -> SearchGuarantee:
+                  delta: Optional[float] = None, validation_runs: int = 1) -> SearchGuarantee:
     delta = _delta(space, n, delta)
     return search_guarantee(space_grid(space, eps, n, batch_scale, delta), delta, validation, trials=trials,
-                            selection=selection, mean_trials=mean_trials)
+                            selection=selection, mean_trials=mean_trials, validation_runs=validation_runs)
+
+
+def check_recorded(rows: list[dict], grid: list[Mechanism]) -> None:
+    """Every finished trial's recorded mechanism is one the bound covers: its (q, steps) is a cell of the grid
+    and its recorded σ is at least that cell's calibrated σ. The report recalibrates σ from the plan; a trial
+    that ran with less noise (another version, a bug) would otherwise be covered by a bound it breaks."""
+    for r in rows:
+        if r.get("sigma") is None:
+            continue
+        cells = [m for m in grid if m.steps == int(r["steps"]) and abs(m.q - float(r["q"])) <= 1e-12]
+        if not cells:
+            raise ConfigError(f"trial {r.get('trial')} ran q = {r['q']}, {r['steps']} steps, which no cell of the search "
+                              f"space's privacy grid has: the sweep's bound does not cover it. Report it as a bug; do not "
+                              f"release this sweep")
+        if float(r["sigma"]) < max(m.sigma for m in cells) * (1 - 1e-9):
+            raise ConfigError(f"trial {r.get('trial')} ran with σ = {r['sigma']} below the planned σ = "
+                              f"{max(m.sigma for m in cells)} for its (q, steps): the sweep's bound does not cover it. "
+                              f"Report it as a bug; do not release this sweep")
+
+
+def _runs(attempts: Optional[dict], stage: str) -> int:
+    """How often a once-per-sweep stage ran (at least the one planned)."""
+    return max(1, int((attempts or {}).get(stage, 1)))
 
 
 def stored_sweep_report(saved: dict, rows: list[dict], vp: Optional[dict], started: list[str],
-                        final: Optional[dict] = None) -> dict:
+                        final: Optional[dict] = None, attempts: Optional[dict] = None) -> dict:
     """The privacy report from what a sweep stored (sweep_store.py reads it): sweep.json's content, the
-    summary rows, the validation generator's record, the ids of every trial ever started and the final
-    stage's result."""
+    summary rows, the validation generator's record, one id per trial attempt ever started, the final
+    stage's result and how often each once-per-sweep stage started (attempts.json)."""
     from dpsearch.space import SearchSpace
 
     opts, space = saved["options"], SearchSpace(**saved["space"])
     if saved.get("design") == "slices":
-        return _slices_report(saved, space, rows, vp, started, final)
+        return _slices_report(saved, space, rows, vp, started, final, attempts)
     n = saved.get("n_private") or (vp or {}).get("n")
     if not n:
         raise ConfigError(f"sweep {saved['options'].get('name')} records no private-set size; it stopped before its "
                           f"first DP run")
+    # the sweep's one δ; sweeps before it was recorded ran every trial at its own default, which the rows carry
+    deltas = {float(r["delta"]) for r in rows if r.get("delta") is not None}
+    delta = saved.get("delta") or (deltas.pop() if len(deltas) == 1 else None)
     validation = Mechanism(vp["sigma"], vp["q"], vp["steps"]) if vp else None
+    v_runs = _runs(attempts, "validation")
     selection = opts.get("private_selection")
-    # Every trial ever started counts, restored or not, errored included: each one touched the private data.
+    # Every trial attempt ever started counts, restored or not, errored included: each one touched the private data.
     k_run = max(int(opts["trials"]), len(rows), len(started))
+    check_recorded(rows, space_grid(space, float(opts["eps"]), int(n), delta=delta))
     g = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=None if selection else k_run,
-                      selection=selection, mean_trials=opts.get("mean_trials"))
-    rep = {"sweep": opts["name"], "design": saved.get("design", "per-trial"), "trials": _trial_rows(rows), "trials_started": len(started), "validation": vp,
-           "released": g.to_dict(), "statement": coverage_statement(g)}
-    if selection:
-        # What repeat-and-select covers is the selected model alone; the tracking store holds every trial.
-        store = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=k_run)
-        rep["tracking_store"] = {**store.to_dict(), "statement": (
-            f"the whole tracking store (MLflow runs, every trial's checkpoint, samples and metrics in the sweep's "
-            f"storage): (ε = {store.eps:.3f}, δ = {store.delta:g})-DP by composition of all {k_run} trials run and "
-            f"the validation generator. Share only the selected trial's artifacts to release at the repeat-and-select "
-            f"figure above.")}
+                      selection=selection, mean_trials=opts.get("mean_trials"), validation_runs=v_runs, delta=delta)
+    rep = {"sweep": opts["name"], "design": saved.get("design", "per-trial"), "validation": vp,
+           "validation_runs": v_runs, "released": g.to_dict(), "statement": coverage_statement(g)}
+    if not selection:
+        return {**rep, "trials": _trial_rows(rows), "trials_started": len(started)}
+    # Repeat-and-select holds only while K stays hidden: the release part of this report carries no K, no trial
+    # ids, statuses or rows. All of that lives in the tracking store's part, whose figure is the composition of
+    # every trial attempt the store holds.
+    store = guarantee_for(space, float(opts["eps"]), int(n), validation, trials=k_run, validation_runs=v_runs,
+                          delta=delta)
+    rep["tracking_store"] = {**store.to_dict(), "trials_rows": _trial_rows(rows), "trials_started": len(started),
+                             "statement": (
+        f"the whole tracking store (MLflow runs, every trial's checkpoint, samples and metrics in the sweep's "
+        f"storage): (ε = {store.eps:.3f}, δ = {store.delta:g})-DP by composition of all {k_run} trial runs and "
+        f"the validation generator. It reveals K: never publish anything from it beside the repeat-and-select "
+        f"figure; share only the sweep's final/ release to release at that figure.")}
     done = sum(r.get("status") == "DONE" for r in rows)
-    if selection and done < int(opts["trials"]):
-        rep["incomplete"] = (f"only {done} of the K = {opts['trials']} drawn trials finished: repeat-and-select assumes "
-                             f"every drawn run finishes and the best of all K is released. Do not release yet: "
-                             f"`dpsearch sweep --resume {opts['name']} --retry-errored`.")
+    if done < int(opts["trials"]):
+        rep["tracking_store"]["incomplete"] = (
+            f"only {done} of the K = {opts['trials']} drawn trials finished. Repeat-and-select releases the best of K "
+            f"runs; a run that crashed counts as a run that returned nothing, which the bound covers only if the crash "
+            f"did not depend on private data (e.g. a lost machine). Retrying it is refused (a repetition run twice).")
     return rep
 
 
@@ -89,51 +123,61 @@ def _trial_rows(rows: list[dict]) -> list[dict]:
 
 
 def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], started: list[str],
-                   final: Optional[dict]) -> dict:
+                   final: Optional[dict], attempts: Optional[dict] = None) -> dict:
     """Disjoint slices (privacy/slices.py): each part's (ε, δ) on its own records; the released model costs
-    the largest. Before the final run, its part is the planned one: calibrated to the total by construction."""
+    the largest. Before the final run, its part is the planned one: calibrated to the total by construction.
+    A once-per-sweep stage that started more than once (attempts.json) is composed over its runs."""
     from dpsearch.privacy.slices import PartGuarantee, released_guarantee
 
     opts, sl, delta = saved["options"], saved["slices"], float(saved["delta"])
-    total, selection = float(opts["eps_total"]), opts.get("private_selection")
+    if opts.get("private_selection"):
+        raise ConfigError(f"sweep {opts['name']} ran private selection on disjoint slices, which dpsearch now refuses: "
+                          f"its tuning slice's tracking store is the composition of every trial, not the planned total")
+    sizes = sl.get("planned") or sl["sizes"]  # planned public sizes (sweeps before them stored exact sizes)
+    total = float(opts["eps_total"])
     k_run = max(int(opts["trials"]), len(rows), len(started))
-    tuning = guarantee_for(space, float(opts["eps"]), int(sl["sizes"]["tuning"]), None,
-                           trials=None if selection else k_run, selection=selection,
-                           mean_trials=opts.get("mean_trials"), batch_scale=float(sl["trial_batch_scale"]), delta=delta)
+    n_tuning, scale = int(sizes["tuning"]), float(sl["trial_batch_scale"])
+    check_recorded(rows, space_grid(space, float(opts["eps"]), n_tuning, scale, delta))
+    tuning = guarantee_for(space, float(opts["eps"]), n_tuning, None, trials=k_run, batch_scale=scale, delta=delta)
     parts = [PartGuarantee("tuning", tuning.eps, delta, tuning.accountant)]
     count = sl.get("count")
-    if count:  # one count per trial started (restarted ones too) and per planned free candidate
+    if count:  # one count per trial attempt started and per free candidate of every free-choice run
         from dpsearch.privacy.noisy_count import count_epsilon
 
-        queries = k_run + int(count["queries"]) - int(opts["trials"])
+        queries = k_run + _runs(attempts, "free") * (int(count["queries"]) - int(opts["trials"]))
         parts.append(PartGuarantee("validation", count_epsilon(float(count["sigma"]), queries, delta), delta, "pld"))
         scoring = (f"{queries} Gaussian counts (σ = {float(count['sigma']):.2f}) scoring the trials and the free "
                    f"candidates on its real records")
     else:
-        parts.append(PartGuarantee("validation", vp["eps"], vp["delta"], vp["accountant"]) if vp else
-                     PartGuarantee("validation", total, delta, "planned (not run yet)"))
-        scoring = "the validation generator"
+        v_runs = _runs(attempts, "validation")
+        if vp and v_runs > 1:
+            eps_v = Mechanism(vp["sigma"], vp["q"], vp["steps"]).pld_eps(v_runs, delta)
+            parts.append(PartGuarantee("validation", eps_v, delta, f"pld, {v_runs} runs composed"))
+        else:
+            parts.append(PartGuarantee("validation", vp["eps"], vp["delta"], vp["accountant"]) if vp else
+                         PartGuarantee("validation", total, delta, "planned (not run yet)"))
+        scoring = "the validation generator" + (f" ({v_runs} runs: it was made again after a crash)" if v_runs > 1 else "")
+    parts.append(_final_part(space, (final or {}).get("privacy"), _runs(attempts, "final"), total, int(sizes["final"]),
+                             delta))
     fp = (final or {}).get("privacy")
-    parts.append(PartGuarantee("final", fp["eps"], fp["delta"], fp["accountant"]) if fp else
-                 PartGuarantee("final", total, delta, "planned (not run yet)"))
     g, over = released_guarantee(parts, total)
     released = {"eps": g.eps, "delta": g.delta, "mode": "slices", "accountant": g.accountant,
                 "trial_eps_worst": tuning.trial_eps_worst, "trials": k_run, "parts": [vars(p) for p in parts],
-                "tuning": tuning.to_dict(), "slices": sl}
-    sizes = sl["sizes"]
+                "tuning": tuning.to_dict(), "slices": {k: v for k, v in sl.items() if k != "sizes"}}
     statement = "\n".join([
         f"released model: (ε = {g.eps:.3f}, δ = {g.delta:g})-DP by parallel composition over disjoint slices of the "
         f"private records (each record is in exactly one slice, by a public hash of that record alone):",
-        f"  tuning slice ({sizes['tuning']} records): {k_run} trials composed, (ε = {tuning.eps:.3f}) by {tuning.accountant};",
-        f"  validation slice ({sizes['validation']}): {scoring}, (ε = {parts[1].eps:.3f}) by {parts[1].accountant};",
-        f"  final slice ({sizes['final']}): the selected configuration trained once, (ε = {parts[2].eps:.3f}) by "
+        f"  tuning slice (planned {sizes['tuning']} records): {k_run} trials composed, (ε = {tuning.eps:.3f}) by "
+        f"{tuning.accountant};",
+        f"  validation slice (planned {sizes['validation']}): {scoring}, (ε = {parts[1].eps:.3f}) by {parts[1].accountant};",
+        f"  final slice (planned {sizes['final']}): the selected configuration trained once, (ε = {parts[2].eps:.3f}) by "
         f"{parts[2].accountant}.",
         "covered: the released model, its synthetic data set, every trial's outputs, the objective and the choices made "
         "on it (configuration, guidance, solver steps). The whole tracking store is covered by the same figure.",
         "noise and Poisson sampling of every DP run come from fresh OS entropy (never a recorded seed); not covered: "
         "the oracle metrics (computed on the real test split) are not DP and not counted.",
-        "assumes add/remove adjacency of one record and slice sizes treated as public, as every DP-SGD run here "
-        "does with N (docs/privacy.md, \"Disjoint-slice search\")."])
+        "assumes add/remove adjacency of one record; every q, batch and count denominator is planned from the public N "
+        "and the rule's fractions, never from a slice's exact size (docs/privacy.md, \"Disjoint-slice search\")."])
     rep = {"sweep": opts["name"], "design": "slices", "trials": _trial_rows(rows), "trials_started": len(started),
            "validation": vp, "final": fp, "released": released, "statement": statement}
     if over:
@@ -141,28 +185,62 @@ def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], sta
     return rep
 
 
+def _final_part(space, fp: Optional[dict], runs: int, total: float, n_final: int, delta: float):
+    """The final slice's part: the final run's own record, composed over its runs when it was trained again
+    after a crash; before it has run, the planned total (or, for a rerun, the space's worst mechanism at the
+    total composed over the runs)."""
+    from dpsearch.privacy.slices import PartGuarantee
+
+    if fp and runs == 1:
+        return PartGuarantee("final", fp["eps"], fp["delta"], fp["accountant"])
+    if fp:
+        return PartGuarantee("final", Mechanism(fp["sigma"], fp["q"], fp["steps"]).pld_eps(runs, delta), delta,
+                             f"pld, {runs} runs composed")
+    if runs == 1:
+        return PartGuarantee("final", total, delta, "planned (not run yet)")
+    g = guarantee_for(space, total, n_final, None, trials=runs, delta=delta)
+    return PartGuarantee("final", g.eps, delta, f"planned, {runs} runs composed ({g.accountant})")
+
+
 def validation_line(v: dict) -> str:
     """What scored the trials, with its privacy: the validation generator, or the counting objective."""
     if v.get("objective") == "count":
-        return (f"objective: noisy counts on {v['n']} held-out private records, {v['queries']} planned (σ = "
-                f"{v['sigma']:.2f}), (ε = {v['eps']:.3f}, δ = {v['delta']:g}) PLD")
+        return (f"objective: noisy counts on a slice of planned {v['n']} held-out private records, {v['queries']} planned "
+                f"(σ = {v['sigma']:.2f}), (ε = {v['eps']:.3f}, δ = {v['delta']:g}) PLD")
     return (f"validation generator: (ε = {v['eps']:.3f}, δ = {v['delta']:g}) {v['accountant'].upper()}, "
             f"σ = {v['sigma']:.4f}, q = {v['q']:.5f}, steps = {v['steps']}, layers {v['layers']}")
 
 
-def format_report(rep: dict) -> str:
-    lines = [f"privacy report of sweep {rep['sweep']}", "per trial (each by its own accountant):"]
-    for t in rep["trials"]:
+def _trial_lines(trials: list[dict]) -> list[str]:
+    lines = ["per trial (each by its own accountant):"]
+    for t in trials:
         if t.get("eps") is None:
             lines.append(f"  {t['trial']}: {t['status']}, no privacy record (it did not finish; it is "
-                         f"still counted in the released model's bound)")
+                         f"still counted in the bound)")
             continue
         lines.append(f"  {t['trial']}: (ε = {t['eps']:.3f}, δ = {t['delta']:g}) {str(t['accountant']).upper()}, "
                      f"σ = {t['sigma']:.4f}, q = {t['q']:.5f}, steps = {t['steps']}, C = {t['clip']:.3g}, "
                      f"B = {t['batch']}, layers {t['layers']}")
+    return lines
+
+
+def format_report(rep: dict, tracking_store: bool = False) -> str:
+    """The report as text. Under private selection only the release part (no K, no trial ids or rows) unless
+    tracking_store: then only the tracking store's part, which is not to be published beside the release."""
+    store = rep.get("tracking_store")
+    if store and tracking_store:
+        lines = [f"TRACKING STORE of sweep {rep['sweep']} (not the release: it reveals K; keep it private)",
+                 *_trial_lines(store["trials_rows"]), store["statement"]]
+        if store.get("incomplete"):
+            lines.append("WARNING: " + store["incomplete"])
+        return "\n".join(lines)
+    lines = [f"privacy report of sweep {rep['sweep']}"]
+    if not store:
+        lines += _trial_lines(rep["trials"])
     v = rep["validation"]
     if v:
-        lines.append(validation_line(v))
+        lines.append(validation_line(v) + (f", {rep['validation_runs']} runs composed" if rep.get("validation_runs", 1) > 1
+                                          else ""))
     f = rep.get("final")
     if f:
         lines.append(f"final run: (ε = {f['eps']:.3f}, δ = {f['delta']:g}) {f['accountant'].upper()}, σ = {f['sigma']:.4f}, "
@@ -171,12 +249,11 @@ def format_report(rep: dict) -> str:
     lines.append(f"one trial at the worst mechanism the space allows: (ε = {g['trial_eps_worst']:.3f}, "
                  f"δ = {g['delta']:g}) by RDP")
     lines.append(rep["statement"])
-    if rep.get("tracking_store"):
-        lines.append(rep["tracking_store"]["statement"])
+    if store:
+        lines.append("the tracking store's own figure and the per-trial rows: `dpsearch privacy report NAME "
+                     "--tracking-store` (keep them apart from this release)")
     if rep.get("over_total"):
         lines.append("WARNING: " + rep["over_total"])
-    if rep.get("incomplete"):
-        lines.append("WARNING: " + rep["incomplete"])
     return "\n".join(lines)
 
 
@@ -199,7 +276,7 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
     import math
 
     def total(e: float) -> SearchGuarantee:
-        val = reference_mechanism(space, e, n) if with_validation else None
+        val = reference_mechanism(space, e, n, delta=delta) if with_validation else None
         return guarantee_for(space, e, n, val, trials=trials, selection=selection, mean_trials=mean_trials,
                              batch_scale=batch_scale, delta=delta)
 

@@ -47,14 +47,15 @@ class Mechanism:
     def event(self):
         return SelfComposedDpEvent(PoissonSampledDpEvent(self.q, GaussianDpEvent(self.sigma)), self.steps)
 
-    def pld_eps(self, times: int, delta: float, validation: Optional["Mechanism"] = None) -> float:
-        """ε of `times` adaptive runs of this mechanism (and one run of `validation`) by dp-accounting's PLD."""
+    def pld_eps(self, times: int, delta: float, validation: Optional["Mechanism"] = None,
+                validation_runs: int = 1) -> float:
+        """ε of `times` adaptive runs of this mechanism (and `validation_runs` of `validation`) by dp-accounting's PLD."""
         from dp_accounting.pld import pld_privacy_accountant
 
         acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
         acc.compose(self.event(), times)
         if validation is not None:
-            acc.compose(validation.event())
+            acc.compose(validation.event(), validation_runs)
         return float(acc.get_epsilon(delta))
 
     def rdp(self, orders: np.ndarray = ORDERS) -> np.ndarray:
@@ -111,11 +112,22 @@ class SearchGuarantee:
         return asdict(self)
 
 
+def poisson_k_at_least_one(mean: float) -> float:
+    """P(K ≥ 1) for K ~ Poisson(μ). dpsearch redraws a Poisson K of 0 (a sweep that trains nothing helps no one),
+    so K is the Poisson conditioned on K ≥ 1. Conditioning on an event of probability p that the data does not
+    influence turns (ε, δ) into (ε, δ/p): for any S, P[M(D) ∈ S | K ≥ 1] ≤ (e^ε P[M(D') ∈ S] + δ) / p, and the
+    K = 0 output (nothing) is never in the conditioned range. The bound is therefore computed at δ·p."""
+    return 1.0 - math.exp(-mean)
+
+
 def search_guarantee(grid: list[Mechanism], delta: float, validation: Optional[Mechanism], *,
                      trials: Optional[int] = None, selection: Optional[str] = None,
-                     mean_trials: Optional[float] = None, orders: np.ndarray = ORDERS) -> SearchGuarantee:
-    """(ε, δ) of the released model of a sweep (see the module docstring for the two modes)."""
+                     mean_trials: Optional[float] = None, orders: np.ndarray = ORDERS,
+                     validation_runs: int = 1) -> SearchGuarantee:
+    """(ε, δ) of the released model of a sweep (see the module docstring for the two modes). validation_runs:
+    how often the validation generator ran (a sweep that died before storing V makes it again)."""
     worst = worst_curve(grid, orders)
+    inner_delta = delta  # the δ the RDP bound is converted at
     if selection is None:
         if trials is None or trials < 1:
             raise ValueError("an adaptive or fixed-size search needs its number of trials K ≥ 1")
@@ -124,15 +136,17 @@ def search_guarantee(grid: list[Mechanism], delta: float, validation: Optional[M
     else:
         total = repeat_and_select(worst, mean_trials, selection, orders)
         mode = selection
+        if selection == "poisson":
+            inner_delta = delta * poisson_k_at_least_one(mean_trials)
     val_eps = None
     if validation is not None:
         vcurve = validation.rdp(orders)
-        total = total + vcurve
-        val_eps = rdp_to_dp(vcurve, delta, orders)[0]
-    eps, order = rdp_to_dp(total, delta, orders)
+        total = total + validation_runs * vcurve
+        val_eps = rdp_to_dp(validation_runs * vcurve, delta, orders)[0]
+    eps, order = rdp_to_dp(total, inner_delta, orders)
     accountant, rdp_eps = "rdp (dp-accounting)", None
     if selection is None and len(set(grid)) == 1:
-        pld = grid[0].pld_eps(trials, delta, validation)
+        pld = grid[0].pld_eps(trials, delta, validation, validation_runs)
         if pld < eps:
             accountant, rdp_eps, eps = "pld (dp-accounting)", eps, pld
     return SearchGuarantee(eps=eps, delta=delta, mode=mode, trials=trials if selection is None else None,

@@ -83,6 +83,46 @@ def split(data: ImageSet, rule: SliceRule, keep: float = 1.0) -> dict[str, Image
     return parts
 
 
+def planned_sizes(n_public: int, rule: SliceRule, keep: float = 1.0) -> dict[str, int]:
+    """Each part's public size: the public N times its fraction, fixed before any record is read. Every q,
+    batch, δ check and count denominator is planned from these, never from the exact slice counts: adding a
+    record to one slice then changes nothing in the other parts' mechanisms (docs/privacy.md)."""
+    sizes = {p: max(1, int(round(n_public * keep * getattr(rule, p)))) for p in PARTS}
+    return sizes
+
+
+def hash_share(data: ImageSet, keep: float, salt: str) -> ImageSet:
+    """The records whose hash u(x) falls below `keep`: a record-level share (the --n-private cap, keep = n/N
+    fixed once from the public N and recorded). A seeded subset of positions would not do: inserting one record
+    shifts which records a position holds, so a neighbouring data set's subset differs in many records; here it
+    differs in at most the one record added. The count is Binomial(N, keep); runs on it plan from n, the public
+    size asked for, never from the exact count."""
+    if not (0 < keep <= 1):
+        raise ConfigError(f"the share of records used must be in (0, 1], got {keep:g}")
+    if keep == 1:
+        return data
+    u = record_uniforms(data, salt)
+    share = data.take(torch.from_numpy(np.flatnonzero(u < keep)), f"{data.name}:share")
+    if len(share) == 0:
+        raise ConfigError(f"the share {keep:g} of {data.name} ({len(data)} records) is empty; ask for more records")
+    return share
+
+
+def share_of(n: int | None, n_all: int) -> float:
+    """keep = n/N for --n-private n of N records (1 when n is None or ≥ N)."""
+    if n is None or n >= n_all:
+        return 1.0
+    if n < 1:
+        raise ConfigError(f"--n-private must be ≥ 1, got {n}")
+    return n / n_all
+
+
+def subset_salt(seed: int) -> str:
+    """The public salt of a `dpsearch run --n-private` share: from --seed, so a quick look is repeatable. The
+    argument needs the rule fixed before the data is seen, not secret (sweeps draw a fresh one and record it)."""
+    return f"dpsearch-share-seed-{int(seed)}"
+
+
 @dataclass(frozen=True)
 class PartGuarantee:
     part: str

@@ -20,7 +20,7 @@ from typing import Optional
 from dpsearch.config import ConfigError, default_delta
 from dpsearch.data import ImageSet
 from dpsearch.privacy.noisy_count import NoisyCount, count_sigma
-from dpsearch.privacy.slices import PARTS, SliceRule, split
+from dpsearch.privacy.slices import PARTS, SliceRule, hash_share, planned_sizes, share_of, split
 from dpsearch.search.options import SweepOptions, validation_eps
 from dpsearch.space import SearchSpace
 
@@ -31,19 +31,23 @@ class Design:
     name: str
     eps: float  # each trial's ε
     val_eps: float  # the validation generator's ε
-    delta: Optional[float]  # one δ for every part (None: each run's default from its own N, the old designs)
+    delta: float  # one δ for every part and run, from the public N
     trial_data: ImageSet
     validation_data: ImageSet
     final_data: Optional[ImageSet] = None  # slices only: the selected configuration is trained again on it
     final_eps: Optional[float] = None
     trial_batch_scale: float = 1.0  # trial batch = space batch × this: the final run's q on a smaller slice
     val_batch_scale: float = 1.0
-    slices: dict = field(default_factory=dict)  # rule and sizes, recorded in sweep.json
+    slices: dict = field(default_factory=dict)  # rule and planned (public) sizes, recorded in sweep.json
     count: Optional[NoisyCount] = None  # the counting objective on the validation slice, else scored on V
+    # The public N every run of a part plans from (q, steps, δ checks), fixed before any record is read: the
+    # part's planned size under slices, n under --n-private, None (the data's own N, as DP-SGD does) otherwise.
+    n_public: dict = field(default_factory=lambda: {p: None for p in PARTS})
+    share: dict = field(default_factory=dict)  # --n-private outside slices: {"keep", "salt"}, recorded in sweep.json
 
     def describe(self) -> str:
         if self.name == "slices":
-            s = self.slices["sizes"]
+            s = self.slices["planned"]
             scoring = (f"the validation generator at ε = {self.val_eps:g} on its slice ({s['validation']})"
                        if self.count is None else
                        f"{self.slices['count']['queries']} Gaussian counts (σ = {self.count.sigma:.2f}) on the validation "
@@ -80,7 +84,10 @@ def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optio
                           "disjoint-slice search keeps apart: use --eps-total E (design slices) or objective: generator")
     if name == "slices":
         return _slices(opts, space, private, saved, objective)
-    data = private.subset(space.n_private, seed=opts.seed) if space.n_private else private
+    share = saved.get("share") if saved and saved.get("share") else _share(space, private)
+    data = hash_share(private, share["keep"], share["salt"]) if share else private
+    n = space.n_private if share else len(private)  # the public N of every run: never the share's exact count
+    delta = space.delta if space.delta is not None else default_delta(n)
     if name == "composed" and not (saved and "design" in saved):
         from dpsearch.privacy.report import solve_per_trial_eps
 
@@ -88,33 +95,53 @@ def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optio
             raise ConfigError(f"the space sets validation.eps = {space.validation.eps:g}, but --eps-total solves the "
                               f"validation generator's ε together with the trials'; remove one of them")
         log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
-        per, g = solve_per_trial_eps(space, len(data), opts.eps_total,
+        per, g = solve_per_trial_eps(space, n, opts.eps_total,
                                      trials=None if opts.private_selection else opts.trials,
-                                     selection=opts.private_selection, mean_trials=opts.mean_trials)
+                                     selection=opts.private_selection, mean_trials=opts.mean_trials, delta=delta)
         log.info("--eps-total %g (composed): every trial and the validation generator get ε = %.4f (δ = %g); released "
                  "model: ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
         opts.eps = opts.val_eps = per
     eps = opts.eps if opts.eps is not None else space.eps
-    return Design(name, eps, validation_eps(opts, space, eps), None, data, data)
+    return Design(name, eps, validation_eps(opts, space, eps), delta, data, data,
+                  n_public={p: n for p in PARTS}, share=share or {})
+
+
+def _share(space: SearchSpace, private: ImageSet) -> Optional[dict]:
+    """The --n-private cap outside slices: a hash-rule share with a fresh public salt (None: all records)."""
+    import secrets
+
+    keep = share_of(space.n_private, len(private))
+    return {"keep": keep, "salt": secrets.token_hex(16)} if keep < 1 else None
 
 
 def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optional[dict], objective: str) -> Design:
     from dpsearch.privacy.report import solve_per_trial_eps
 
+    if opts.private_selection:
+        raise ConfigError("--private-selection cannot run on disjoint slices: repeat-and-select covers only the selected "
+                          "trial, while the slices' guarantee covers every trial's outputs (the tracking store), which "
+                          "would then be the composition of all trials on the tuning slice, above --eps-total. Run "
+                          "`--eps-total E` without --private-selection (the search composes to E on its slice), or "
+                          "`--eps-total E --design composed --sampler random --private-selection ...`")
     if opts.val_eps is not None or space.validation.eps is not None:
         raise ConfigError("a disjoint-slice search gives the validation generator the whole --eps-total on its own "
                           "slice; drop --val-eps / the space's validation.eps (or use --design composed)")
     total = float(opts.eps_total)
     if saved and saved.get("slices"):
         rule = SliceRule(**saved["slices"]["rule"])
+        keep = float(saved["slices"]["keep"])
     else:
         rule = SliceRule.new(**space.slices.model_dump())
-    keep = min(1.0, space.n_private / len(private)) if space.n_private else 1.0
+        keep = share_of(space.n_private, len(private))  # fixed once from the public N, recorded
     parts = split(private, rule, keep)
-    delta = space.delta if space.delta is not None else default_delta(len(private))
+    # Everything below plans from public sizes only (N and the rule's fractions): adding a record to one slice
+    # must leave the other parts' q, batch and σ as they were (docs/privacy.md, "Disjoint-slice search").
+    n_all = int(saved["slices"]["n_public"]) if saved and saved.get("slices", {}).get("n_public") else len(private)
+    planned = planned_sizes(n_all, rule, keep)
+    delta = space.delta if space.delta is not None else default_delta(n_all)
     for p in PARTS:
-        if delta >= 1.0 / len(parts[p]):
-            raise ConfigError(f"δ = {delta:g} is not below 1/N of the {p} slice ({len(parts[p])} records); "
+        if delta >= 1.0 / planned[p]:
+            raise ConfigError(f"δ = {delta:g} is not below 1/N of the {p} slice (planned {planned[p]} records); "
                               f"use a smaller δ or larger slices")
     count_info = None  # planned before the slow ε solve, so its refusals come at once
     if saved and saved.get("slices") and not saved["slices"].get("count"):
@@ -122,26 +149,23 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
     if objective == "count":
         count_info = saved["slices"]["count"] if saved and saved.get("slices", {}).get("count") else \
             _count_plan(opts, space, total, delta)
-    trial_scale = len(parts["tuning"]) / len(parts["final"])
-    val_scale = len(parts["validation"]) / len(parts["final"])
+    trial_scale = rule.tuning / rule.final
+    val_scale = rule.validation / rule.final
     if saved and saved.get("options", {}).get("eps") is not None:
         per = float(saved["options"]["eps"])
     else:
         log.info("solving the per-trial ε on the tuning slice for a total of ε = %g ...", total)
-        per, g = solve_per_trial_eps(space, len(parts["tuning"]), total,
-                                     trials=None if opts.private_selection else opts.trials,
-                                     selection=opts.private_selection, mean_trials=opts.mean_trials,
-                                     with_validation=False, batch_scale=trial_scale, delta=delta)
+        per, g = solve_per_trial_eps(space, planned["tuning"], total, trials=opts.trials, with_validation=False,
+                                     batch_scale=trial_scale, delta=delta)
         log.info("tuning slice: %d trials at ε = %.4f compose to ε = %.3f by %s", opts.trials, per, g.eps, g.accountant)
-    sizes = {p: len(parts[p]) for p in PARTS}
-    info = {"rule": rule.to_dict(), "keep": keep, "sizes": sizes, "trials": opts.trials,
+    info = {"rule": rule.to_dict(), "keep": keep, "n_public": n_all, "planned": planned, "trials": opts.trials,
             "trial_batch_scale": trial_scale, "validation_batch_scale": val_scale}
     count = None
     if count_info is not None:
         info["count"] = count_info
-        count = NoisyCount(parts["validation"], float(count_info["sigma"]))
+        count = NoisyCount(parts["validation"], float(count_info["sigma"]), planned["validation"])
     return Design("slices", per, total, delta, parts["tuning"], parts["validation"], parts["final"], total,
-                  trial_scale, val_scale, info, count)
+                  trial_scale, val_scale, info, count, n_public=dict(planned))
 
 
 def _count_plan(opts: SweepOptions, space: SearchSpace, total: float, delta: float) -> dict:

@@ -27,18 +27,32 @@ log = logging.getLogger(__name__)
 FINAL = "final"
 
 
-def final_model(model_files: dict, space: SearchSpace, best: dict, final_data: Optional[ImageSet], eps: Optional[float],
-                delta: Optional[float], seed: int, device: str):
-    """(model, privacy record, seconds): retrained on the final slice, or the selected trial's own model."""
+def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed: int, device: str, store: Store):
+    """(model, privacy record, seconds): retrained on the final slice, or the selected trial's own model.
+
+    The retrained model is stored under final/ as soon as it exists, so a final stage that dies later (free
+    choice, release) reuses it instead of training on the final slice again; a training run that died is counted
+    (attempts.json) and the report composes the final part over its runs."""
     import time
 
     from dpsearch.models import load_ldm
     from dpsearch.pipeline import run_pipeline
+    from dpsearch.sweep_store import record_attempt
 
     t = time.time()
-    if final_data is not None:
-        cfg = space.finetune_config(best, eps, seed, delta=delta)
-        out = run_pipeline(unpack_model(model_files), final_data, cfg, device=device, progress=False)
+    if design.final_data is not None:
+        if store.exists(f"{FINAL}/trained/privacy.json"):
+            with tempfile.TemporaryDirectory() as d:
+                local = store.download_dir(f"{FINAL}/trained", Path(d) / "trained")
+                from dpsearch.checkpoints import verify_local
+
+                verify_local(local)
+                log.info("final stage: reusing the final model trained by an earlier run of this stage")
+                return load_ldm(local / "model", device), json.loads((local / "privacy.json").read_text()), 0.0
+        cfg = space.finetune_config(best, design.final_eps, seed, delta=design.delta, n_public=design.n_public["final"])
+        record_attempt(store, "final")
+        out = run_pipeline(unpack_model(model_files), design.final_data, cfg, device=device, progress=False)
+        _store_trained(store, out)
         return out.model, out.privacy, time.time() - t
     with tempfile.TemporaryDirectory() as d:
         parent, leaf = best["checkpoint"].rstrip("/").rsplit("/", 1)
@@ -49,6 +63,23 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, final_data: O
         model = load_ldm(local / "model", device)
         privacy = json.loads((local / "privacy.json").read_text())
     return model, privacy, time.time() - t
+
+
+def _store_trained(store: Store, out) -> None:
+    """final/trained/: the final run's model and privacy record with a manifest, written before anything else
+    reads the model."""
+    from dpsearch.checkpoints import write_manifest
+    from dpsearch.models import save_ldm
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        device = out.model.device
+        save_ldm(out.model.to("cpu"), d / "model", extra={"privacy": out.privacy})
+        out.model.to(device)
+        (d / "privacy.json").write_text(json.dumps(out.privacy, indent=2))
+        write_manifest(d)
+        for f in sorted(p for p in d.rglob("*") if p.is_file()):
+            store.write_bytes(f"{FINAL}/trained/{f.relative_to(d)}", f.read_bytes())
 
 
 def choose_free(model, space: SearchSpace, validation: Optional[ImageSet], oracle: Optional[ImageSet], seed: int,
@@ -69,34 +100,33 @@ def choose_free(model, space: SearchSpace, validation: Optional[ImageSet], oracl
     return {k: best[k] for k in ("guidance", "steps")}, rows
 
 
-def run_final(model_files: dict, space_json: str, best: dict, final_data: Optional[ImageSet], eps: Optional[float],
-              delta: Optional[float], validation: Optional[ImageSet], oracle: Optional[ImageSet], released: dict, seed: int,
-              threads: int, storage: str, count=None) -> dict:
-    """The Ray task: final model → free choices → release, all written to `storage`/final/."""
+def run_final(model_files: dict, space_json: str, best: dict, design, validation: Optional[ImageSet],
+              oracle: Optional[ImageSet], sweep_uri: str, name: str, seed: int, threads: int) -> dict:
+    """The Ray task: final model → free choices → release, all written to the sweep's dpsearch/final/."""
     import time
 
     import torch
 
     from dpsearch.device import pick_device
     from dpsearch.models import save_ldm
-    from dpsearch.privacy.slices import PartGuarantee, released_guarantee
     from dpsearch.sample import sample
+    from dpsearch.sweep_store import record_attempt, sweep_report
     from dpsearch.synthetic_release import write_release
 
     torch.set_num_threads(threads)
     space = SearchSpace.model_validate_json(space_json)
     device = str(pick_device("auto"))
-    store = Store(storage)
+    store = Store(sweep_uri).child("dpsearch")
     config = {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs")}
-    model, privacy, ft_s = final_model(model_files, space, best, final_data, eps, delta, seed, device)
-    if final_data is not None:  # the released guarantee now includes the final run's own record
-        parts = [PartGuarantee(**p) for p in released["parts"] if p["part"] != "final"]
-        parts.append(PartGuarantee("final", privacy["eps"], privacy["delta"], privacy["accountant"]))
-        g, over = released_guarantee(parts, eps)
-        released = {**released, "eps": g.eps, "delta": g.delta, "accountant": g.accountant,
-                    "parts": [vars(p) for p in parts], "over_total": over}
+    model, privacy, ft_s = final_model(model_files, space, best, design, seed, device, store)
+    if design.count is not None:
+        record_attempt(store, "free")  # the free candidates' counts, composed over every run of this stage
+    # The released guarantee from the stored record of every part, the final run's own and every attempt included.
+    rep = sweep_report(sweep_uri, final_privacy=privacy if design.final_data is not None else None)
+    released = {**rep["released"], "name": name, "design": design.describe(), "covers": rep["statement"],
+                "over_total": rep.get("over_total")}
     t = time.time()
-    chosen, free_rows = choose_free(model, space, validation, oracle, seed, count)
+    chosen, free_rows = choose_free(model, space, validation, oracle, seed, design.count)
     free_s, t = time.time() - t, time.time()
     smp = space.sample.model_copy(update={**chosen, "per_class": -(-space.release.n // model.meta["num_classes"]),
                                           "seed": seed + 97})
@@ -121,9 +151,10 @@ def run_final(model_files: dict, space_json: str, best: dict, final_data: Option
     return result
 
 
-def finish(sweep_store: Store, model_files: dict, space: SearchSpace, best: dict, design, validation: Optional[ImageSet],
-           oracle: Optional[ImageSet], released: dict, seed: int, resources: dict) -> dict:
-    """Runs the final stage once per sweep (a resumed sweep reuses a finished one) on a whole node."""
+def finish(sweep_store: Store, sweep_uri: str, model_files: dict, space: SearchSpace, best: dict, design,
+           validation: Optional[ImageSet], oracle: Optional[ImageSet], seed: int, resources: dict) -> dict:
+    """Runs the final stage once per sweep (a resumed sweep reuses a finished one, and a trained final model) on
+    a whole node."""
     import ray
 
     if sweep_store.exists(f"{FINAL}/result.json"):
@@ -131,6 +162,5 @@ def finish(sweep_store: Store, model_files: dict, space: SearchSpace, best: dict
     log.info("final stage: %s", "training the selected configuration on the final slice" if design.final_data is not None
              else "the selected trial's model")
     task = ray.remote(run_final).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
-    return ray.get(task.remote(model_files, space.model_dump_json(), best, design.final_data, design.final_eps,
-                               design.delta, validation, oracle, released, seed, resources["val_cpu"],
-                               sweep_store.uri(), design.count))
+    return ray.get(task.remote(model_files, space.model_dump_json(), best, design, validation, oracle, sweep_uri,
+                               sweep_uri.rstrip("/").rsplit("/", 1)[-1], seed, resources["val_cpu"]))

@@ -92,7 +92,12 @@ def draw_trials(selection: str, mean: float) -> int:
 
     rng = np.random.default_rng(secrets.randbits(128))
     if selection == "poisson":
-        return int(rng.poisson(mean))
+        # K = 0 would train nothing; redrawing conditions K on K ≥ 1, which the report accounts for by
+        # computing the bound at δ·P(K ≥ 1) (search_cost.poisson_k_at_least_one). Drawn here, never rerun by hand.
+        while True:
+            k = int(rng.poisson(mean))
+            if k >= 1:
+                return k
     gamma = rdp_lib._gamma_truncated_negative_binomial(SELECTIONS[selection], mean)
     if selection == "geometric":
         return int(rng.geometric(gamma))

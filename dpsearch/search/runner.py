@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -74,6 +75,10 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         saved = json.loads(meta.read_text("sweep.json"))
         opts = SweepOptions(**{**saved["options"], "progress": opts.progress, "address": opts.address,
                                "storage": storage, "tracking": opts.tracking})
+        if retry_errored and opts.private_selection:
+            raise ConfigError(f"sweep {resume} runs private selection: retrying an errored trial would run one of its K "
+                              f"repetitions twice, which repeat-and-select does not cover. Resume without "
+                              f"--retry-errored (a crashed run counts as one that returned nothing)")
         space = SearchSpace(**saved["space"])
     else:
         space = load_space(opts.space)
@@ -102,22 +107,26 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
 
     if opts.private_selection and not resume:
         opts.trials = draw_trials(opts.private_selection, opts.mean_trials)
-        log.info("private selection (%s, mean %g): K = %d trials drawn", opts.private_selection, opts.mean_trials,
-                 opts.trials)
-        if opts.trials == 0:
-            raise ConfigError("the Poisson draw gave K = 0 trials: by design nothing is trained or released; run again")
+        # K stays out of the log and of everything released: repeat-and-select holds only while K is hidden.
+        log.info("private selection (%s, mean %g): K drawn from OS entropy; it is kept in the sweep's storage only "
+                 "(the tracking store), never in the release", opts.private_selection, opts.mean_trials)
     model_files = pack_model(Path(model_dir))
     fp_data = private if design.name == "slices" else design.trial_data  # what the design reads, as before slices
-    fingerprints = {"private": private_fingerprint(fp_data.images, fp_data.labels, create_key=not resume),
-                    "model": files_fingerprint(model_files), "space": text_fingerprint(space.model_dump_json())}
     if resume:
         saved = json.loads(meta.read_text("sweep.json"))
+    # salted per sweep, so the fingerprints of two sweeps on the same data cannot be linked to each other
+    salt = (saved or {}).get("fingerprints", {}).get("salt") if resume else secrets.token_hex(16)
+    fingerprints = {"private": private_fingerprint(fp_data.images, fp_data.labels, create_key=not resume, salt=salt),
+                    "model": files_fingerprint(model_files), "space": text_fingerprint(space.model_dump_json()),
+                    "salt": salt}
+    if resume:
         check_resume(saved.get("fingerprints", {}), fingerprints, name)
     else:
         saved = {"options": {**asdict(opts), "eps": eps, "val_eps": val_eps, "name": name, "model": str(model_dir),
                              "storage": storage, "tracking": None},
-                 "n_private": len(design.trial_data) if design.name != "slices" else len(private),
-                 "design": design.name, "slices": design.slices, "delta": design.delta,
+                 # the public N the trials plan from (never a share's or slice's exact count)
+                 "n_private": design.n_public["tuning"] if design.name != "slices" else design.slices["n_public"],
+                 "share": design.share or None, "design": design.name, "slices": design.slices, "delta": design.delta,
                  "space": json.loads(space.model_dump_json()), "fingerprints": fingerprints}
     log.info("design: %s", design.describe())
     parent = None
@@ -146,7 +155,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                 tune.with_parameters(dp_trial, model_files=model_files, private=design.trial_data, validation=validation,
                                      oracle=oracle, space_json=space.model_dump_json(), eps=eps, seed=opts.seed,
                                      threads=res["threads"], batch_scale=design.trial_batch_scale, delta=design.delta,
-                                     count=design.count),
+                                     count=design.count, n_public=design.n_public["tuning"],
+                                     sweep={"name": name, "storage": storage}),
                 {"cpu": res["cpu"], "gpu": res["gpu"]})
             callbacks = [TrialCounter(Store(storage).uri(name, "dpsearch"))]
             if uri:
@@ -180,12 +190,9 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
             meta.write_text("summary.json", json.dumps(asdict(result), indent=2, default=str))
             if opts.release and result.best:
                 from dpsearch.search.final import finish
-                from dpsearch.sweep_store import sweep_report
 
-                pre = sweep_report(Store(storage).uri(name))  # before the final run: what it composes with
-                released = {**pre["released"], "name": name, "design": design.describe(), "covers": pre["statement"]}
-                result.extra["final"] = finish(meta, model_files, space, result.best, design, validation, oracle,
-                                               released, opts.seed, res)
+                result.extra["final"] = finish(meta, Store(storage).uri(name), model_files, space, result.best, design,
+                                               validation, oracle, opts.seed, res)
             status = "FINISHED"
     finally:
         # Time across every run of this sweep, interrupted ones included (summary.seconds is this run's).
@@ -219,7 +226,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
 
 def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:
     o = saved["options"]
-    return {"eps": eps, "val_eps": val_eps, "space": saved["space"]["name"], "trials": o["trials"],
+    trials = "hidden (private selection)" if o.get("private_selection") else o["trials"]
+    return {"eps": eps, "val_eps": val_eps, "space": saved["space"]["name"], "trials": trials,
             "sampler": o["sampler"], "scheduler": o["scheduler"], "concurrency": o["concurrency"] or "auto", "seed": o["seed"],
             "private_selection": o.get("private_selection"), "mean_trials": o.get("mean_trials"),
             "n_private": saved.get("n_private"), "storage": o["storage"], "model": o["model"]}
@@ -230,13 +238,13 @@ def _probe_configs(space: SearchSpace, design):
     probe = {"layers": "1-1", "clip": 1.0, "epochs": 1, "lr": 1e-3}
     for b in space.params.batch.values():
         yield (space.finetune_config({**probe, "batch": b}, design.eps, batch_scale=design.trial_batch_scale,
-                                     delta=design.delta), len(design.trial_data))
+                                     delta=design.delta, n_public=design.n_public["tuning"]), len(design.trial_data))
         if design.final_data is not None:
-            yield (space.finetune_config({**probe, "batch": b}, design.final_eps, delta=design.delta),
-                   len(design.final_data))
+            yield (space.finetune_config({**probe, "batch": b}, design.final_eps, delta=design.delta,
+                                         n_public=design.n_public["final"]), len(design.final_data))
     if design.count is None:  # the validation generator's run; the counting objective trains nothing
-        yield (space.reference_config(design.val_eps, batch_scale=design.val_batch_scale, delta=design.delta),
-               len(design.validation_data))
+        yield (space.reference_config(design.val_eps, batch_scale=design.val_batch_scale, delta=design.delta,
+                                      n_public=design.n_public["validation"]), len(design.validation_data))
 
 
 def tune_config(opts: SweepOptions, space: SearchSpace, first: list[dict] | None = None):
@@ -245,8 +253,14 @@ def tune_config(opts: SweepOptions, space: SearchSpace, first: list[dict] | None
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = (optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=tpe_startup_trials(opts.trials))
-               if opts.sampler == "tpe" else optuna.samplers.RandomSampler(seed=opts.seed))
+    if opts.private_selection:
+        # Repeat-and-select assumes independent repetitions that no one can recompute: the configurations are
+        # drawn from OS entropy, not from the public --seed, and the seed is recorded nowhere.
+        sampler = optuna.samplers.RandomSampler(seed=secrets.randbits(32))
+    elif opts.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=tpe_startup_trials(opts.trials))
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=opts.seed)
     searcher = OptunaSearch(space=define_by_run(space), metric=METRIC, mode=MODE, sampler=sampler,
                             points_to_evaluate=first or None)
     scheduler = None

@@ -20,8 +20,7 @@ class SweepResult:
     rows: list[dict]  # one per trial, sorted by objective
     validation_privacy: dict
     spearman: Optional[float]
-    best: Optional[dict]
-    best_oracle: Optional[dict]
+    best: Optional[dict]  # the selected trial; no "best oracle" pointer: that would invite choosing on the test split
     seconds: float
     extra: dict = field(default_factory=dict)
 
@@ -77,8 +76,7 @@ def summarize(name: str, path: str, rows: list[dict], val_privacy: dict, seconds
         rho = float(spearmanr([r["objective"] for r in both], [r["oracle_accuracy"] for r in both]).statistic)
     ref = next((r for r in done if is_reference(r, reference, n_layers)), None) if reference is not None else None
     best, how = select(done, ref, margin)
-    best_oracle = max(both, key=lambda r: r["oracle_accuracy"]) if both else None
-    return SweepResult(name, path, done + rest, val_privacy, rho, best, best_oracle, seconds, {"selection": how})
+    return SweepResult(name, path, done + rest, val_privacy, rho, best, seconds, {"selection": how})
 
 
 def format_final(f: dict) -> str:
@@ -116,14 +114,12 @@ def format_summary(res: SweepResult) -> str:
     if res.spearman is not None:
         lines.append(f"Spearman(objective, oracle accuracy) = {res.spearman:.3f} over {sum(1 for r in res.rows if _finite(r['objective']))} trials")
     if res.best:
-        b, bo = res.best, res.best_oracle
+        b = res.best
         if res.extra.get("selection", {}).get("text"):
             lines.append(res.extra["selection"]["text"])
         oracle = (f"oracle accuracy {100 * b['oracle_accuracy']:.2f}% (oracle: real test split, not DP)"
                   if b.get("oracle_accuracy") is not None else "no oracle metrics (the data has no real test split)")
         lines.append(f"selected: {b['trial']} (layers {b['layers']}, {b.get('method') or 'attention'}), {oracle}")
-        if bo:
-            lines.append(f"best oracle trial: {bo['trial']} (layers {bo['layers']}), oracle accuracy {100 * bo['oracle_accuracy']:.2f}%")
         lines.append(f"best trial's model: {b['checkpoint']}/model")
     f = res.extra.get("final")
     if f:

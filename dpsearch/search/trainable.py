@@ -4,7 +4,9 @@ the release boundary every epoch and at the end."""
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+import time
 from pathlib import Path
 
 from dpsearch.data import ImageSet
@@ -18,11 +20,28 @@ def _flat_privacy(p: dict) -> dict:
     return {f"privacy/{k}": p[k] for k in keys}
 
 
+def total_minutes(seconds: float) -> int:
+    """The only timing a trial releases: whole minutes, rounded up. Per-phase seconds are not released: the
+    fine-tune's time tracks the sum of its Poisson batch sizes, an unnoised count of private records."""
+    return math.ceil(seconds / 60)
+
+
+def sweep_record(sweep: dict) -> dict:
+    """The trial's provenance in its privacy.json: it was one trial of a search, so `dpsearch release` must
+    headline the sweep's released (ε, δ) (read from the sweep's storage), never this trial's own ε."""
+    from ray import tune
+
+    return {"name": sweep["name"], "storage": str(sweep["storage"]), "trial": tune.get_context().get_trial_id()}
+
+
 def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: ImageSet | None, oracle: ImageSet | None,
              space_json: str, eps: float, seed: int, threads: int, batch_scale: float = 1.0,
-             delta: float | None = None, count=None) -> None:
+             delta: float | None = None, count=None, sweep: dict | None = None,
+             n_public: int | None = None) -> None:
     """config (from Optuna) → FinetuneConfig → the pipeline (DP fine-tune → sample → score on V, or by one
-    noisy count on the validation slice); reports every epoch and at the end, through the release boundary."""
+    noisy count on the validation slice); reports every epoch and at the end, through the release boundary.
+    sweep ({"name", "storage"}): the sweep this trial belongs to, recorded in its privacy.json."""
+    t0 = time.monotonic()
     import torch
     from ray import tune
 
@@ -32,19 +51,21 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     from dpsearch.finetune import FinetuneState
     from dpsearch.models import load_ldm
     from dpsearch.pipeline import run_pipeline, write_outputs
-    from dpsearch.privacy.release import release
+    from dpsearch.privacy.release import allowed, release
 
     torch.set_num_threads(threads)
     space = SearchSpace.model_validate_json(space_json)
-    ft = space.finetune_config(config, eps, seed, batch_scale, delta)  # on a tuning slice: batch scaled, δ of the sweep
+    # on a tuning slice: batch scaled, δ of the sweep, q planned from the slice's public size
+    ft = space.finetune_config(config, eps, seed, batch_scale, delta, n_public)
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             d = Path(d)
             verify_local(d)  # a corrupt checkpoint is an error, never a silent restart from garbage
-            if (d / "result.json").exists():  # finished before the sweep stopped: report it again
-                tune.report(json.loads((d / "result.json").read_text()), checkpoint=ckpt)
+            if (d / "result.json").exists():  # finished before the sweep stopped: report it again, with only the
+                stored = json.loads((d / "result.json").read_text())  # fields released now (an older one had time/*_s)
+                tune.report({k: v for k, v in stored.items() if allowed(k)}, checkpoint=ckpt)
                 return
             resume = FinetuneState.load(d / "state.pt")
     import ray
@@ -68,7 +89,9 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     final = release({"epoch": ft.epochs, "val_loss": val_loss(out.model), "done": True,
                      **{k: v for k, v in out.scores.items() if isinstance(v, (int, float))},
                      **_flat_privacy(out.privacy), "layers": out.privacy["layers"],
-                     **{f"time/{k}_s": out.seconds[k] for k in ("finetune", "sample", "evaluate")}, **where})
+                     "time/total_min": total_minutes(time.monotonic() - t0), **where})
+    if sweep is not None:
+        out.privacy = {**out.privacy, "sweep": sweep_record(sweep)}
     with tempfile.TemporaryDirectory() as d:
         write_outputs(Path(d), out, final)
         report_verified(final, Path(d))

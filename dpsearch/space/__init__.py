@@ -140,21 +140,22 @@ class SearchSpace(_Strict):
     release: Release = Release()
 
     def finetune_config(self, trial: dict, eps: float, seed: int = 0, batch_scale: float = 1.0,
-                        delta: Optional[float] = None) -> FinetuneConfig:
-        """The FinetuneConfig of one trial from its sampled values (batch scaled on a tuning slice)."""
+                        delta: Optional[float] = None, n_public: Optional[int] = None) -> FinetuneConfig:
+        """The FinetuneConfig of one trial from its sampled values (batch scaled on a tuning slice; n_public: the
+        public N its plan uses, see FinetuneConfig)."""
         method = trial.get("method", "attention")
         rank = {"rank": int(trial["rank"])} if method == "lora" and trial.get("rank") is not None else {}
         return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=trial["layers"],
                               method=method, **rank, clip=float(trial["clip"]), batch=scaled_batch(int(trial["batch"]), batch_scale),
                               epochs=int(trial["epochs"]), lr=float(trial["lr"]), physical_batch=self.physical_batch,
-                              n_private=self.n_private, accountant=self.accountant, seed=seed)
+                              n_private=self.n_private, n_public=n_public, accountant=self.accountant, seed=seed)
 
     def reference_config(self, eps: float, seed: int = 0, batch_scale: float = 1.0,
-                         delta: Optional[float] = None) -> FinetuneConfig:
+                         delta: Optional[float] = None, n_public: Optional[int] = None) -> FinetuneConfig:
         r = self.reference
         return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=r.layers, clip=r.clip,
                               batch=scaled_batch(r.batch, batch_scale), epochs=r.epochs, lr=r.lr,
-                              physical_batch=self.physical_batch, n_private=self.n_private,
+                              physical_batch=self.physical_batch, n_private=self.n_private, n_public=n_public,
                               accountant=self.accountant, seed=seed + 7919)
 
 
