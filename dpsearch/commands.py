@@ -173,10 +173,13 @@ def cmd_release(a) -> int:
     if not p.get("dp", True):
         print("privacy: NONE (NOT DP)")
     else:
-        print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:.3g})" + (f", sweep {p['sweep']['name']}'s figure: it covers "
-              f"{p['covers']}" if "run" in p and "sweep" in p else ""))
-        for line in filter(None, [provenance(p), *(p.get("warnings") or [])]):
-            print(f"  {line}")
+        searched = provenance(p)  # a sweep trial: the headline is its sweep's figure, never the trial's own ε
+        print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:.3g})"
+              + (f", the figure of sweep {p['sweep']['name']} that covers this trial" if searched else ""))
+        if searched:
+            print(f"  covers: {p['covers']}\n  {searched}")
+        for w in p.get("warnings") or []:
+            print(f"  WARNING: {w}")
     if "oracle/accuracy" in res["oracle"]:
         o = res["oracle"]
         print(f"oracle accuracy (real test split, not DP; DPImageBench protocol): best {100 * o['oracle/accuracy']:.2f}%, "

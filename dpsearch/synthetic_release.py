@@ -24,9 +24,10 @@ def provenance(p: dict) -> str | None:
     run, sweep = p.get("run"), p.get("sweep")
     if not run or not sweep or run.get("eps") is None:
         return None
-    return (f"this model's own fine-tune was (ε = {run['eps']:.3f}, δ = {run['delta']:.3g})-DP, but it was trial "
-            f"{sweep.get('trial') or '?'} of sweep {sweep['name']}, a search on the same private data: the sweep's "
-            f"figure above is what covers it, not the trial's own")
+    which = f"trial {sweep['trial']}" if sweep.get("trial") else "the selected trial"  # no id: a selected trial's bounds K
+    return (f"this model's own fine-tune was (ε = {run['eps']:.3f}, δ = {run['delta']:.3g})-DP, but it was {which} "
+            f"of sweep {sweep['name']}, a search on the same private data: the sweep's figure above is what covers "
+            f"it, not the trial's own")
 
 
 def _card_markdown(card: dict) -> str:

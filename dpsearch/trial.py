@@ -41,40 +41,56 @@ def read_privacy(trial_dir: Path) -> dict:
 def release_privacy(run: dict) -> dict:
     """The (ε, δ) a release of this model must state, and what it covers. A sweep trial's own ε is not it: the
     trial was one of a search on the same private data, so the sweep's released figure is (sweep_coverage)."""
-    if not run.get("dp", True) or "covers" in run:  # NOT DP; or a sweep's final/, which states its own coverage
+    if not run.get("dp", True):
         return run
+    if "covers" in run:  # a sweep's final/, which states its own coverage; a selected trial's id would bound K
+        return _without_trial_id(run)
     if "sweep" in run:
         return sweep_coverage(run)
     return {**run, "covers": ("this one DP fine-tune. If the model was selected from a sweep, the guarantee of the "
                               "release is the sweep's released (ε, δ) (`dpsearch report SWEEP`), not this trial's")}
 
 
+def _without_trial_id(p: dict) -> dict:
+    def strip(d):
+        return {k: v for k, v in d.items() if k != "trial"} if isinstance(d, dict) else d
+
+    out = {**p, "sweep": strip(p["sweep"])} if "sweep" in p else dict(p)
+    if isinstance(p.get("run"), dict) and "sweep" in p["run"]:
+        out["run"] = {**p["run"], "sweep": strip(p["run"]["sweep"])}
+    return out
+
+
 def sweep_coverage(run: dict) -> dict:
-    """The card's privacy for a trial of sweep run["sweep"]: the sweep's released (ε, δ); under private selection,
-    for a trial that is not the selected one (or before the selection is complete), the tracking store's
-    composition of all trials. The trial's own record stays under "run"."""
+    """The card's privacy for a trial of sweep run["sweep"]: the sweep's released (ε, δ). Under private selection
+    that figure (repeat-and-select) covers the selected trial only, and only while K stays hidden, so its card
+    names no trial id (an id's index bounds K); any other trial, or any trial before the sweep has selected, is
+    covered by the tracking store's composition of every trial. The trial's own record stays under "run"."""
     s = run["sweep"]
     rep, selected = _stored_sweep(s)
     name, trial = s["name"], s.get("trial") or "?"
     store = rep.get("tracking_store")
-    if store and (selected is None or selected != s.get("trial") or rep.get("incomplete")):
+    hidden = bool(store) and selected is not None and selected == s.get("trial")
+    if store and not hidden:
         g, figure = store, "tracking_store"
-        why = "not the sweep's selected trial" if selected and not rep.get("incomplete") else "the selection is not complete"
-        covers = (f"sweep {name}'s tracking store, every trial composed with the validation generator (private selection; "
-                  f"this model is trial {trial}, {why}, so the repeat-and-select figure, which covers the selected "
-                  f"trial alone, does not cover it); `dpsearch privacy report {name}`")
+        why = "not the sweep's selected trial" if selected else "the sweep has selected no trial yet"
+        covers = (f"sweep {name}'s tracking store: every trial composed with the validation generator (private "
+                  f"selection; this model is trial {trial}, {why}, so the repeat-and-select figure, which covers the "
+                  f"selected trial alone, does not cover it); `dpsearch privacy report {name}`")
     else:
         g, figure = rep["released"], "released"
         if rep.get("design") == "slices":
-            what = "the whole search (disjoint slices: every trial, the final model and its release)"
-        elif store:
-            what = "its selected trial (private selection, repeat-and-select)"
+            what = f"the whole search (disjoint slices: every trial, the final model and its release); this model is trial {trial}"
+        elif hidden:
+            what = "its selected trial, this model (private selection, repeat-and-select: K and trial ids stay hidden)"
         else:
-            what = f"all {g.get('trials') or '?'} trials of its search and the validation generator, composed"
-        covers = f"sweep {name}: {what}; this model is trial {trial}; `dpsearch privacy report {name}`"
-    return {"dp": True, "eps": g["eps"], "delta": g["delta"], "accountant": g["accountant"], "covers": covers,
-            "sweep": {**s, "figure": figure, "design": rep.get("design")},
-            "warnings": [rep[k] for k in ("over_total", "incomplete") if rep.get(k)], "run": run}
+            what = f"all {g.get('trials') or '?'} trials of its search and the validation generator, composed; this model is trial {trial}"
+        covers = f"sweep {name}: {what}; `dpsearch privacy report {name}`"
+    sweep = {"name": name, "storage": s.get("storage"), "figure": figure, "design": rep.get("design"),
+             **({"selected": True} if hidden else {"trial": s.get("trial")})}
+    p = {"dp": True, "eps": g["eps"], "delta": g["delta"], "accountant": g["accountant"], "covers": covers,
+         "sweep": sweep, "warnings": [rep["over_total"]] if rep.get("over_total") else [], "run": run}
+    return _without_trial_id(p) if hidden else p
 
 
 def _stored_sweep(s: dict) -> tuple[dict, str | None]:
@@ -122,7 +138,9 @@ def release_trial(trial_dir: Path, out: Path, smp: SampleConfig, oracle_test: Im
     if oracle_test is not None and protocol == "dpimagebench" and len(synthetic) == DPIMAGEBENCH.n_synthetic:
         oracle = {k: v for k, v in score(synthetic, oracle_test, DPIMAGEBENCH, seed=smp.seed, progress=progress).items()
                   if k.startswith("oracle/") or k == "protocol"}
-    config = {"trial": str(trial_dir), "sample_config": json.loads(smp.model_dump_json())}
+    sweep = privacy.get("sweep") or {}  # under private selection the path would name the trial (and bound K)
+    where = f"the selected trial of sweep {sweep['name']}" if sweep.get("selected") else str(trial_dir)
+    config = {"trial": where, "sample_config": json.loads(smp.model_dump_json())}
     result = trial_dir / "result.json"
     if result.exists():
         config["finetune_config"] = json.loads(result.read_text()).get("finetune_config")

@@ -86,7 +86,7 @@ def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optio
         return _slices(opts, space, private, saved, objective)
     share = saved.get("share") if saved and saved.get("share") else _share(space, private)
     data = hash_share(private, share["keep"], share["salt"]) if share else private
-    n = space.n_private if share else len(private)  # the public N of every run: never the share's exact count
+    n = space.n_private if share else (space.n_public or len(private))  # never a share's exact count
     delta = space.delta if space.delta is not None else default_delta(n)
     if name == "composed" and not (saved and "design" in saved):
         from dpsearch.privacy.report import solve_per_trial_eps
@@ -110,7 +110,7 @@ def _share(space: SearchSpace, private: ImageSet) -> Optional[dict]:
     """The --n-private cap outside slices: a hash-rule share with a fresh public salt (None: all records)."""
     import secrets
 
-    keep = share_of(space.n_private, len(private))
+    keep = share_of(space.n_private, space.n_public or len(private))
     return {"keep": keep, "salt": secrets.token_hex(16)} if keep < 1 else None
 
 
@@ -127,16 +127,13 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
         raise ConfigError("a disjoint-slice search gives the validation generator the whole --eps-total on its own "
                           "slice; drop --val-eps / the space's validation.eps (or use --design composed)")
     total = float(opts.eps_total)
-    if saved and saved.get("slices"):
-        rule = SliceRule(**saved["slices"]["rule"])
-        keep = float(saved["slices"]["keep"])
-    else:
-        rule = SliceRule.new(**space.slices.model_dump())
-        keep = share_of(space.n_private, len(private))  # fixed once from the public N, recorded
+    got = (saved or {}).get("slices") or {}
+    rule = SliceRule(**got["rule"]) if got else SliceRule.new(**space.slices.model_dump())
+    # Everything below plans from public numbers only (N and the rule's fractions, fixed once and recorded): adding
+    # a record to one slice leaves the other parts' q, batch and σ as they were (docs/privacy.md).
+    n_all = int(got.get("n_public") or space.n_public or len(private))
+    keep = float(got.get("keep") or share_of(space.n_private, n_all))
     parts = split(private, rule, keep)
-    # Everything below plans from public sizes only (N and the rule's fractions): adding a record to one slice
-    # must leave the other parts' q, batch and σ as they were (docs/privacy.md, "Disjoint-slice search").
-    n_all = int(saved["slices"]["n_public"]) if saved and saved.get("slices", {}).get("n_public") else len(private)
     planned = planned_sizes(n_all, rule, keep)
     delta = space.delta if space.delta is not None else default_delta(n_all)
     for p in PARTS:

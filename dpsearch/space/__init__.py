@@ -122,6 +122,10 @@ class SearchSpace(_Strict):
     description: str = ""
     private: str = "mnist"
     n_private: Optional[int] = Field(None, gt=0)
+    # The private set's declared public size: every q, batch and δ is planned from it, so the plan does not
+    # depend on the data at all (add/remove DP without the convention). None: its number of records, the
+    # convention of DP-SGD libraries (N treated as public).
+    n_public: Optional[int] = Field(None, gt=0)
     model: Optional[str] = None  # pretrained model dir or hub id; default: the embedded pretrained model
     # Stable Diffusion-format models: each class's prompt ({label} = its name) and the training resolution
     prompt: Optional[str] = None

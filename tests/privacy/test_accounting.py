@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dpsearch.config import default_delta
+from dpsearch.config import ConfigError, default_delta
 from dpsearch.privacy import calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
 
 
@@ -24,12 +24,14 @@ def test_more_noise_means_less_epsilon():
     assert epsilon_for(1.0, q, steps, 1e-5) < epsilon_for(0.7, q, steps, 1e-5)
 
 
-def test_default_delta_is_strictly_below_one_over_n():
-    assert default_delta(60000) == 1e-5
-    assert default_delta(100000) == 1e-6  # 1/N is itself a power of ten: go one lower
-    assert default_delta(1000) == 1e-4
-    for n in (7, 99, 12345, 10**6):
-        assert default_delta(n) < 1 / n and math.log10(default_delta(n)).is_integer()
+def test_default_delta_is_at_most_one_over_n_ln_n():
+    assert default_delta(60000) == pytest.approx(1.5e-6)  # 1/(N ln N) = 1.515e-6: N·δ ≈ 0.09, not ≈ 0.6
+    assert default_delta(55000) == pytest.approx(1.6e-6)  # DPImageBench's 1.67e-6, rounded down
+    for n in (7, 99, 12345, 60000, 10**6):
+        d = default_delta(n)
+        assert d <= 1 / (n * math.log(n)) and d > 0.9 / (n * math.log(n))  # two significant digits, rounded down
+    with pytest.raises(ConfigError):
+        default_delta(1)
 
 
 def test_poisson_plan_q_is_one_over_steps_per_epoch():

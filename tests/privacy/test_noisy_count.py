@@ -42,12 +42,23 @@ def test_bad_input_is_refused():
 def test_the_released_accuracy_is_the_true_one_plus_fresh_gaussian_noise():
     n = 400
     holdout = ImageSet(torch.zeros(n, 1, 28, 28, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), 10, "holdout")
-    count = NoisyCount(holdout, sigma=8.0)
+    count = NoisyCount(holdout, sigma=8.0, n_public=n)
     draws = np.array([count.accuracy(100) for _ in range(400)])  # 100 of 400 right
-    assert len(set(draws)) == len(draws)  # fresh noise every query
-    assert abs(draws.mean() - 0.25) < 4 * 8.0 / n / math.sqrt(len(draws))  # unbiased
+    assert len(set(draws)) > 25  # fresh noise every query (whole counts: ≈ 40 distinct values at σ = 8)
+    assert abs(draws.mean() - 0.25) < 4 * 8.0 / n / math.sqrt(len(draws))  # unbiased (rounding is symmetric)
     assert draws.std() * n == pytest.approx(8.0, rel=0.15)
-    assert NoisyCount(holdout, sigma=0.0).accuracy(100) == 0.25
+    assert NoisyCount(holdout, sigma=0.0, n_public=n).accuracy(100) == 0.25
+
+
+def test_a_released_count_is_a_whole_number_over_the_public_size():
+    """No low-order float bits of the Gaussian sample leave (Mironov's attack), and the exact slice size is not
+    the denominator: a slice planned at 500 records divides by 500 whatever its exact count."""
+    holdout = ImageSet(torch.zeros(488, 1, 28, 28, dtype=torch.uint8), torch.zeros(488, dtype=torch.long), 10, "h")
+    count = NoisyCount(holdout, sigma=3.0, n_public=500)
+    for _ in range(50):
+        released = count.accuracy(200)
+        assert (released * 500) == pytest.approx(round(released * 500), abs=1e-9)
+    assert NoisyCount(holdout, sigma=0.0, n_public=500).accuracy(200) == 0.4
 
 
 def test_the_objective_counts_the_classifiers_correct_predictions_on_the_held_out_records():
@@ -58,6 +69,6 @@ def test_the_objective_counts_the_classifiers_correct_predictions_on_the_held_ou
 
     synthetic, held = printed_digits(600, seed=1, progress=False), printed_digits(300, seed=2, progress=False)
     cfg = EvaluateConfig(classifier_epochs=1)
-    exact = evaluate(synthetic, None, cfg, progress=False, count=NoisyCount(held, sigma=0.0))["objective"]
+    exact = evaluate(synthetic, None, cfg, progress=False, count=NoisyCount(held, sigma=0.0, n_public=len(held)))["objective"]
     net, _ = train_classifier(synthetic, cfg, progress=False)  # same seed: the same classifier
     assert exact == pytest.approx(accuracy(net, held)) and 0 < exact < 1

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dpsearch.config import ConfigError
+from dpsearch.config import ConfigError, default_delta
 from dpsearch.data import ImageSet
 from dpsearch.search.design import design_name, plan
 from dpsearch.search.options import SweepOptions
@@ -18,7 +18,7 @@ def _private(n=3000):
 
 def _space(**update) -> SearchSpace:
     raw = load_space("smoke").model_dump()
-    raw.update(n_private=None, **update)
+    raw.update({"n_private": None, **update})
     return SearchSpace(**raw)
 
 
@@ -35,14 +35,80 @@ def test_the_design_follows_the_budget_flag():
 def test_slices_give_each_part_its_own_records_and_the_trials_the_final_runs_q():
     # RDP calibrates in milliseconds; the PRV solve is covered in tests/privacy/test_report.py
     d = plan(SweepOptions(eps_total=4.0, trials=3), _space(accountant="rdp"), _private())
-    sizes = d.slices["sizes"]
-    assert d.name == "slices" and sum(sizes.values()) == 3000
-    assert (len(d.trial_data), len(d.validation_data), len(d.final_data)) == (sizes["tuning"], sizes["validation"],
-                                                                                sizes["final"])
+    planned, rule = d.slices["planned"], d.slices["rule"]
+    assert d.name == "slices" and abs(sum(planned.values()) - 3000) <= 2
+    assert len(d.trial_data) + len(d.validation_data) + len(d.final_data) == 3000
+    assert "sizes" not in d.slices  # the exact slice counts are not stored or published
+    assert d.n_public == planned
     assert d.val_eps == d.final_eps == 4.0 and 0 < d.eps < 4.0  # trials compose to the total
-    assert d.trial_batch_scale == pytest.approx(sizes["tuning"] / sizes["final"])
-    assert d.delta == 1e-4  # one δ, from the whole private set (N = 3000)
-    assert "disjoint slices" in d.describe()
+    assert d.trial_batch_scale == pytest.approx(rule["tuning"] / rule["final"])  # from the public fractions
+    assert d.delta == default_delta(3000)  # one δ, from the whole private set's public N
+    assert "disjoint slices" in d.describe() and str(len(d.final_data)) not in d.describe()
+
+
+def _tuning_plans(d, space):
+    """(q, batch, σ) of every mechanism a tuning trial of this design can run."""
+    from dpsearch.privacy.dpsgd import plan_privacy
+
+    out = []
+    for b in space.params.batch.values():
+        for e in space.params.epochs.values():
+            cfg = space.finetune_config({"layers": "1-1", "clip": 1.0, "lr": 1e-3, "batch": b, "epochs": e}, d.eps,
+                                        batch_scale=d.trial_batch_scale, delta=d.delta, n_public=d.n_public["tuning"])
+            p = plan_privacy(cfg, len(d.trial_data))
+            out.append((p.q, cfg.batch, p.sigma, p.steps))
+    return out
+
+
+def test_adding_a_record_to_the_final_slice_leaves_the_tuning_trials_mechanisms_unchanged():
+    """Add/remove adjacency: the neighbour's extra record lands in the final slice; every tuning trial's q, batch
+    and σ must be what they were (they are planned from the declared public N and the rule's fractions)."""
+    from dpsearch.privacy.slices import SliceRule, record_uniforms
+
+    space = _space(accountant="rdp", n_public=3000)
+    data = _private()
+    d = plan(SweepOptions(eps_total=4.0, trials=3), space, data)
+    rule = SliceRule(**d.slices["rule"])
+    g = torch.Generator().manual_seed(7)
+    while True:  # a record that the rule puts in the final slice
+        extra = ImageSet(torch.randint(0, 256, (1, 1, 28, 28), dtype=torch.uint8, generator=g),
+                         torch.randint(0, 10, (1,), generator=g), 10, "x")
+        if record_uniforms(extra, rule.salt)[0] >= rule.tuning + rule.validation:
+            break
+    bigger = ImageSet(torch.cat([extra.images, data.images]), torch.cat([extra.labels, data.labels]), 10, "toy+1")
+    d2 = plan(SweepOptions(eps_total=4.0, trials=3), space, bigger, saved={"slices": {"rule": d.slices["rule"]}})
+    assert len(d2.final_data) == len(d.final_data) + 1 and torch.equal(d2.trial_data.images, d.trial_data.images)
+    assert d2.eps == d.eps and d2.delta == d.delta and d2.trial_batch_scale == d.trial_batch_scale
+    assert _tuning_plans(d2, space) == _tuning_plans(d, space)
+    assert d2.count is None or (d2.count.sigma == d.count.sigma and d2.count.n_public == d.count.n_public)
+
+
+def test_without_a_declared_n_the_plan_reads_n_and_the_fractions_only():
+    """Under the usual convention (N public), two data sets of the same N whose slices differ in size plan alike."""
+    space = _space(accountant="rdp")
+    d1 = plan(SweepOptions(eps_total=4.0, trials=3), space, _private())
+    g = torch.Generator().manual_seed(1)
+    other = ImageSet(torch.randint(0, 256, (3000, 1, 28, 28), dtype=torch.uint8, generator=g),
+                     torch.randint(0, 10, (3000,), generator=g), 10, "other")
+    d2 = plan(SweepOptions(eps_total=4.0, trials=3), space, other, saved={"slices": {"rule": d1.slices["rule"]}})
+    assert len(d2.trial_data) != len(d1.trial_data)  # the exact counts differ ...
+    assert _tuning_plans(d2, space) == _tuning_plans(d1, space)  # ... the mechanisms do not
+
+
+def test_n_private_outside_slices_is_a_hash_share_planned_from_n():
+    """--n-private under the per-trial design: a record-level share (not a seeded subset of positions), and the
+    trials plan from n, not from the share's exact count."""
+    space = _space(accountant="rdp", n_private=500)
+    data = _private()
+    d = plan(SweepOptions(eps=4.0), space, data)
+    assert d.n_public["tuning"] == 500 and d.share["keep"] == pytest.approx(500 / 3000)
+    assert 400 < len(d.trial_data) < 600 and d.delta == default_delta(500)
+    extra = ImageSet(torch.full((1, 1, 28, 28), 7, dtype=torch.uint8), torch.tensor([3]), 10, "x")
+    bigger = ImageSet(torch.cat([extra.images, data.images]), torch.cat([extra.labels, data.labels]), 10, "toy+1")
+    d2 = plan(SweepOptions(eps=4.0), space, bigger, saved={"share": d.share})
+    a = {bytes(x.numpy()) for x in d.trial_data.images}
+    b = {bytes(x.numpy()) for x in d2.trial_data.images}
+    assert len(a ^ b) <= 1  # inserting one record at the start changes at most that record of the share
 
 
 def test_slices_refuse_what_the_argument_does_not_cover():
@@ -77,8 +143,12 @@ def test_the_counting_objective_is_refused_where_no_records_are_held_out():
         plan(SweepOptions(eps_total=4.0, design="composed"), space, _private())
     with pytest.raises(ConfigError, match="--scheduler none"):
         plan(SweepOptions(eps_total=4.0, scheduler="asha"), space, _private())
-    with pytest.raises(ConfigError, match="private selection"):
+    with pytest.raises(ConfigError, match="--private-selection cannot run on disjoint slices"):
         plan(SweepOptions(eps_total=4.0, private_selection="geometric", mean_trials=3, sampler="random"), space,
+             _private())
+    # the default space (objective auto) too: slices + private selection is refused, whatever scores the trials
+    with pytest.raises(ConfigError, match="--private-selection cannot run on disjoint slices"):
+        plan(SweepOptions(eps_total=4.0, private_selection="geometric", mean_trials=3, sampler="random"), _space(),
              _private())
 
 
