@@ -32,3 +32,20 @@ def test_non_dp_release_says_so(tmp_path):
     out = write_release(printed_digits(20, progress=False), tmp_path / "r", name="ref",
                         privacy={"dp": False, "statement": "NOT DP"}, configuration={}, progress=False)
     assert "NOT differentially private" in (out / "DATA_CARD.md").read_text()
+
+
+def test_the_card_of_a_sweep_trial_headlines_the_sweeps_figure_and_says_why_not_its_own(tmp_path):
+    run = {"dp": True, "eps": 0.46, "delta": 1e-5, "accountant": "prv"}
+    privacy = {"dp": True, "eps": 5.0, "delta": 1e-5, "accountant": "pld", "covers": "sweep s: the whole search",
+               "sweep": {"name": "s", "trial": "t3", "figure": "released"}, "run": run,
+               "warnings": ["the tuning part costs more than planned"]}
+    out = write_release(printed_digits(20, progress=False), tmp_path / "r", name="t3", privacy=privacy,
+                        configuration={}, progress=False, pngs=False)
+    text = (out / "DATA_CARD.md").read_text()
+    assert "**Privacy guarantee:** (ε = 5.000, δ = 1e-05)-DP" in text and "sweep s: the whole search" in text
+    assert "own fine-tune was (ε = 0.460, δ = 1e-05)-DP, but it was trial t3 of sweep s" in text
+    assert "**WARNING:** the tuning part costs more than planned" in text
+    selected = {**privacy, "sweep": {"name": "s", "selected": True}}  # private selection: no trial id
+    text = (write_release(printed_digits(20, progress=False), tmp_path / "r2", name="x", privacy=selected,
+                          configuration={}, progress=False, pngs=False) / "DATA_CARD.md").read_text()
+    assert "it was the selected trial of sweep s" in text and "t3" not in text

@@ -21,6 +21,15 @@ SMOKE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
 RAY_BOOKKEEPING = ("time_this_iter_s", "pid", "hostname", "node_ip", "time_total_s", "timestamp", "training_iteration")
 
 
+def test_mlflow_gets_neither_per_phase_times_nor_rays_clock_only_whole_minutes():
+    from dpsearch.tracking import useful_metrics
+
+    result = {"epoch": 2, "objective": 0.8, "oracle/accuracy": 0.9, "time/total_min": 3, "time/finetune_s": 412.7,
+              "time_this_iter_s": 205.1, "time_total_s": 431.0, "time_since_restore": 431.0, "timestamp": 1.76e9,
+              "training_iteration": 2, "pid": 4242}
+    assert useful_metrics(result) == {"epoch": 2.0, "objective": 0.8, "oracle/accuracy": 0.9, "time/total_min": 3.0}
+
+
 def _children(client, name):
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dpsearch.privacy.release import RAY_BOOKKEEPING, RELEASED_FILES, allowed, release
+from dpsearch.privacy.release import RAY_BOOKKEEPING, RAY_CLOCK, RELEASED_FILES, allowed, release
 
 HISTORY_FIELDS = {"epoch", "eps_spent", "delta", "steps"}
 CONFIG_PARAMS = {"layers", "method", "rank", "clip", "batch", "lr", "epochs", "layer_a", "layer_b"}  # the trial's configuration: public
@@ -19,6 +19,15 @@ def test_an_unlisted_field_is_refused_not_logged():
     with pytest.raises(ValueError, match="not on the release allowlist"):
         release({"grad_norm": 3.0})
     assert not allowed("oracle") and allowed("oracle/accuracy") and not allowed("oracle/train_loss")
+
+
+@pytest.mark.parametrize("key", ["time/finetune_s", "time/sample_s", "time/evaluate_s", "time/epoch_s"])
+def test_per_phase_wall_times_are_refused_only_the_trials_whole_minutes_leave(key):
+    """A fine-tune's wall time tracks the sum of its Poisson batch sizes: an unnoised count of private records."""
+    with pytest.raises(ValueError, match="not on the release allowlist"):
+        release({"objective": 0.5, "time/total_min": 3, key: 412.7})
+    assert release({"objective": 0.5, "time/total_min": 3}) == {"objective": 0.5, "time/total_min": 3}
+    assert RAY_CLOCK <= RAY_BOOKKEEPING and not any(allowed(k) for k in RAY_CLOCK)  # Ray's clock is not ours to release
 
 
 def _storage_files(root: str) -> dict[str, bytes | None]:

@@ -3,7 +3,7 @@
 import pytest
 
 from dpsearch.search.selection import describe, is_reference, select
-from dpsearch.search.summary import summarize
+from dpsearch.search.summary import format_summary, summarize
 from dpsearch.space import load_space
 
 REF = load_space("mnist").reference  # layers all, clip 0.01, batch 4000, lr 2e-3, 5 epochs
@@ -49,3 +49,18 @@ def test_summarize_selects_with_the_margin_and_records_how():
     assert res.extra["selection"]["best_trial"] == "a" and res.extra["selection"]["kept_reference"]
     res = summarize("s", "/tmp/s", rows, {}, 1.0)  # no reference trial (generator objective): best objective
     assert res.best["trial"] == "a" and res.extra["selection"]["rule"] == "best objective"
+
+
+def test_the_summary_points_at_the_selected_trial_only_never_at_the_best_oracle_one():
+    """A pointer from the oracle metrics (real test split) to a model would invite choosing on the test split."""
+    from dataclasses import asdict
+
+    rows = [{**row("a", 0.82, layers="1-2"), "checkpoint": "/tmp/s/a"},
+            {**row("b", 0.70, layers="3-4"), "oracle_accuracy": 0.99, "checkpoint": "/tmp/s/b"},
+            {**row("c", 0.75, layers="5-6"), "checkpoint": "/tmp/s/c"}]
+    val = {"eps": 1.0, "delta": 1e-5, "accountant": "prv", "sigma": 1.0, "q": 0.1, "steps": 10, "layers": "1-7"}
+    res = summarize("s", "/tmp/s", rows, val, 1.0)
+    assert res.best["trial"] == "a" and "best_oracle" not in asdict(res)
+    text = format_summary(res)
+    assert "best oracle" not in text.lower() and "selected: a" in text
+    assert "Spearman(objective, oracle accuracy)" in text and [r["oracle_accuracy"] for r in res.rows] == [0.83, 0.76, 0.99]
