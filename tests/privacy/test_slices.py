@@ -144,8 +144,56 @@ def test_under_the_counting_objective_the_validation_part_is_the_counts_made():
     rep = stored_sweep_report(saved, [], vp, [], None)
     val = rep["released"]["parts"][1]
     assert val["part"] == "validation" and val["eps"] == pytest.approx(total, rel=0.02) and val["eps"] <= total * 1.001
-    assert "Gaussian counts" in rep["statement"] and "noisy counts on 3000" in format_report(rep)
+    assert "Gaussian counts" in rep["statement"] and "planned 3000 held-out" in format_report(rep)
     # two trials restarted beyond the plan: two more counts, the validation part passes the total and it is said
     rep6 = stored_sweep_report(saved, [], vp, [f"t{i}" for i in range(k + 2)], None)
     assert rep6["released"]["parts"][1]["eps"] == pytest.approx(count_epsilon(sigma, k + 2 + free, delta), rel=1e-6)
     assert rep6["released"]["parts"][1]["eps"] > total and "validation part costs" in rep6["over_total"]
+    # a final stage that ran its free candidates twice (it died after counting): twice the free counts
+    again = stored_sweep_report(saved, [], vp, [], None, {"free": 2})
+    assert again["released"]["parts"][1]["eps"] == pytest.approx(count_epsilon(sigma, k + 2 * free, delta), rel=1e-6)
+    assert "validation part costs" in again["over_total"]
+
+
+def test_a_final_run_trained_twice_is_composed_over_both_runs():
+    """A final stage that died while training and ran again drew the final slice twice: the final part is the
+    composition of both runs (attempts.json), never the one record of the run that finished."""
+    from dpsearch.privacy.report import stored_sweep_report
+    from dpsearch.privacy.search_cost import Mechanism
+    from dpsearch.space import load_space
+
+    space = load_space("smoke")
+    delta, total = 1e-5, 2.0
+    saved = {"options": {"name": "s", "eps": 0.5, "eps_total": total, "trials": 2}, "space": space.model_dump(),
+             "design": "slices", "delta": delta,
+             "slices": {"planned": {"tuning": 6000, "validation": 3000, "final": 51000}, "trial_batch_scale": 6000 / 51000,
+                        "rule": {}, "keep": 1.0}}
+    vp = {"eps": 1.99, "delta": delta, "accountant": "prv", "sigma": 1.0, "q": 0.01, "steps": 10}
+    fp = {"eps": 1.98, "delta": delta, "accountant": "prv", "sigma": 2.0, "q": 0.05, "steps": 200, "layers": "1-7"}
+    once = stored_sweep_report(saved, [], vp, [], {"privacy": fp}, {"final": 1})
+    assert once["released"]["parts"][2]["eps"] == 1.98
+    twice = stored_sweep_report(saved, [], vp, [], {"privacy": fp}, {"final": 2})
+    final = twice["released"]["parts"][2]
+    assert final["eps"] == pytest.approx(Mechanism(2.0, 0.05, 200).pld_eps(2, delta)) and final["eps"] > 1.98
+    assert "2 runs composed" in final["accountant"]
+    # before the rerun has finished: the space's worst final mechanism at the total, composed twice
+    pending = stored_sweep_report(saved, [], vp, [], None, {"final": 2})
+    assert pending["released"]["parts"][2]["eps"] > total and "final part costs" in pending["over_total"]
+
+
+def test_an_n_private_share_changes_by_at_most_the_record_inserted(mnist):
+    """--n-private under add/remove, on real MNIST records: inserting one record at the start of the data changes
+    at most that record of the share (a seeded subset of positions changes hundreds: the reason for the rule)."""
+    from dpsearch.data import ImageSet
+    from dpsearch.privacy.slices import hash_share, share_of, subset_salt
+
+    train = mnist[0].take(torch.arange(5000), "mnist[:5000]")
+    new = mnist[0].take(torch.tensor([59999]), "one more")
+    bigger = ImageSet(torch.cat([new.images, train.images]), torch.cat([new.labels, train.labels]), 10, "mnist+1")
+    keep = share_of(1000, len(train))
+    before = {bytes(x.numpy()) for x in hash_share(train, keep, subset_salt(0)).images}
+    after = {bytes(x.numpy()) for x in hash_share(bigger, keep, subset_salt(0)).images}
+    assert len(before ^ after) <= 1 and 850 < len(before) < 1150
+    positional = {bytes(x.numpy()) for x in train.subset(1000, seed=0).images}
+    shifted = {bytes(x.numpy()) for x in bigger.subset(1000, seed=0).images}
+    assert len(positional ^ shifted) > 100
