@@ -171,7 +171,8 @@ def _link_final(c, run_id: str, final: dict) -> None:
     c.log_metric(run_id, "final/objective", best["objective"])
     if best.get("oracle_accuracy") is not None:
         c.log_metric(run_id, "final/oracle_accuracy", best["oracle_accuracy"])  # oracle: labelled, chose nothing
-    c.log_dict(run_id, final, "final/result.json")
+    # without its per-phase seconds: the final fine-tune's time tracks its Poisson batch sizes (docs/privacy.md)
+    c.log_dict(run_id, {k: v for k, v in final.items() if k != "seconds"}, "final/result.json")
     release = Store(final["release"])
     c.log_text(run_id, release.read_text("DATA_CARD.md"), "final/DATA_CARD.md")
     c.log_image(run_id, Image.open(io.BytesIO(release.read_bytes("grid.png"))), "final/grid.png")

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dpsearch.cli import main
+from dpsearch.config import default_delta
 from tests.cluster_hosts import kill_tree
 from dpsearch.search import SweepOptions, run_sweep
 
@@ -49,7 +50,7 @@ def test_sweep_runs_trials_concurrently_under_one_eps_and_survives_a_failing_tri
     done = by_status["DONE"]
     assert len(done) >= 2
     # every finished trial is (ε, δ)-DP for the same target, each with its own σ
-    assert all(r["eps"] <= 5.0 and r["delta"] == done[0]["delta"] == 1e-3 for r in done)
+    assert all(r["eps"] <= 5.0 and r["delta"] == done[0]["delta"] == default_delta(400) for r in done)
     assert all(0 <= r["objective"] <= 1 and 0 <= r["oracle_accuracy"] <= 1 for r in done)
     assert res.rows[0]["objective"] == max(r["objective"] for r in done)  # sorted by objective
     assert res.validation_privacy["eps"] <= 5.0
@@ -180,9 +181,13 @@ def test_resume_refuses_other_data_model_or_space(changed, message, tiny_model_d
     from dpsearch.space import load_space
     from dpsearch.search.model_files import pack_model
 
+    from dpsearch.privacy.slices import hash_share
+
     space = load_space("smoke")
-    private = load_dataset("mnist")[0].subset(space.n_private, seed=0)
-    prints = {"private": private_fingerprint(private.images, private.labels),
+    full = load_dataset("mnist")[0]
+    share = {"keep": space.n_private / len(full), "salt": "share-salt"}
+    private = hash_share(full, share["keep"], share["salt"])
+    prints = {"private": private_fingerprint(private.images, private.labels, salt="fp-salt"), "salt": "fp-salt",
               "model": files_fingerprint(pack_model(tiny_model_dir)), "space": text_fingerprint(space.model_dump_json())}
     prints[changed] = "0" * 64
     opts = {**asdict(SweepOptions(eps=5.0, space="smoke", name="f", model=str(tiny_model_dir))),
@@ -190,6 +195,99 @@ def test_resume_refuses_other_data_model_or_space(changed, message, tiny_model_d
     meta = tmp_path / "f" / "dpsearch"
     meta.mkdir(parents=True)
     (meta / "sweep.json").write_text(json.dumps({"options": opts, "n_private": 400, "fingerprints": prints,
-                                                 "space": json.loads(space.model_dump_json())}))
+                                                 "share": share, "space": json.loads(space.model_dump_json())}))
     with pytest.raises(ConfigError, match=message):
         run_sweep(SweepOptions(storage=str(tmp_path), tracking="none", progress=False), resume="f")
+
+
+def test_fingerprints_are_salted_per_sweep():
+    """One machine key would give every sweep on the same data the same fingerprint, linking them."""
+    import torch
+
+    from dpsearch.fingerprints import private_fingerprint
+
+    x, y = torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.long)
+    assert private_fingerprint(x, y, salt="a") != private_fingerprint(x, y, salt="b")
+    assert private_fingerprint(x, y, salt="a") == private_fingerprint(x, y, salt="a")
+
+
+@pytest.mark.e2e
+def test_a_retried_trial_is_counted_once_per_attempt(tiny_model_dir, tmp_path):
+    """--retry-errored draws the failed trial's noise again: each attempt is one more run in the released ε."""
+    space = _space(tmp_path, lr={"value": 1e30}, epochs={"value": 1}, batch={"value": 100})  # every trial diverges
+    storage = tmp_path / "sweeps"
+    first = run_sweep(SweepOptions(eps=5.0, space=space, trials=2, concurrency=1, sampler="random",
+                                   model=str(tiny_model_dir), storage=str(storage), name="e", tracking="none",
+                                   progress=False, release=False))
+    assert [r["status"] for r in first.rows] == ["ERROR", "ERROR"]
+    assert first.extra["privacy"]["trials_started"] == 2
+    res = run_sweep(SweepOptions(progress=False, storage=str(storage), tracking="none"), resume="e",
+                    retry_errored=True)
+    rep = res.extra["privacy"]
+    assert rep["trials_started"] == 4 and rep["released"]["trials"] == 4  # 2 trials × 2 attempts
+    assert rep["released"]["eps"] > first.extra["privacy"]["released"]["eps"]
+
+
+def test_retrying_under_private_selection_is_refused(tmp_path):
+    from dataclasses import asdict
+
+    from dpsearch.config import ConfigError
+    from dpsearch.space import load_space
+
+    opts = {**asdict(SweepOptions(eps=5.0, space="smoke", name="p", sampler="random", private_selection="geometric",
+                                  mean_trials=3.0)), "storage": str(tmp_path), "tracking": None}
+    meta = tmp_path / "p" / "dpsearch"
+    meta.mkdir(parents=True)
+    (meta / "sweep.json").write_text(json.dumps({"options": opts, "n_private": 400,
+                                                 "space": json.loads(load_space("smoke").model_dump_json())}))
+    with pytest.raises(ConfigError, match="retrying an errored trial would run one of its K"):
+        run_sweep(SweepOptions(storage=str(tmp_path), tracking="none", progress=False), resume="p", retry_errored=True)
+
+
+def _release_files(final: Path) -> dict[str, str]:
+    return {str(f.relative_to(final)): f.read_text() for f in final.rglob("*")
+            if f.is_file() and f.suffix in (".json", ".md")}
+
+
+@pytest.mark.e2e
+def test_a_private_selection_release_carries_no_k_ids_statuses_or_rows(tiny_model_dir, tmp_path, capsys):
+    space = _space(tmp_path, epochs={"value": 1}, batch={"value": 100})
+    storage = tmp_path / "sweeps"
+    res = run_sweep(SweepOptions(eps=3.0, space=space, concurrency=1, sampler="random", private_selection="geometric",
+                                 mean_trials=1.5, model=str(tiny_model_dir), storage=str(storage), name="ps",
+                                 tracking="none", progress=False))
+    k = len(res.rows)
+    ids = [r["trial"] for r in res.rows]
+    files = _release_files(storage / "ps" / "dpsearch" / "final")
+    assert "release/DATA_CARD.md" in files and "result.json" in files
+    for name, text in files.items():
+        for leak in [*ids, '"trials_started"', "trials_rows", '"status"', "ERROR", "TERMINATED"]:
+            assert leak not in text, (name, leak)
+        assert f'"trials": {k}' not in text, name
+    card = json.loads(files["release/card.json"]) if "release/card.json" in files else {}
+    rep = res.extra["privacy"]
+    assert card.get("privacy", {}).get("eps", rep["released"]["eps"]) == pytest.approx(rep["released"]["eps"])
+    assert rep["released"]["mode"] == "geometric" and rep["tracking_store"]["trials"] == k
+    assert main(["privacy", "report", str(storage / "ps")]) == 0
+    out = capsys.readouterr().out
+    assert not any(i in out for i in ids) and "K = " not in out
+
+
+@pytest.mark.e2e
+def test_a_final_stage_run_again_reuses_its_model_and_counts_its_counts_again(tiny_model_dir, tmp_path):
+    """Disjoint slices with the counting objective: the final stage dies after its free candidates were counted
+    (result.json missing); the resumed stage reuses the trained final model (no second run on the final slice)
+    and its second round of counts is composed into the validation part."""
+    space = _space(tmp_path, epochs={"value": 1}, batch={"value": 100})
+    storage = tmp_path / "sweeps"
+    opts = dict(space=space, trials=2, concurrency=1, model=str(tiny_model_dir), storage=str(storage),
+                tracking="none", progress=False)
+    first = run_sweep(SweepOptions(eps_total=5.0, name="f2", **opts))
+    meta = storage / "f2" / "dpsearch"
+    assert json.loads((meta / "attempts.json").read_text()) == {"final": 1, "free": 1}
+    val_once = first.extra["privacy"]["released"]["parts"][1]["eps"]
+    (meta / "final" / "result.json").unlink()
+    again = run_sweep(SweepOptions(progress=False, storage=str(storage), tracking="none"), resume="f2")
+    assert json.loads((meta / "attempts.json").read_text()) == {"final": 1, "free": 2}
+    parts = {p["part"]: p for p in again.extra["privacy"]["released"]["parts"]}
+    assert parts["validation"]["eps"] > val_once and parts["final"]["eps"] <= 5.0 * 1.001

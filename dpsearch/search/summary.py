@@ -92,7 +92,8 @@ def format_final(f: dict) -> str:
         f"  free post-processing, chosen on the sweep's objective (DP validation set, or accounted counts): {free}; chosen guidance "
         f"{chosen['guidance']:g}, {chosen['steps']} steps (oracle figures are on the real test split, not DP, chose nothing)",
         f"  synthetic data set: {f['n_release']} images at {f['release']} (DATA_CARD.md, card.json, grid.png, synthetic.npz)",
-        f"  final stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in f["seconds"].items())])
+        # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes (docs/privacy.md)
+        f"  final stage: {math.ceil(sum(f['seconds'].values()) / 60)} min"])
 
 
 def format_summary(res: SweepResult) -> str:
