@@ -28,7 +28,7 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eps", type=float, default=2.0)
-    ap.add_argument("--delta", type=float, default=None, help="default: 1/N rounded down to a power of ten")
+    ap.add_argument("--delta", type=float, default=None, help="default: 1/(N ln N), two significant digits")
     ap.add_argument("--m", type=int, default=1000, help="canaries, each included with probability 1/2")
     ap.add_argument("--n-real", type=int, default=10000, help="MNIST training images beside the canaries")
     ap.add_argument("--batch", type=int, default=256, help="expected (Poisson) batch size")

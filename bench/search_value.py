@@ -121,8 +121,8 @@ def run_one(eps: float, seed: int, trials: int, test: ImageSet, retrain: bool, m
              "selection": res.extra.get("selection"),
              "trials": [{k: r.get(k) for k in ("layers", "batch", "lr", "epochs", "eps", "objective", "oracle_accuracy",
                                                 "status")} for r in res.rows],
-             "seconds": {"sweep_total": sweep_s, **{f"final_{k}": v for k, v in final["seconds"].items()}},
-             "slices": res.extra["privacy"]["released"]["slices"]["sizes"]}
+             "seconds": {"sweep_total": sweep_s}, "final_minutes": final.get("minutes"),
+             "slices": res.extra["privacy"]["released"]["slices"]["planned"]}
     default = default_arm(eps, seed, test, retrain, model_dir, final["free"], earlier)
     gain = sweep["oracle"]["oracle/accuracy"] - default["oracle"]["oracle/accuracy"]
     print(f"ε = {eps:g}, seed {seed}: sweep {100 * sweep['oracle']['oracle/accuracy']:.2f}% vs default "

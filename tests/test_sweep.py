@@ -268,9 +268,14 @@ def test_a_private_selection_release_carries_no_k_ids_statuses_or_rows(tiny_mode
     rep = res.extra["privacy"]
     assert card.get("privacy", {}).get("eps", rep["released"]["eps"]) == pytest.approx(rep["released"]["eps"])
     assert rep["released"]["mode"] == "geometric" and rep["tracking_store"]["trials"] == k
+    capsys.readouterr()
     assert main(["privacy", "report", str(storage / "ps")]) == 0
     out = capsys.readouterr().out
     assert not any(i in out for i in ids) and "K = " not in out
+    from dpsearch.search import format_summary
+
+    printed = format_summary(res)  # what `dpsearch sweep` prints at the end
+    assert not any(i in printed for i in ids) and "ERROR" not in printed and "--tracking-store" in printed
 
 
 @pytest.mark.e2e

@@ -219,8 +219,9 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     assert any((r["layers"], r["batch"], r["epochs"]) == ("1-7", ref.batch, ref.epochs) and
                r["lr"] == pytest.approx(ref.lr) for r in res.rows)  # the reference ran as a trial
     assert not Store(res.path).child("dpsearch").exists("validation.npz")  # no generator was trained
-    sizes = rep["released"]["slices"]["sizes"]
-    assert rep["design"] == "slices" and 300 < sum(sizes.values()) < 500 and sizes["final"] > 4 * sizes["tuning"]
+    sizes = rep["released"]["slices"]["planned"]  # public: the space's n_private times the rule's fractions
+    assert rep["design"] == "slices" and abs(sum(sizes.values()) - 400) <= 2 and sizes["final"] > 4 * sizes["tuning"]
+    assert "sizes" not in rep["released"]["slices"]  # exact slice counts are never stored or published
     parts = {p["part"]: p for p in rep["released"]["parts"]}
     assert set(parts) == {"tuning", "validation", "final"} and all(p["eps"] <= 5.0 for p in parts.values())
     assert rep["released"]["eps"] == max(p["eps"] for p in parts.values()) and 4.5 < rep["released"]["eps"] <= 5.0
@@ -232,7 +233,8 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     from dpsearch.space import scaled_batch
 
     scale = rep["released"]["slices"]["trial_batch_scale"]
-    assert scale == pytest.approx(sizes["tuning"] / sizes["final"])
+    rule = rep["released"]["slices"]["rule"]
+    assert scale == pytest.approx(rule["tuning"] / rule["final"])
     assert done and all(r["eps"] < 5.0 and r["q"] == pytest.approx(
         poisson_plan(sizes["tuning"], scaled_batch(r["batch"], scale), r["epochs"])[0]) for r in done)
     # the reference (trial 1) is released unless a trial beat it on the counts by the space's margin

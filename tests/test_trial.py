@@ -67,7 +67,7 @@ def test_under_the_slices_design_every_trial_gets_the_sweeps_released_figure(tmp
     sizes, delta = {"tuning": 6000, "validation": 6000, "final": 48000}, 1e-5
     saved = {"options": {"name": "sl", "eps": 0.5, "eps_total": 2.0, "trials": 4}, "design": "slices", "delta": delta,
              "space": json.loads(SearchSpace(**raw).model_dump_json()),
-             "slices": {"sizes": sizes, "trial_batch_scale": 6000 / 48000, "rule": {}, "keep": 1.0}}
+             "slices": {"planned": sizes, "trial_batch_scale": 6000 / 48000, "rule": {}, "keep": 1.0}}
     meta = tmp_path / "sl" / "dpsearch"
     meta.mkdir(parents=True)
     (meta / "sweep.json").write_text(json.dumps(saved))

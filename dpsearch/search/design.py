@@ -123,7 +123,8 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
                           "would then be the composition of all trials on the tuning slice, above --eps-total. Run "
                           "`--eps-total E` without --private-selection (the search composes to E on its slice), or "
                           "`--eps-total E --design composed --sampler random --private-selection ...`")
-    if opts.val_eps is not None or space.validation.eps is not None:
+    # (a resumed sweep's saved options carry the val_eps it recorded, the total: only a new sweep can ask for one)
+    if not (saved and saved.get("slices")) and (opts.val_eps is not None or space.validation.eps is not None):
         raise ConfigError("a disjoint-slice search gives the validation generator the whole --eps-total on its own "
                           "slice; drop --val-eps / the space's validation.eps (or use --design composed)")
     total = float(opts.eps_total)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -119,6 +120,7 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
     store = Store(sweep_uri).child("dpsearch")
     config = {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs")}
     model, privacy, ft_s = final_model(model_files, space, best, design, seed, device, store)
+    privacy = _without_trial_id(privacy)
     if design.count is not None:
         record_attempt(store, "free")  # the free candidates' counts, composed over every run of this stage
     # The released guarantee from the stored record of every part, the final run's own and every attempt included.
@@ -145,10 +147,20 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             store.write_bytes(f"{FINAL}/{f.relative_to(d)}", f.read_bytes())
     result = {"config": config, "privacy": privacy, "released": released, "free": chosen, "free_candidates": free_rows,
-              "n_release": len(synthetic), "seconds": {"final_model": ft_s, "free": free_s, "release": time.time() - t},
+              "n_release": len(synthetic),
+              # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes
+              "minutes": math.ceil((ft_s + free_s + time.time() - t) / 60),
               "model": store.uri(FINAL, "model"), "release": store.uri(FINAL, "release")}
     store.write_text(f"{FINAL}/result.json", json.dumps(result, indent=2))
     return result
+
+
+def _without_trial_id(privacy: dict) -> dict:
+    """The selected trial's record without its Ray trial id: under private selection an id's index bounds K,
+    which must stay hidden (docs/privacy.md); the sweep's name and storage stay."""
+    if isinstance(privacy.get("sweep"), dict):
+        privacy = {**privacy, "sweep": {k: v for k, v in privacy["sweep"].items() if k != "trial"}}
+    return privacy
 
 
 def finish(sweep_store: Store, sweep_uri: str, model_files: dict, space: SearchSpace, best: dict, design,

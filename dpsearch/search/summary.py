@@ -93,10 +93,12 @@ def format_final(f: dict) -> str:
         f"{chosen['guidance']:g}, {chosen['steps']} steps (oracle figures are on the real test split, not DP, chose nothing)",
         f"  synthetic data set: {f['n_release']} images at {f['release']} (DATA_CARD.md, card.json, grid.png, synthetic.npz)",
         # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes (docs/privacy.md)
-        f"  final stage: {math.ceil(sum(f['seconds'].values()) / 60)} min"])
+        f"  final stage: {f['minutes']} min" if 'minutes' in f else f"  final stage: {math.ceil(sum(f['seconds'].values()) / 60)} min"])
 
 
 def format_summary(res: SweepResult) -> str:
+    if res.extra.get("privacy", {}).get("tracking_store"):
+        return _format_private_selection(res)
     cols = [("trial", 11), ("status", 7), ("layers", 6), ("method", 9), ("clip", 8), ("batch", 5), ("lr", 8), ("epochs", 6),
             ("sigma", 7), ("eps", 6), ("objective", 9), ("oracle_accuracy", 15)]
     def fmt(v, w):
@@ -135,4 +137,23 @@ def format_summary(res: SweepResult) -> str:
         if m.get("trials_compared"):
             lines.append(f"  the trials side by side (layer_a, layer_b, clip, batch, objective, oracle metrics): "
                          f"{m['trials_compared']}  (again later: `dpsearch ui {m['experiment']}`)")
+    return "\n".join(lines)
+
+
+def _format_private_selection(res: SweepResult) -> str:
+    """Private selection: the release's part only. The per-trial table, ids, statuses and the number of trials
+    reveal K, which voids the repeat-and-select figure printed here (docs/privacy.md); they stay in the
+    tracking store, printed apart by `dpsearch privacy report NAME --tracking-store`."""
+    from dpsearch.privacy.report import format_report
+
+    lines = [format_report(res.extra["privacy"])]
+    if res.best:
+        b = res.best
+        lines.append(f"selected configuration: layers {b['layers']}, {b.get('method') or 'attention'}, C = {b['clip']:.3g}, "
+                     f"B = {b['batch']}, lr = {b['lr']:.3g}, {b['epochs']} epochs")
+    f = res.extra.get("final")
+    if f:
+        lines.append(format_final(f))
+    lines.append(f"sweep {res.name}: private selection; results under {res.path}. The trial table, K and the tracking "
+                 f"store's figure: `dpsearch privacy report {res.name} --tracking-store` (keep them apart from the release)")
     return "\n".join(lines)
