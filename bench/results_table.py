@@ -61,7 +61,7 @@ def _run_row(path: str) -> dict:
             "clip": p["clip"], "sampler": _sampler(s["sample_config"]),
             "batch": p["batch"], "epochs": p["epochs"], "oracle_accuracy": m["oracle/accuracy"],
             "oracle_fid": m.get("oracle/fid"), "released_eps": p["eps"], "delta": p["delta"], "trial_eps": p["eps"],
-            "minutes": sum(s["seconds"].values()) / 60}
+            "minutes": s["minutes"] if "minutes" in s else sum(s["seconds"].values()) / 60}
 
 
 SCHEDULER_NAMES = {"ddim": "DDIM", "dpm++": "DPM-Solver++"}

@@ -6,6 +6,7 @@ The parser lives in cli.py; nothing here parses arguments or holds a pipeline st
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -217,7 +218,8 @@ def cmd_run(a) -> int:
     if "oracle/accuracy" in m:
         print(f"oracle accuracy (real test split, not DP): {100 * m['oracle/accuracy']:.2f}%; "
               f"oracle FID {m['oracle/fid']:.2f} [{m['fid_extractor']}]")
-    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()) + f"; total {time.time() - t:.0f}")
+    print(f"time: {summary['minutes']} min for the trial (whole minutes only: docs/privacy.md, \"Timing\"); "
+          f"{math.ceil((time.time() - t) / 60)} min in all")
     print(f"trial written to {out}")
     return 0
 

@@ -218,6 +218,15 @@ def build_report(sweep_path: str, out: Path) -> Path:
         f"<p><b>Released model's guarantee: ε = {g['eps']:.3f}, δ = {g['delta']:g}</b> ({e(g['mode'])}); each trial "
         f"ε = {saved['options']['eps']:g}. Details below.</p>",
     ]
+    store = privacy.get("tracking_store")
+    if store:
+        # Private selection: this page shows every trial (and so K), which voids the repeat-and-select figure for
+        # it; the only true figure for what it publishes is the tracking store's composition (docs/privacy.md).
+        parts[1] = f"<h1>TRACKING STORE of sweep {e(summary['name'])}: not for publication</h1>"
+        parts[3] = (f"<p class='oracle'><b>This page shows every trial and so reveals K: what it shows is (ε = "
+                    f"{store['eps']:.3f}, δ = {store['delta']:g})-DP, the composition of all trials, not the "
+                    f"repeat-and-select figure of the sweep's release (ε = {g['eps']:.3f}). Never publish it beside "
+                    f"the release.</b></p>")
     if best:
         how = ((summary.get("extra") or {}).get("selection") or {}).get("text", "best objective")
         oracle = (f"ORACLE accuracy {best['oracle_accuracy']:.4f}" if best.get("oracle_accuracy") is not None
@@ -232,7 +241,8 @@ def build_report(sweep_path: str, out: Path) -> Path:
     parts += ["<h2>Trials</h2>", _table(rows),
               "<p class='oracle'>ORACLE columns are measured on the real test split: not DP, never used for "
               "selection.</p>",
-              "<h2>Privacy report</h2>", f"<pre>{e(format_report(privacy))}</pre>", "</body></html>"]
+              "<h2>Privacy report</h2>", f"<pre>{e(format_report(privacy, tracking_store=bool(store)))}</pre>",
+              "</body></html>"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts), encoding="utf-8")

@@ -122,6 +122,10 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
     c.log_metric(run_id, "released/eps", g["eps"])
     c.log_param(run_id, "released/delta", g["delta"])
     c.log_param(run_id, "released/mode", g["mode"])
+    store = report.get("tracking_store")
+    if store:  # private selection: this server holds every trial, whose own figure is the composition
+        c.log_metric(run_id, "tracking_store/eps", store["eps"])
+        c.log_param(run_id, "tracking_store/delta", store["delta"])
     v = report.get("validation") or {}
     for k in ("objective", "eps", "delta", "sigma", "q", "steps", "layers", "queries", "n"):
         if k in v:

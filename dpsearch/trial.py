@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from dpsearch.config import EvaluateConfig, FinetuneConfig, SampleConfig
@@ -22,7 +23,10 @@ def run_trial(pretrained: str | Path, private: ImageSet, oracle_test: ImageSet |
     else:
         plan_privacy(ft, len(private))  # bad ε/δ/batch fail here, before any training
     o = run_pipeline(pretrained, private, ft, smp, ev, oracle=oracle_test, device=device, progress=progress)
-    summary = {"privacy": o.privacy, "metrics": o.scores, "seconds": o.seconds, "pretrained": str(pretrained),
+    # one total in whole minutes, not per phase: the fine-tune's own time tracks its Poisson batch sizes, and next
+    # to a total the other phases would give it back by subtraction (docs/privacy.md, "Timing")
+    summary = {"privacy": o.privacy, "metrics": o.scores, "minutes": math.ceil(sum(o.seconds.values()) / 60),
+               "pretrained": str(pretrained),
                "finetune_config": json.loads(ft.model_dump_json()), "sample_config": json.loads(smp.model_dump_json())}
     with atomic_dir(out, overwrite) as tmp:
         write_outputs(tmp, o, summary, synthetic_npz=True)

@@ -1,5 +1,7 @@
 """Privacy mechanics of the DP fine-tune on the real diffusers UNet."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,16 @@ def test_unet_scope_refuses_a_layer_range():
 
     with pytest.raises(ConfigError, match="scope 'unet' trains every UNet weight"):
         validate(FinetuneConfig, non_private=True, scope="unet", layers="2-3")
+
+
+@pytest.mark.parametrize("clipping", ["hooks", "bookkeeping"])
+def test_the_noisy_sum_is_divided_by_the_public_expected_batch_not_the_exact_count(clipping):
+    """Opacus divides by int(len(dataset)·q); a slice or share must divide by the planned size's expected batch,
+    so the update is post-processing of the noisy sum and public numbers only."""
+    m, module, trainable, z, y = _setup()
+    loader = DataLoader(TensorDataset(z, y), batch_size=4)
+    n = len(z)
+    _, _, opt, _ = privatize(module, torch.optim.SGD(trainable, lr=0.0), loader, sigma=1.0, clip=1.0,
+                             clipping=clipping, n_public=10 * n)
+    q = 1 / math.ceil(10 * n / 4)
+    assert opt.expected_batch_size == max(1, int(10 * n * q)) != int(n * q)

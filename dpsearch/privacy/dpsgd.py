@@ -145,6 +145,9 @@ def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
             raise
     if tape:
         dp_module.remove_hooks = tape.remove  # so dp_module._close() gives the layers their own forward back
+    # Opacus sets expected_batch_size = int(len(dataset) · q) and divides the noisy sum by it: from the exact
+    # count of a slice or share, a data-dependent divisor. Planned from the public N instead.
+    dp_optimizer.expected_batch_size = max(1, int(n * q))
     dp_module.forbid_grad_accumulation()  # what poisson_sampling=True would set: one backward per physical batch
     if rng.secure:
         _use_secure_noise(dp_optimizer, rng)

@@ -164,9 +164,11 @@ def _without_trial_id(privacy: dict) -> dict:
 
 
 def finish(sweep_store: Store, sweep_uri: str, model_files: dict, space: SearchSpace, best: dict, design,
-           validation: Optional[ImageSet], oracle: Optional[ImageSet], seed: int, resources: dict) -> dict:
+           validation: Optional[ImageSet], oracle: Optional[ImageSet], seed: int, resources: dict,
+           release_name: Optional[str] = None) -> dict:
     """Runs the final stage once per sweep (a resumed sweep reuses a finished one, and a trained final model) on
-    a whole node."""
+    a whole node. release_name: the data card's title (default: the sweep's name, which carries its start time;
+    under private selection that time, against the release's, would hint at K)."""
     import ray
 
     if sweep_store.exists(f"{FINAL}/result.json"):
@@ -175,4 +177,4 @@ def finish(sweep_store: Store, sweep_uri: str, model_files: dict, space: SearchS
              else "the selected trial's model")
     task = ray.remote(run_final).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
     return ray.get(task.remote(model_files, space.model_dump_json(), best, design, validation, oracle, sweep_uri,
-                               sweep_uri.rstrip("/").rsplit("/", 1)[-1], seed, resources["val_cpu"]))
+                               release_name or sweep_uri.rstrip("/").rsplit("/", 1)[-1], seed, resources["val_cpu"]))

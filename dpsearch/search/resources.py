@@ -59,7 +59,7 @@ def _largest_node_cpus() -> int:
     return max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1]) or 1
 
 
-def auto_concurrency(trials: int) -> int:
+def auto_concurrency(trials: int | None) -> int:
     """Trials at once when --concurrency is not given: one per GPU, else one per CPU core, at most
     `trials` and, on CPUs, no more than Ray's memory holds at TRIAL_MEMORY each. One core per trial,
     because bench/concurrency.py measured on 2 cores that 2 trials × 1 thread do 29% more work than
@@ -71,7 +71,7 @@ def auto_concurrency(trials: int) -> int:
     c = int(gpus) if gpus >= 1 else int(total.get("CPU", 1))
     if gpus < 1 and total.get("memory"):  # GPU nodes may not exist yet (autoscaling): their memory is unknown
         c = min(c, int(total["memory"] // TRIAL_MEMORY))
-    return max(1, min(c, trials))
+    return max(1, c if trials is None else min(c, trials))  # None: K is secret (private selection)
 
 
 def trial_resources(opts: SweepOptions) -> dict:

@@ -143,9 +143,12 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
     try:
         with ray_session(opts.address, runtime_env=node_env(opts.address)):
             if opts.concurrency is None:  # saved options keep "auto": a resumed sweep decides again where it runs
-                opts.concurrency = saved["concurrency_used"] = auto_concurrency(opts.trials)
-                log.info("running %d trials at once (auto; --concurrency sets it)", opts.concurrency)
-                if uri:
+                # under private selection not capped at K, and not logged: min(cores, K) would reveal a small K
+                opts.concurrency = saved["concurrency_used"] = auto_concurrency(
+                    None if opts.private_selection else opts.trials)
+                if not opts.private_selection:
+                    log.info("running %d trials at once (auto; --concurrency sets it)", opts.concurrency)
+                if uri and not opts.private_selection:
                     from mlflow import MlflowClient
 
                     MlflowClient(uri).set_tag(parent, "concurrency_used", opts.concurrency)
@@ -179,7 +182,9 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                                 "already started stay counted in the released ε.", name, opts.trials, len(started))
                 tuner = tune.Tuner(trainable, tune_config=tune_config(opts, space, first),
                                    run_config=tune.RunConfig(
-                                       name=name, storage_path=storage, verbose=1 if opts.progress else 0,
+                                       # Ray's status table lists every trial: not under private selection
+                                       name=name, storage_path=storage,
+                                       verbose=1 if opts.progress and not opts.private_selection else 0,
                                        failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks,
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             grid = tuner.fit()
@@ -192,7 +197,8 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
                 from dpsearch.search.final import finish
 
                 result.extra["final"] = finish(meta, Store(storage).uri(name), model_files, space, result.best, design,
-                                               validation, oracle, opts.seed, res)
+                                               validation, oracle, opts.seed, res,
+                                               f"{space.name} (private selection)" if opts.private_selection else None)
             status = "FINISHED"
     finally:
         # Time across every run of this sweep, interrupted ones included (summary.seconds is this run's).
