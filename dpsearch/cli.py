@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dpsearch import commands as cmd
+from dpsearch import privacy_commands
 from dpsearch.config import ConfigError, FinetuneConfig, SampleConfig
 from dpsearch.data import DataError
 from dpsearch.models.ldm import ModelError
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--n", type=int, required=True, help="private set size N")
         q.add_argument("--epochs", type=int, required=True)
         q.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
-        q.set_defaults(fn=cmd.cmd_privacy_calc)
+        q.set_defaults(fn=privacy_commands.cmd_privacy_calc)
     q = psub.add_parser("report", help="per-trial and released-model (ε, δ) of a sweep")
     q.add_argument("sweep", help="sweep name (under --storage) or its directory")
     q.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tracking-store", action="store_true",
                    help="private selection: print the tracking store's part (per-trial rows, K, its composition figure) "
                         "instead of the release's; keep it apart from the released figure")
-    q.set_defaults(fn=cmd.cmd_privacy_report)
+    q.set_defaults(fn=privacy_commands.cmd_privacy_report)
 
     p = sub.add_parser("services", help="the embedded S3 (SeaweedFS) and MLflow servers on 127.0.0.1")
     p.add_argument("action", choices=["up", "status", "down"])

@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 
-from dpsearch.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, default_delta, \
+from dpsearch.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, \
     load_yaml, method_label, validate
 from dpsearch.data import ImageSet
 
@@ -62,7 +62,7 @@ def _default_storage() -> str:
     return str(home() / "sweeps")
 
 
-def _sweep_path(sweep: str, storage: str | None) -> str:
+def sweep_path(sweep: str, storage: str | None) -> str:
     """A sweep given by directory or URI is used as is; a bare name is looked up under the storage."""
     from dpsearch.storage import Store, is_remote
 
@@ -318,57 +318,11 @@ def cmd_ui(a) -> int:
     return 0
 
 
-def cmd_privacy_calc(a) -> int:
-    from dpsearch.privacy import calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
-
-    if a.n < 1 or a.batch < 1 or a.epochs < 1:
-        raise ConfigError("--n, --batch and --epochs must be ≥ 1")
-    if a.batch > a.n:
-        raise ConfigError(f"batch size {a.batch} is larger than N = {a.n}; use --batch ≤ {a.n}")
-    delta = a.delta if a.delta is not None else default_delta(a.n)
-    if not (0 < delta < 1.0 / a.n):
-        raise ConfigError(f"δ = {delta:g} must be in (0, 1/N = {1.0 / a.n:.3g}); e.g. {default_delta(a.n):g}")
-    q, steps = poisson_plan(a.n, a.batch, a.epochs)
-    if a.what == "sigma":
-        if not a.eps > 0:
-            raise ConfigError(f"ε must be a positive finite number, got {a.eps}")
-        sigma = calibrate_sigma(a.eps, delta, q, steps, a.accountant)
-    else:
-        if not a.sigma > 0:
-            raise ConfigError(f"σ must be > 0, got {a.sigma}")
-        sigma = a.sigma
-    eps = epsilon_for(sigma, q, steps, delta, a.accountant)
-    print(f"σ = {sigma:.4f}: (ε = {eps:.3f}, δ = {delta:g})-DP by the {a.accountant.upper()} accountant "
-          f"[dp-accounting PLD: ε = {pld_epsilon(sigma, q, steps, delta):.3f}]; Poisson q = {q:.5f}, steps = {steps} "
-          f"(N = {a.n}, B = {a.batch}, {a.epochs} epochs)")
-    return 0
-
-
 def cmd_report(a) -> int:
     from dpsearch.html_report import build_report
 
-    path = _sweep_path(a.sweep, a.storage)
+    path = sweep_path(a.sweep, a.storage)
     out = Path(a.out) if a.out else Path(f"{Path(a.sweep.rstrip('/')).name}-report.html")
     build_report(path, out)
     print(f"wrote {out.resolve()} (open it in a browser)")
-    return 0
-
-
-def cmd_privacy_report(a) -> int:
-    import json
-
-    from dpsearch.privacy.report import format_report
-    from dpsearch.sweep_store import sweep_report
-
-    rep = sweep_report(_sweep_path(a.sweep, a.storage))
-    store = rep.pop("tracking_store", None)
-    if a.tracking_store:
-        if store is None:
-            raise ConfigError(f"sweep {a.sweep} did not run private selection: its report already covers the whole "
-                              f"tracking store")
-        rep["tracking_store"] = store
-        print(json.dumps(store, indent=2) if a.json else format_report(rep, tracking_store=True))
-        return 0
-    # private selection: the release's part only, with no K, trial ids or rows beside its figure
-    print(json.dumps(rep, indent=2) if a.json else format_report({**rep, "tracking_store": store} if store else rep))
     return 0

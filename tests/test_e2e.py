@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from dpsearch.cli import main
+from dpsearch.config import default_delta
 from dpsearch.data import ImageSet
 from dpsearch.models import load_ldm
 
@@ -18,9 +19,10 @@ def test_tiny_trial_end_to_end(tiny_model_dir, tmp_path, capsys):
                  "--steps", "4", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "δ = 0.001" in printed and "oracle accuracy (real test split, not DP)" in printed
+    assert f"δ = {default_delta(500):g}" in printed and "oracle accuracy (real test split, not DP)" in printed
     privacy = json.loads((out / "privacy.json").read_text())
-    assert privacy["eps"] <= 5 and privacy["delta"] == 1e-3 and privacy["layers"] == "3-7"
+    assert privacy["eps"] <= 5 and privacy["delta"] == default_delta(500) and privacy["layers"] == "3-7"
+    assert privacy["n"] == 500  # the public size asked for, not the hash share's exact count
     assert privacy["steps"] == 5 and privacy["sampling"] == "poisson" and privacy["accountant"] == "prv"
     metrics = json.loads((out / "result.json").read_text())["metrics"]
     assert 0 <= metrics["oracle/accuracy"] <= 1 and metrics["oracle/fid"] > 0

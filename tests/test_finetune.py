@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from dpsearch.config import ConfigError, FinetuneConfig, ModelConfig
+from dpsearch.config import ConfigError, FinetuneConfig, ModelConfig, default_delta
 from dpsearch.data import printed_digits
 from dpsearch.finetune import DiffusionLoss, FinetuneState, dp_finetune
 from dpsearch.privacy.dpsgd import plan_privacy, privatize
@@ -149,7 +149,7 @@ def test_finetune_changes_only_selected_layers_and_meets_epsilon():
             assert torch.equal(after[k], v), f"frozen weight {k} changed"
     assert all(torch.equal(v, m.vae.state_dict()[k]) for k, v in vae_before.items())
     p = res.privacy
-    assert p.eps <= 3.0 and p.delta == 1e-2  # N = 60: 1/N rounded down to a power of ten
+    assert p.eps <= 3.0 and p.delta == default_delta(60)  # 1/(N ln N)
     assert abs(p.eps_pld_check - p.eps) / p.eps < 0.03
     assert p.steps == 6 and p.layers == "2-3" and 0 < p.trainable_fraction < 1
     assert p.clipping == "bookkeeping"  # "auto": every trainable layer of an attention range has a rule

@@ -18,6 +18,7 @@ LAYERS = [
     {"tracking"},
     {"search"},
     {"commands"},
+    {"privacy_commands"},  # the `dpsearch privacy` verbs, beside commands.py
     {"cli"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

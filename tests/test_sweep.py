@@ -276,6 +276,10 @@ def test_a_private_selection_release_carries_no_k_ids_statuses_or_rows(tiny_mode
 
     printed = format_summary(res)  # what `dpsearch sweep` prints at the end
     assert not any(i in printed for i in ids) and "ERROR" not in printed and "--tracking-store" in printed
+    # the HTML report shows every trial: it is the tracking store's page and states that figure, not the release's
+    assert main(["report", str(storage / "ps"), "--out", str(tmp_path / "ps.html")]) == 0
+    page = (tmp_path / "ps.html").read_text()
+    assert "TRACKING STORE" in page and f"{rep['tracking_store']['eps']:.3f}" in page and "not for publication" in page
 
 
 @pytest.mark.e2e

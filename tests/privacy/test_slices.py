@@ -1,7 +1,6 @@
 """Disjoint slices: one part per record by a rule that reads that record alone, and the accounting of the
 released model (the largest part, never more than the total)."""
 
-import numpy as np
 import pytest
 import torch
 
