@@ -165,7 +165,7 @@ def format_audit(results: list[AuditResult]) -> str:
         best = max(r.by_guesses, key=lambda b: b["eps_lower"])
         verdict = ("BROKEN: lower bound exceeds the claim" if r.violated else
                    "consistent with the claim (an audit cannot prove privacy)")
-        lines.append(f"{r.config:<14} {r.claimed_eps:>9.2f} {r.delta:>7.0e} {r.sigma:>7.3f} {r.q:>7.4f} {r.steps:>5d} "
+        lines.append(f"{r.config:<14} {r.claimed_eps:>9.2f} {r.delta:>7.2g} {r.sigma:>7.3f} {r.q:>7.4f} {r.steps:>5d} "
                      f"{r.m:>5d}  {best['correct']:>12d}/{best['guesses']:<11d}  {r.eps_lower:>13.3f}  {verdict}")
     lines.append(f"ε lower bounds at {100 * (1 - results[0].beta):.0f}% confidence (Bonferroni over "
                  f"{len(results[0].by_guesses)} pre-set guess counts), Steinke-Nasr-Jagielski one-run audit with δ term.")
