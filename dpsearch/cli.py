@@ -141,8 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd.cmd_release)
 
-    p = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over layer range, C, B, lr, epochs under one fixed ε")
-    p.add_argument("--eps", type=_float("--eps"), default=None, help="ε of every trial (default: the space's)")
+    p = sub.add_parser("sweep", help="Ray Tune + Optuna search over layer range, C, B, lr, epochs whose released "
+                                     "model is (ε, δ)-DP for the whole search")
+    p.add_argument("--eps", "--eps-total", dest="eps", type=_float("--eps"), default=None,
+                   help="the released model's ε for the whole search, as `dpsearch run --eps` is the model's ε "
+                        "(default: the space's eps); --eps-total is the old name")
+    p.add_argument("--eps-per-trial", type=_float("--eps-per-trial"), default=None,
+                   help="instead of --eps: every trial (E, δ)-DP on all the data; the released model's ε is then "
+                        "larger (`dpsearch privacy report` gives it)")
     p.add_argument("--space", default="mnist", help="search space YAML or the name of one in search_spaces/")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--concurrency", type=int, default=None,
@@ -153,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="asha stops trials on the diffusion loss on the DP synthetic validation set")
     p.add_argument("--address", default=None, help="an existing Ray cluster, e.g. auto")
     p.add_argument("--name", default=None, help="sweep name (default: SPACE-epsE-TIMESTAMP)")
+    p.add_argument("--plan", action="store_true",
+                   help="load the space, data and model, print the design (parts, their ε and δ, the released "
+                        "guarantee, trials) and exit without training")
     p.add_argument("--resume", default=None, metavar="NAME", help="continue the sweep NAME from its storage")
     p.add_argument("--retry-errored", action="store_true",
                    help="with --resume: also continue errored trials from their last verified checkpoint (the same "
@@ -174,10 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the number of trials K at random (mean --mean-trials) and release only the best "
                         "(Papernot & Steinke); needs --sampler random")
     p.add_argument("--mean-trials", type=_float("--mean-trials"), default=None, help="μ, the mean of K")
-    p.add_argument("--eps-total", type=_float("--eps-total"), default=None,
-                   help="the released model's ε for the whole search: the sweep ends with a model (ε, δ)-DP at this total")
     p.add_argument("--design", choices=["slices", "composed"], default=None,
-                   help="with --eps-total: 'slices' (default) splits the records into disjoint tuning / validation / final "
+                   help="with --eps: 'slices' (default) splits the records into disjoint tuning / validation / final "
                         "slices and trains the selected configuration once more on the final slice at the whole total; "
                         "'composed' runs everything on all the data and composes the parts to the total")
     p.add_argument("--no-release", action="store_true",

@@ -227,15 +227,21 @@ def cmd_run(a) -> int:
 def cmd_sweep(a) -> int:
     from dpsearch.search import SweepOptions, format_summary, run_sweep
 
-    opts = SweepOptions(eps=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
+    opts = SweepOptions(eps=a.eps_per_trial, eps_total=a.eps, space=a.space, trials=a.trials, concurrency=a.concurrency, sampler=a.sampler,
                         scheduler=a.scheduler, address=a.address, name=a.name, seed=a.seed, val_eps=a.val_eps,
                         storage=a.storage, model=a.model, prompt=a.prompt, resolution=a.resolution,
                         gpus_per_trial=a.gpus_per_trial,
-                        tracking=a.tracking, private_selection=a.private_selection, eps_total=a.eps_total, mean_trials=a.mean_trials, progress=not a.quiet,
-                        design=a.design, release=not a.no_release)
+                        tracking=a.tracking, private_selection=a.private_selection, mean_trials=a.mean_trials, progress=not a.quiet,
+                        design=a.design, release=not a.no_release, plan_only=a.plan)
+    if a.plan and a.resume:
+        raise ConfigError("--plan shows a new sweep's design; a sweep being resumed keeps its own (`dpsearch privacy "
+                          "report NAME` shows it)")
     if a.retry_errored and not a.resume:
         raise ConfigError("--retry-errored only applies with --resume NAME")
     res = run_sweep(opts, resume=a.resume, retry_errored=a.retry_errored)
+    if "plan" in res.extra:
+        print(res.extra["plan"])
+        return 0
     print(format_summary(res))
     return 0 if res.best else 1
 

@@ -191,7 +191,7 @@ def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_mod
         log.append(_ray(venv_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6379", "--num-cpus=1",
                         "--num-gpus=0", f"--temp-dir={root}/ray", "--include-dashboard=false", "--disable-usage-stats",
                         f"--autoscaling-config={boot}", env=env))
-        r = subprocess.run([str(venv_bin / "dpsearch"), "sweep", "--space", "smoke", "--eps", "5", "--trials", "2",
+        r = subprocess.run([str(venv_bin / "dpsearch"), "sweep", "--space", "smoke", "--eps-per-trial", "5", "--trials", "2",
                             "--concurrency", "2", "--sampler", "random", "--address", "auto", "--model",
                             str(tiny_model_dir), "--name", name, "--quiet"],
                            env=env, capture_output=True, text=True, timeout=900)

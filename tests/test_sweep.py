@@ -64,7 +64,7 @@ def test_sweep_runs_trials_concurrently_under_one_eps_and_survives_a_failing_tri
 def test_sweep_killed_after_first_checkpoint_resumes_and_finishes(tiny_model_dir, tmp_path):
     space = _space(tmp_path, epochs={"value": 3}, batch={"value": 50})
     storage = tmp_path / "sweeps"
-    cmd = [sys.executable, "-m", "dpsearch.cli", "sweep", "--space", space, "--eps", "5", "--trials", "2",
+    cmd = [sys.executable, "-m", "dpsearch.cli", "sweep", "--space", space, "--eps-per-trial", "5", "--trials", "2",
            "--concurrency", "1", "--model", str(tiny_model_dir), "--storage", str(storage), "--name", "k", "--quiet"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -300,3 +300,41 @@ def test_a_final_stage_run_again_reuses_its_model_and_counts_its_counts_again(ti
     assert json.loads((meta / "attempts.json").read_text()) == {"final": 1, "free": 2}
     parts = {p["part"]: p for p in again.extra["privacy"]["released"]["parts"]}
     assert parts["validation"]["eps"] > val_once and parts["final"]["eps"] <= 5.0 * 1.001
+
+
+def test_sweep_eps_is_the_released_models_and_plan_trains_nothing(tiny_model_dir, tmp_path, capsys):
+    """`dpsearch sweep --eps E` means the released model's ε (the disjoint-slice design), as `run --eps` means the
+    model's; `--plan` prints that design and its guarantee and exits without training or storing anything."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["accountant"] = "rdp"  # the per-trial ε solve: seconds with RDP
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(raw))
+    base = ["sweep", "--space", str(tmp_path / "space.yaml"), "--model", str(tiny_model_dir), "--storage",
+            str(tmp_path / "sweeps"), "--tracking", "none", "--quiet", "--plan"]
+    assert main(base + ["--eps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "plan only" in out and "disjoint slices" in out and "released model: (ε = 3, δ = " in out
+    assert main(base) == 0  # no --eps: the space's eps is the released one
+    assert "released model: (ε = 5, δ = " in capsys.readouterr().out
+    assert main(base + ["--eps-total", "4"]) == 0  # the old name
+    assert "released model: (ε = 4, δ = " in capsys.readouterr().out
+    assert main(base + ["--eps-per-trial", "3", "--trials", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "per trial: every trial at ε = 3" in out and "all 2 trials of an adaptive search" in out
+    assert main(base + ["--eps", "3", "--eps-per-trial", "3"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.e2e
+def test_a_selected_lora_trial_is_retrained_and_released_as_lora(tiny_model_dir, tmp_path):
+    """The final stage retrains the selected trial's own Tune config: a LoRA trial stays LoRA, with its rank."""
+    space = _space(tmp_path, epochs={"value": 1}, batch={"value": 100}, method={"value": "lora"},
+                   rank={"choice": [2]})
+    res = run_sweep(SweepOptions(eps_total=5.0, space=space, trials=1, concurrency=1, model=str(tiny_model_dir),
+                                 storage=str(tmp_path / "sweeps"), name="lora", tracking="none", progress=False))
+    final = res.extra["final"]
+    assert res.best["method"] == "lora r2" and res.best["config"]["method"] == "lora"
+    assert final["config"]["method"] == "lora" and int(final["config"]["rank"]) == 2
+    assert final["privacy"]["method"] == "lora" and final["privacy"]["lora_rank"] == 2
+    card = (tmp_path / "sweeps" / "lora" / "dpsearch" / "final" / "release" / "DATA_CARD.md").read_text()
+    assert "lora" in card.lower()

@@ -281,7 +281,7 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
                              batch_scale=batch_scale, delta=delta)
 
     if not (math.isfinite(eps_total) and eps_total > 0):
-        raise ConfigError(f"--eps-total must be a positive number, got {eps_total}")
+        raise ConfigError(f"--eps (the released ε) must be a positive number, got {eps_total}")
     # K runs at total/(2K) each compose to well under the total by any accountant; far smaller starts make
     # σ calibration fail (σ in the hundreds) before the bisection begins.
     k = trials if trials is not None else 3 * (mean_trials or 1)
@@ -289,10 +289,10 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
     try:
         g_lo = total(lo)
     except ValueError as e:  # Opacus finds no σ for so small an ε
-        raise ConfigError(f"--eps-total {eps_total:g} cannot be met: it needs a per-trial ε below {lo:.3g}, where "
+        raise ConfigError(f"--eps {eps_total:g} cannot be met: it needs a per-trial ε below {lo:.3g}, where "
                           f"the accountant finds no noise level ({e})") from None
     if g_lo.eps > eps_total:
-        raise ConfigError(f"--eps-total {eps_total:g} cannot be met: even with per-trial ε = {lo:.3g} the released model "
+        raise ConfigError(f"--eps {eps_total:g} cannot be met: even with per-trial ε = {lo:.3g} the released model "
                           f"costs ε = {g_lo.eps:.3f} (δ = {g_lo.delta:g}); the number of trials and δ set a floor. "
                           f"Use fewer trials, a smaller --mean-trials, or a larger total")
     best = (lo, g_lo)

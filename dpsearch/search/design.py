@@ -1,10 +1,10 @@
 """Which privacy design a sweep runs, and what data and ε each of its parts gets.
 
-- ``per-trial`` (`--eps E`): every trial and the validation generator at E on all the data; the report
+- ``per-trial`` (`--eps-per-trial E`): every trial and the validation generator at E on all the data; the report
   gives the released model's ε, which is larger.
-- ``composed`` (`--eps-total E --design composed`): the same parts on all the data, their ε solved so
+- ``composed`` (`--eps E --design composed`): the same parts on all the data, their ε solved so
   that their composition (RDP, or PLD where tighter) is E.
-- ``slices`` (`--eps-total E`, the default there): disjoint slices of the records (privacy/slices.py);
+- ``slices`` (`--eps E`, the default): disjoint slices of the records (privacy/slices.py);
   trials compose to E on the tuning slice, the validation generator and the final run get E on their own
   slices, and the released model is (E, δ)-DP by parallel composition. With `validation.objective: count`
   the validation slice is not used to train a generator: every trial and free candidate is scored on its
@@ -54,7 +54,7 @@ class Design:
                        f"slice ({s['validation']} real records) scoring the trials and free candidates, composed to "
                        f"≤ {self.val_eps:g}")
             return (f"disjoint slices: {self.slices['trials']} trials at ε = {self.eps:.4f} each on the tuning slice "
-                    f"({s['tuning']} records, composed to ≤ {self.final_eps:g}), {scoring}, the selected configuration trained once at "
+                    f"(planned {s['tuning']} records, composed to ≤ {self.final_eps:g}), {scoring}, the selected configuration trained once at "
                     f"ε = {self.final_eps:g} on the final slice ({s['final']}); released model ({self.final_eps:g}, "
                     f"{self.delta:g})-DP")
         if self.name == "composed":
@@ -66,10 +66,10 @@ class Design:
 def design_name(opts: SweepOptions) -> str:
     if opts.eps_total is None:
         if opts.design not in (None, "per-trial"):
-            raise ConfigError(f"--design {opts.design} needs --eps-total (the released model's ε)")
+            raise ConfigError(f"--design {opts.design} needs --eps (the released model's ε), not --eps-per-trial")
         return "per-trial"
     if opts.design == "per-trial":
-        raise ConfigError("--design per-trial takes --eps, not --eps-total")
+        raise ConfigError("--design per-trial takes --eps-per-trial, not --eps")
     return opts.design or "slices"
 
 
@@ -81,7 +81,7 @@ def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optio
         objective = "count" if name == "slices" and not opts.private_selection and opts.scheduler == "none" else "generator"
     if objective == "count" and name != "slices":
         raise ConfigError("validation.objective: count scores trials on held-out private records, which only a "
-                          "disjoint-slice search keeps apart: use --eps-total E (design slices) or objective: generator")
+                          "disjoint-slice search keeps apart: use --eps E (design slices) or objective: generator")
     if name == "slices":
         return _slices(opts, space, private, saved, objective)
     share = saved.get("share") if saved and saved.get("share") else _share(space, private)
@@ -92,13 +92,13 @@ def plan(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Optio
         from dpsearch.privacy.report import solve_per_trial_eps
 
         if space.validation.eps is not None:
-            raise ConfigError(f"the space sets validation.eps = {space.validation.eps:g}, but --eps-total solves the "
+            raise ConfigError(f"the space sets validation.eps = {space.validation.eps:g}, but --eps solves the "
                               f"validation generator's ε together with the trials'; remove one of them")
         log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
         per, g = solve_per_trial_eps(space, n, opts.eps_total,
                                      trials=None if opts.private_selection else opts.trials,
                                      selection=opts.private_selection, mean_trials=opts.mean_trials, delta=delta)
-        log.info("--eps-total %g (composed): every trial and the validation generator get ε = %.4f (δ = %g); released "
+        log.info("--eps %g (composed): every trial and the validation generator get ε = %.4f (δ = %g); released "
                  "model: ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
         opts.eps = opts.val_eps = per
     eps = opts.eps if opts.eps is not None else space.eps
@@ -120,12 +120,12 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
     if opts.private_selection:
         raise ConfigError("--private-selection cannot run on disjoint slices: repeat-and-select covers only the selected "
                           "trial, while the slices' guarantee covers every trial's outputs (the tracking store), which "
-                          "would then be the composition of all trials on the tuning slice, above --eps-total. Run "
-                          "`--eps-total E` without --private-selection (the search composes to E on its slice), or "
-                          "`--eps-total E --design composed --sampler random --private-selection ...`")
+                          "would then be the composition of all trials on the tuning slice, above --eps. Run "
+                          "`--eps E` without --private-selection (the search composes to E on its slice), or "
+                          "`--eps E --design composed --sampler random --private-selection ...`")
     # (a resumed sweep's saved options carry the val_eps it recorded, the total: only a new sweep can ask for one)
     if not (saved and saved.get("slices")) and (opts.val_eps is not None or space.validation.eps is not None):
-        raise ConfigError("a disjoint-slice search gives the validation generator the whole --eps-total on its own "
+        raise ConfigError("a disjoint-slice search gives the validation generator the whole --eps on its own "
                           "slice; drop --val-eps / the space's validation.eps (or use --design composed)")
     total = float(opts.eps_total)
     got = (saved or {}).get("slices") or {}
@@ -149,6 +149,14 @@ def _slices(opts: SweepOptions, space: SearchSpace, private: ImageSet, saved: Op
             _count_plan(opts, space, total, delta)
     trial_scale = rule.tuning / rule.final
     val_scale = rule.validation / rule.final
+    from dpsearch.space import scaled_batch
+
+    for b in space.params.batch.values():  # before the slow ε solve: a batch no slice can hold is refused at once
+        for part, scale in (("tuning", trial_scale), ("final", 1.0)):
+            if scaled_batch(b, scale) > planned[part]:
+                raise ConfigError(f"batch size {b} is larger than the private set's {part} slice can hold (planned "
+                                  f"{planned[part]} records, batch {scaled_batch(b, scale)} there); use smaller batches "
+                                  f"or more private data")
     if saved and saved.get("options", {}).get("eps") is not None:
         per = float(saved["options"]["eps"])
     else:

@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 FINAL = "final"
 
 
+def trial_config(best: dict) -> dict:
+    """The selected trial's configuration as Tune sampled it (method and LoRA rank included); summaries written
+    before rows carried it give the display columns, where a LoRA row's method reads "lora r4"."""
+    if best.get("config"):
+        return dict(best["config"])
+    return {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs")}
+
+
 def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed: int, device: str, store: Store):
     """(model, privacy record, seconds): retrained on the final slice, or the selected trial's own model.
 
@@ -50,7 +58,8 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed:
                 verify_local(local)
                 log.info("final stage: reusing the final model trained by an earlier run of this stage")
                 return load_ldm(local / "model", device), json.loads((local / "privacy.json").read_text()), 0.0
-        cfg = space.finetune_config(best, design.final_eps, seed, delta=design.delta, n_public=design.n_public["final"])
+        cfg = space.finetune_config(trial_config(best), design.final_eps, seed, delta=design.delta,
+                                    n_public=design.n_public["final"])
         record_attempt(store, "final")
         out = run_pipeline(unpack_model(model_files), design.final_data, cfg, device=device, progress=False)
         _store_trained(store, out)
@@ -118,7 +127,7 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
     space = SearchSpace.model_validate_json(space_json)
     device = str(pick_device("auto"))
     store = Store(sweep_uri).child("dpsearch")
-    config = {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs")}
+    config = trial_config(best)
     model, privacy, ft_s = final_model(model_files, space, best, design, seed, device, store)
     privacy = _without_trial_id(privacy)
     if design.count is not None:

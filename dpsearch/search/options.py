@@ -17,7 +17,7 @@ METRIC, MODE = "objective", "max"  # accuracy on the DP synthetic validation set
 
 @dataclass
 class SweepOptions:
-    eps: Optional[float] = None  # default: the space's ε
+    eps: Optional[float] = None  # --eps-per-trial: every trial's ε (the per-trial design); None: see eps_total
     space: str = "mnist"
     trials: int = 8
     concurrency: Optional[int] = None  # trials at once; None: auto_concurrency() once Ray is up
@@ -35,13 +35,15 @@ class SweepOptions:
     gpus_per_trial: Optional[float] = None  # default: 1/concurrency of a GPU when the cluster has GPUs
     private_selection: Optional[str] = None  # geometric | logarithmic | poisson: K is random, only the best released
     mean_trials: Optional[float] = None  # μ, the mean of K under private selection
-    eps_total: Optional[float] = None  # the released model's ε: per-trial (and validation) ε solved from it
-    design: Optional[str] = None  # with --eps-total: slices (default) | composed; search/design.py
+    # --eps: the released model's ε (per-trial and validation ε solved from it); None with eps None: the space's eps
+    eps_total: Optional[float] = None
+    design: Optional[str] = None  # with --eps: slices (default) | composed; search/design.py
     release: bool = True  # end with the final model's released synthetic data set (search/final.py)
     progress: bool = True
+    plan_only: bool = False  # --plan: print the design and stop before training
 
     def check(self) -> None:
-        for flag, value in (("--eps", self.eps), ("--val-eps", self.val_eps), ("--eps-total", self.eps_total)):
+        for flag, value in (("--eps-per-trial", self.eps), ("--val-eps", self.val_eps), ("--eps", self.eps_total)):
             if value is not None:
                 try:
                     check_eps_range(value)
@@ -49,7 +51,7 @@ class SweepOptions:
                     raise ConfigError(f"{flag}: {e}") from None
         if self.eps_total is not None:
             if self.eps is not None or self.val_eps is not None:
-                raise ConfigError("give either --eps (per trial) or --eps-total (the released model), not both")
+                raise ConfigError("give either --eps (the released model's ε) or --eps-per-trial (every trial's), not both")
         if self.design not in (None, *DESIGNS):
             raise ConfigError(f"--design must be slices, composed or per-trial, got {self.design}")
         if self.trials < 1:

@@ -82,23 +82,26 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
         space = SearchSpace(**saved["space"])
     else:
         space = load_space(opts.space)
+        if opts.eps is None and opts.eps_total is None:
+            opts.eps_total = space.eps  # the space's eps is the released model's, as --eps is
     inputs = resolve_inputs(opts.model or space.model, space.private, opts.prompt or space.prompt,
                             opts.resolution or space.resolution)  # an SD pipeline is converted here, once
     model_dir, private, oracle = inputs.model, inputs.private, inputs.test
-    design = plan(opts, space, private, saved if resume else None)
-    opts.eps = eps = design.eps
-    val_eps = design.val_eps
-    budget = f"epstotal{opts.eps_total:g}" if opts.eps_total else f"eps{eps:g}"  # what the user asked for
-    name = resume or opts.name or f"{space.name}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-    # Everything that can be wrong with the input fails here, before any training.
-    for cfg_probe, n in _probe_configs(space, design):
-        cfg_probe.check_against_data(n)
+    # Everything that can be wrong with the input fails before any training; the layers before the ε solve.
     probe = load_ldm(model_dir)
     n_layers = len(attention_modules(probe.unet))
     space.params.layers.check_model(n_layers)
     parse_layers(space.reference.layers, n_layers)
     del probe
+    design = plan(opts, space, private, saved if resume else None)
+    opts.eps = eps = design.eps
+    val_eps = design.val_eps
+    budget = f"eps{opts.eps_total:g}" if opts.eps_total else f"epspertrial{eps:g}"  # what the user asked for
+    name = resume or opts.name or f"{space.name}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for cfg_probe, n in _probe_configs(space, design):
+        cfg_probe.check_against_data(n)
+    if opts.plan_only:
+        return _plan_result(opts, name, space, design, n_layers)
     if not resume:
         storage, uri = connect_services(opts)
         meta = Store(storage).child(name, "dpsearch")
@@ -228,6 +231,26 @@ def run_sweep(opts: SweepOptions, resume: Optional[str] = None, retry_errored: b
 
         result.extra["mlflow"] = {"uri": uri, "experiment": name, "parent_run": parent, **sweep_addresses(uri, name)}
     return result
+
+
+def _plan_result(opts: SweepOptions, name: str, space: SearchSpace, design, n_layers: int) -> SweepResult:
+    """`dpsearch sweep --plan`: the design and the released guarantee it plans, computed by the same functions
+    the sweep runs, with nothing trained or stored."""
+    from dpsearch.privacy.report import coverage_statement, guarantee_for, reference_mechanism
+
+    lines = [f"sweep {name}: plan only (nothing trained, nothing stored)",
+             f"space {space.name}: {space.description}; model with {n_layers} attention modules",
+             f"design: {design.describe()}"]
+    if design.name == "slices":
+        lines.append(f"released model: (ε = {design.final_eps:g}, δ = {design.delta:g})-DP for the whole search by "
+                     f"parallel composition over disjoint slices (planned sizes {design.slices['planned']})")
+    else:
+        n = design.n_public["tuning"]
+        val = reference_mechanism(space, design.val_eps, n, delta=design.delta)
+        g = guarantee_for(space, design.eps, n, val, trials=None if opts.private_selection else opts.trials,
+                          selection=opts.private_selection, mean_trials=opts.mean_trials, delta=design.delta)
+        lines.append(coverage_statement(g))
+    return SweepResult(name, "", [], {}, None, None, 0.0, {"plan": "\n".join(lines)})
 
 
 def _parent_params(saved: dict, eps: float, val_eps: float) -> dict:

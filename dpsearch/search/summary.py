@@ -40,6 +40,9 @@ def rows_of(grid) -> list[dict]:
             "synthetic_fid": m.get("synthetic/fid_to_validation"), "oracle_fid": m.get("oracle/fid"),
             "trainable_fraction": m.get("privacy/trainable_fraction"), "node": m.get("node"), "device": m.get("device"),
             "checkpoint": _checkpoint_uri(r.checkpoint) if r.checkpoint else None,
+            # the trial's own Tune config, as sampled: what a final run retrains (method and LoRA rank included);
+            # the columns above are for display ("lora r4")
+            "config": dict(cfg),
             "error": _error_line(r.error) if r.error else None})
     return rows
 
