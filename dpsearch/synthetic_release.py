@@ -30,10 +30,15 @@ def provenance(p: dict) -> str | None:
             f"it, not the trial's own")
 
 
+def _accountant(name: str) -> str:
+    """'the PRV accountant' for one run; a sweep's composite (several parts) is said as it is."""
+    return name if " " in name else f"the {name.upper()} accountant"
+
+
 def _card_markdown(card: dict) -> str:
     p = card["privacy"]
     guarantee = (f"(ε = {p['eps']:.3f}, δ = {p['delta']:.3g})-DP with respect to the private training set "
-                 f"(add/remove one image), by the {p.get('accountant', '?').upper()} accountant"
+                 f"(add/remove one image), by {_accountant(p.get('accountant', '?'))}"
                  if p.get("dp", True) else "NONE: this data set is NOT differentially private")
     lines = [f"# Synthetic data set: {card['name']}", "",
              f"**Privacy guarantee:** {guarantee}. It covers {p.get('covers', 'the model that generated these images')}."]

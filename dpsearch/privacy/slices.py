@@ -146,4 +146,6 @@ def released_guarantee(parts: list[PartGuarantee], eps_total: float) -> tuple[Pa
     if worst.eps > eps_total * (1 + 1e-6):
         warning = (f"the {worst.part} part costs ε = {worst.eps:.4f} > the total {eps_total:g}: the released model is "
                    f"({worst.eps:.4f}, {worst.delta:g})-DP, not ({eps_total:g}, {worst.delta:g})")
-    return PartGuarantee("released", worst.eps, worst.delta, worst.accountant), warning
+    how = (f"parallel composition over disjoint slices: the largest of the {len(parts)} parts (" +
+           ", ".join(f"{p.part} {p.eps:.3f} by {p.accountant}" for p in parts) + ")")
+    return PartGuarantee("released", worst.eps, worst.delta, how), warning
