@@ -226,8 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-port", type=int, default=None, help="default: DPSEARCH_MLFLOW_PORT or 5000")
     p.set_defaults(fn=cmd.cmd_services)
 
-    p = sub.add_parser("pull", help="download a trial's checkpoint (model, privacy.json, samples) by URI or MLflow run id")
-    p.add_argument("what", help="checkpoint URI (s3://… or a path) or the MLflow run id of a trial")
+    p = sub.add_parser("pull", help="download a sweep's release (final model, synthetic data set, data card, privacy "
+                                    "report) by sweep name, or a trial's checkpoint by URI or MLflow run id")
+    p.add_argument("what", help="a sweep's name (under --storage) or directory, a checkpoint URI (s3://… or a path) or "
+                                "the MLflow run id of a trial")
+    p.add_argument("--storage", default=None, help="where sweeps live (default: the embedded S3 if running, else "
+                                                   "DPSEARCH_HOME/sweeps)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd.cmd_pull)

@@ -247,10 +247,24 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_pull(a) -> int:
-    """Downloads a trial's checkpoint (model in diffusers format, privacy.json, samples) to a local dir."""
+    """A sweep's release (by name or directory), or a trial's checkpoint (by URI or MLflow run id), to a local dir,
+    verified against its SHA-256 manifest."""
+    from dpsearch.outputs import check_output
     from dpsearch.storage import Store, is_remote
+    from dpsearch.sweep_store import is_sweep, pull_release
 
     src = a.what
+    if "/" not in src.rstrip("/") or (Path(src) / "dpsearch").is_dir():  # a sweep by name or directory
+        where = sweep_path(src, a.storage)
+        if is_sweep(where):
+            out = Path(a.out)
+            check_output(out, a.overwrite)
+            rep = pull_release(where, out)
+            g = rep["released"]
+            print(f"pulled the release of sweep {src} to {out}: model/, release/ (synthetic.npz, DATA_CARD.md, card.json, "
+                  f"grid.png), PRIVACY_REPORT.txt; every file checked against its SHA-256 manifest")
+            print(f"privacy: (ε = {g['eps']:.3f}, δ = {g['delta']:g}) for the whole search")
+            return 0
     if not is_remote(src) and not Path(src).exists():
         # an MLflow run id: its `checkpoint` tag says where the trial's checkpoint is
         import os
@@ -266,8 +280,6 @@ def cmd_pull(a) -> int:
             src = MlflowClient(uri).get_run(src).data.tags["checkpoint"]
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"cannot find the checkpoint of MLflow run {a.what} on {uri}: {e}") from None
-    from dpsearch.outputs import check_output
-
     out = Path(a.out)
     check_output(out, a.overwrite)
     parent, leaf = src.rstrip("/").rsplit("/", 1)

@@ -45,4 +45,31 @@ def sweep_report(sweep_dir: str | Path, final_privacy: dict | None = None) -> di
     return stored_sweep_report(saved, rows, vp, started, final, attempts(meta))
 
 
-__all__ = ["ATTEMPTS", "STARTED", "attempts", "record_attempt", "sweep_report"]
+def is_sweep(sweep_dir: str | Path) -> bool:
+    return Store(sweep_dir).child("dpsearch").exists("sweep.json")
+
+
+def pull_release(sweep_dir: str | Path, out: Path) -> dict:
+    """A sweep's release to `out`: its final model, synthetic data set and data card, checked file by file against
+    the manifest the final stage wrote, and its privacy report (the release's part only: under private selection
+    nothing that reveals K). Returns the report."""
+    from dpsearch.checkpoints import verify_local
+    from dpsearch.privacy.report import format_report
+
+    meta = Store(sweep_dir).child("dpsearch")
+    if not meta.exists("final/result.json"):
+        raise ConfigError(f"sweep {sweep_dir} has no release yet (no final/result.json): it is still running, stopped "
+                          f"before its final stage, or ran with --no-release; `dpsearch sweep --resume NAME` finishes it")
+    meta.download_dir("final", out)
+    import shutil
+
+    shutil.rmtree(out / "trained", ignore_errors=True)  # the final run's early copy, the same model as model/
+    verify_local(out)
+    rep = sweep_report(sweep_dir)
+    rep.pop("tracking_store", None)
+    (out / "PRIVACY_REPORT.txt").write_text(format_report(rep) + "\n")
+    (out / "privacy_report.json").write_text(json.dumps(rep, indent=2))
+    return rep
+
+
+__all__ = ["ATTEMPTS", "STARTED", "attempts", "is_sweep", "pull_release", "record_attempt", "sweep_report"]

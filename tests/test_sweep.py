@@ -338,3 +338,12 @@ def test_a_selected_lora_trial_is_retrained_and_released_as_lora(tiny_model_dir,
     assert final["privacy"]["method"] == "lora" and final["privacy"]["lora_rank"] == 2
     card = (tmp_path / "sweeps" / "lora" / "dpsearch" / "final" / "release" / "DATA_CARD.md").read_text()
     assert "lora" in card.lower()
+    # the release, one command away: by the sweep's name, verified file by file
+    out = tmp_path / "pulled"
+    assert main(["pull", "lora", "--storage", str(tmp_path / "sweeps"), "--out", str(out)]) == 0
+    assert (out / "release" / "synthetic.npz").exists() and (out / "model" / "unet").is_dir()
+    assert (out / "release" / "DATA_CARD.md").read_text() == card and not (out / "trained").exists()
+    assert f"(ε = {final['released']['eps']:.3f}" in (out / "PRIVACY_REPORT.txt").read_text()
+    npz = tmp_path / "sweeps" / "lora" / "dpsearch" / "final" / "release" / "synthetic.npz"
+    npz.write_bytes(npz.read_bytes()[:-10])  # a truncated file in storage is caught, not handed over
+    assert main(["pull", "lora", "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "again")]) == 2

@@ -153,6 +153,9 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
         (d / "privacy.json").write_text(json.dumps({**privacy, **card_privacy, "run": privacy}, indent=2))
         write_release(synthetic, d / "release", name=released["name"], privacy=card_privacy, configuration=configuration,
                       progress=False, pngs=False)
+        from dpsearch.checkpoints import write_manifest
+
+        write_manifest(d)  # `dpsearch pull SWEEP` checks the release file by file against it
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             store.write_bytes(f"{FINAL}/{f.relative_to(d)}", f.read_bytes())
     result = {"config": config, "privacy": privacy, "released": released, "free": chosen, "free_candidates": free_rows,
