@@ -57,7 +57,9 @@ class ImageSet:
 
     def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
         """A uniformly random subset of n images, chosen by a seeded permutation that looks at no image (all
-        images when n is None or ≥ N). Not stratified: class counts vary around their proportions."""
+        images when n is None or ≥ N). Not stratified: class counts vary around their proportions. For public and
+        synthetic sets only: a private subset takes the per-record hash rule (privacy/slices.py, hash_share), since
+        inserting one record moves many positions."""
         if n is None or n >= len(self):
             return self
         rng = np.random.default_rng(seed)
