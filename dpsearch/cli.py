@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd.cmd_run)
 
-    p = sub.add_parser("release", help="sample a trial's model into a released data set (npz, PNGs, grid, data card)")
+    p = sub.add_parser("release", help="sample a trial's model into a released data set (npz, Hugging Face parquet, "
+                                       "grid, data card; PNG files with --pngs)")
     p.add_argument("trial", help="a finished trial directory (what `dpsearch run` wrote)")
     p.add_argument("--out", required=True, help="release directory")
     p.add_argument("--n", type=int, default=60000, help="images in the release, balanced over classes (default 60000)")
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_SAMPLE.steps)
     p.add_argument("--scheduler", choices=["ddim", "dpm++"], default=DEFAULT_SAMPLE.scheduler)
     p.add_argument("--guidance", type=_float("--guidance"), default=DEFAULT_SAMPLE.guidance)
+    p.add_argument("--pngs", action="store_true",
+                   help="also write png/<class>/<index>.png, one file per image (the npz and data/*.parquet hold "
+                        "the same images)")
     _common(p)
     p.set_defaults(fn=cmd.cmd_release)
 

@@ -168,9 +168,10 @@ def cmd_release(a) -> int:
     smp = validate(SampleConfig, per_class=a.n // k, steps=a.steps, scheduler=a.scheduler, guidance=a.guidance, seed=a.seed)
     test = None if a.test == "none" else load_dataset(a.test, meta["image_size"], meta["channels"])[1]
     res = release_trial(Path(a.trial), Path(a.out), smp, test, overwrite=a.overwrite, device=str(pick_device(a.device)),
-                        progress=not a.quiet)
+                        progress=not a.quiet, pngs=a.pngs)
     p = res["privacy"]
-    print(f"released {res['n_images']} images to {res['release']} (DATA_CARD.md, synthetic.npz, png/, grid.png)")
+    print(f"released {res['n_images']} images to {res['release']} (DATA_CARD.md, synthetic.npz, data/*.parquet, "
+          f"{'png/, ' if a.pngs else ''}grid.png)")
     if not p.get("dp", True):
         print("privacy: NONE (NOT DP)")
     else:
@@ -261,8 +262,8 @@ def cmd_pull(a) -> int:
             check_output(out, a.overwrite)
             rep = pull_release(where, out)
             g = rep["released"]
-            print(f"pulled the release of sweep {src} to {out}: model/, release/ (synthetic.npz, DATA_CARD.md, card.json, "
-                  f"grid.png), PRIVACY_REPORT.txt; every file checked against its SHA-256 manifest")
+            print(f"pulled the release of sweep {src} to {out}: model/, release/ (synthetic.npz, data/*.parquet, DATA_CARD.md, "
+                  f"card.json, grid.png), PRIVACY_REPORT.txt; every file checked against its SHA-256 manifest")
             print(f"privacy: (ε = {g['eps']:.3f}, δ = {g['delta']:g}) for the whole search")
             return 0
     if not is_remote(src) and not Path(src).exists():

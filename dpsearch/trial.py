@@ -124,10 +124,11 @@ def _stored_sweep(s: dict) -> tuple[dict, str | None]:
 
 def release_trial(trial_dir: Path, out: Path, smp: SampleConfig, oracle_test: ImageSet | None = None,
                   protocol: str = "dpimagebench", overwrite: bool = False, device: str = "cpu",
-                  progress: bool = True) -> dict:
+                  progress: bool = True, pngs: bool = False) -> dict:
     """Samples the released data set from a finished trial's model (post-processing: no privacy cost), scores
     it under the protocol when a real test split is given (oracle), and writes it with its data card, which states
-    the (ε, δ) that covers it (release_privacy: for a sweep trial, its sweep's, not its own)."""
+    the (ε, δ) that covers it (release_privacy: for a sweep trial, its sweep's, not its own). pngs: also one PNG
+    file per image (write_release)."""
     from dpsearch.models import load_ldm
     from dpsearch.protocol import DPIMAGEBENCH, score
     from dpsearch.sample import sample
@@ -149,5 +150,5 @@ def release_trial(trial_dir: Path, out: Path, smp: SampleConfig, oracle_test: Im
     if result.exists():
         config["finetune_config"] = json.loads(result.read_text()).get("finetune_config")
     write_release(synthetic, out, name=Path(out).name, privacy=privacy, configuration=config, oracle=oracle,
-                  overwrite=overwrite, progress=progress)
+                  overwrite=overwrite, progress=progress, pngs=pngs)
     return {"release": str(out), "privacy": privacy, "oracle": oracle, "n_images": len(synthetic)}

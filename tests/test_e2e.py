@@ -34,12 +34,14 @@ def test_tiny_trial_end_to_end(tiny_model_dir, tmp_path, capsys):
 
     # The trial's model released as a data set: sampling is post-processing, the card carries the trial's (ε, δ).
     rel = tmp_path / "release"
-    assert main(["release", str(out), "--out", str(rel), "--n", "30", "--test", "none", "--steps", "2", "--quiet"]) == 0
+    assert main(["release", str(out), "--out", str(rel), "--n", "30", "--test", "none", "--steps", "2", "--quiet",
+                 "--pngs"]) == 0
     assert "released 30 images" in capsys.readouterr().out
     card = json.loads((rel / "card.json").read_text())
     assert card["privacy"]["eps"] == privacy["eps"] and "sweep's released" in card["privacy"]["covers"]
     assert ImageSet.load(rel / "synthetic.npz").class_counts() == [3] * 10
     assert len(list((rel / "png").glob("*/*.png"))) == 30
+    assert (rel / "data" / "train-00000-of-00001.parquet").exists()  # always; png/ only with --pngs
     assert main(["release", str(out), "--out", str(tmp_path / "r2"), "--n", "25", "--test", "none"]) == 2
     assert "multiple of the 10 classes" in capsys.readouterr().err
 

@@ -76,7 +76,7 @@ def test_nothing_private_crosses_the_boundary_of_a_real_tracked_sweep(tracked, t
     # the sweep's own release: the final model and what it generated, the privacy record, the choices made
     final = {("/" + k).split("/dpsearch/final/", 1)[1] for k in files if "/dpsearch/final/" in "/" + k}
     # (trained/: the final run's model and record, stored as soon as trained; manifest.json: what `pull` checks)
-    assert final and all(f.startswith(("model/", "trained/model/")) or f in {
+    assert final and all(f.startswith(("model/", "trained/model/", "release/data/train-")) or f in {
         "privacy.json", "result.json", "manifest.json", "release/synthetic.npz", "release/grid.png", "release/card.json",
         "release/DATA_CARD.md", "trained/privacy.json", "trained/manifest.json"} for f in final), final
     assert ray_results
