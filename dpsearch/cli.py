@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(fn=privacy_commands.cmd_privacy_calc)
     q = psub.add_parser("report", help="per-trial and released-model (ε, δ) of a sweep")
     q.add_argument("sweep", help="sweep name (under --storage) or its directory")
-    q.add_argument("--storage", default=None, help="where sweeps live (default: DPSEARCH_HOME/sweeps)")
+    q.add_argument("--storage", default=None, help="where sweeps live (default: the embedded S3 if running, else "
+                                                   "DPSEARCH_HOME/sweeps)")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
     q.add_argument("--tracking-store", action="store_true",
                    help="private selection: print the tracking store's part (per-trial rows, K, its composition figure) "
