@@ -2,23 +2,27 @@
 
 Trials are logged by Ray Tune's own MLflowLoggerCallback, narrowed to the numbers a person compares
 (not Ray's bookkeeping fields), nested under the parent run, and made resume-safe (a restored trial
-continues its MLflow run instead of opening a second one). Nothing private is logged: only
-configurations, privacy parameters, metrics and synthetic sample grids. Credentials never are.
+continues its MLflow run instead of opening a second one). Nothing private is logged: only configurations,
+privacy parameters, metrics, synthetic sample grids and the DP final model. Credentials never are.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from dpsearch.config import ConfigError
 
+_log = logging.getLogger(__name__)
 # What a trial reports that is worth a metric in MLflow: an allowlist, so Ray's bookkeeping, its clock fields
 # (time_this_iter_s, time_total_s, timestamp: per-epoch times, a side channel on the Poisson batch sizes) included,
 # never reaches it. The only timing is the trial's released whole minutes.
@@ -74,12 +78,43 @@ def check_tracking(uri: str) -> None:
                 os.environ.pop(k, None)
 
 
-def sweep_addresses(uri: str, experiment: str) -> dict[str, str]:
-    """Where a person looks at a sweep in the MLflow UI: its runs, and all its trials side by side (the
-    compare view: parallel coordinates of layer_a, layer_b, clip, batch, objective and the oracle metrics)."""
-    import json
-    from urllib.parse import quote
+# MLflow 3.17's UI (server/js/build) takes an experiment's kind from its workflow switch: URL `workflowType`, else
+# localStorage `mlflow.workflowType`, default "genai" (the `mlflow.experimentKind` tag, set too, no longer decides).
+# Columns, grouping, sort and charts are a saved view: experiment tag `mlflow.sharedViewState.<key>`, opened by URL
+# `viewStateShareKey=<key>`. It drops runsExpanded, so trials are grouped by their parent's id (open by default; the
+# sweep's run sits in "Additional runs", closed: opening it by groupsExpanded garbles 3.17.2's grid).
+_KIND_TAG, _KIND, _ML = "mlflow.experimentKind", "custom_model_development", "workflowType=machine_learning"
+_SEARCHED = ("layer_a", "layer_b", "clip", "batch", "lr", "epochs")
 
+
+def _views(oracle: bool) -> dict[str, tuple[str, dict]]:
+    metrics = ["objective", *(["oracle/accuracy"] if oracle else [])]
+    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in (*_SEARCHED, "method", "privacy/eps")]
+    common = {"selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "orderByKey": "metrics.`objective`", "orderByAsc": False}
+    section = {"uuid": "dpsearch-comparison", "name": "Sweep comparison", "display": True, "isReordered": False,
+               "deleted": False, "isGenerated": False, "columns": 1, "cardHeight": 440}  # one chart, full width
+    chart = {"uuid": "dpsearch-parallel", "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": section["uuid"],
+             "deleted": False, "isGenerated": False, "selectedParams": list(_SEARCHED), "showAllRuns": True,
+             "selectedMetrics": metrics[::-1]}  # the plot is coloured by its last metric: the objective
+    return {"dpsearch-trials": ("dpsearch: trials under the sweep's run", {**common, "useGroupedValuesInCharts": False,
+                "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": "mlflow.parentRunId"}]}}),
+            "dpsearch-compare": ("dpsearch: objective vs searched parameters", {
+                **common, "searchFilter": "tags.`dpsearch.kind` = 'trial'", "compareRunCharts": [chart],
+                "compareRunSections": [section], "isAccordionReordered": True})}
+
+
+def _save_views(c, exp_id: str, oracle: bool) -> None:
+    now = int(time.time() * 1000)
+    c.set_experiment_tag(exp_id, _KIND_TAG, _KIND)
+    for key, (name, state) in _views(oracle).items():
+        c.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{key}", json.dumps(
+            {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
+
+
+def sweep_addresses(uri: str, experiment: str) -> dict[str, str]:
+    """The sweep in the MLflow UI's model-training view: 'runs', the trials under the sweep's run with the columns
+    that matter; 'trials_compared', parallel coordinates of the objective and the oracle accuracy against the searched
+    parameters, coloured by the objective; 'compare_page', MLflow's compare page (its plot is not settable by URL)."""
     from mlflow import MlflowClient
 
     c = MlflowClient(uri)
@@ -87,9 +122,11 @@ def sweep_addresses(uri: str, experiment: str) -> dict[str, str]:
     if exp is None:
         raise ConfigError(f"no sweep named {experiment!r} on the MLflow server {uri}")
     trials = c.search_runs([exp.experiment_id], filter_string="tags.`dpsearch.kind` = 'trial'", max_results=1000)
-    ids = json.dumps([r.info.run_id for r in trials])
-    return {"runs": f"{uri}/#/experiments/{exp.experiment_id}/runs",
-            "trials_compared": f"{uri}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([exp.experiment_id]))}"}
+    _save_views(c, exp.experiment_id, any("oracle/accuracy" in r.data.metrics for r in trials))
+    page, ids = f"{uri}/#/experiments/{exp.experiment_id}/runs?{_ML}", json.dumps([r.info.run_id for r in trials])
+    return {"runs": f"{page}&viewStateShareKey=dpsearch-trials",
+            "trials_compared": f"{page}&compareRunsMode=CHART&viewStateShareKey=dpsearch-compare",
+            "compare_page": f"{uri}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([exp.experiment_id]))}"}
 
 
 def start_parent(uri: str, experiment: str, run_id: Optional[str], params: dict, space_yaml: str) -> str:
@@ -101,9 +138,8 @@ def start_parent(uri: str, experiment: str, run_id: Optional[str], params: dict,
         c.update_run(run_id, status="RUNNING")
         return run_id
     exp = c.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
-    # MLflow 3's UI opens an untagged experiment in its GenAI (traces) view; these are training runs.
-    c.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, tags={_KIND_TAG: _KIND})
+    _save_views(c, exp_id, oracle=True)
     run = c.create_run(exp_id, run_name=f"sweep {experiment}", tags={"dpsearch.kind": "sweep"})
     for k, v in _no_secrets(params).items():
         c.log_param(run.info.run_id, k, str(v)[:6000])
@@ -118,6 +154,7 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
     c = MlflowClient(uri)
     if final:
         _link_final(c, run_id, final)
+        _log_final_model(c, run_id, final)
     g = report["released"]
     c.log_metric(run_id, "released/eps", g["eps"])
     c.log_param(run_id, "released/delta", g["delta"])
@@ -143,14 +180,9 @@ def finish_parent(uri: str, run_id: str, summary: dict, report: dict, report_tex
             c.log_metric(run_id, "best/oracle_accuracy", row["oracle_accuracy"])
         if row.get("checkpoint"):
             c.set_tag(run_id, "best.checkpoint", row["checkpoint"])
-    from dpsearch.html_report import plot_objective_vs_oracle
-
-    fig = plot_objective_vs_oracle(summary.get("rows") or [], summary.get("spearman"), (summary.get("best") or {}).get("trial"))
-    if fig is not None:  # the Spearman figure: did the DP synthetic validation rank trials like the oracle?
-        import matplotlib.pyplot as plt
-
-        c.log_figure(run_id, fig, "objective_vs_oracle.png")
-        plt.close(fig)
+    with tempfile.TemporaryDirectory() as d:  # the comparison as pictures, readable without the UI's state
+        if write_comparison(summary, report, Path(d)):
+            c.log_artifacts(run_id, d, "comparison")
     c.log_text(run_id, report_text, "privacy_report.txt")
     c.log_dict(run_id, report, "privacy_report.json")
     c.log_dict(run_id, json.loads(json.dumps(summary, default=str)), "summary.json")
@@ -182,19 +214,81 @@ def _link_final(c, run_id: str, final: dict) -> None:
     c.log_image(run_id, Image.open(io.BytesIO(release.read_bytes("grid.png"))), "final/grid.png")
 
 
+def write_comparison(summary: dict, report: dict, out: Path) -> list[Path]:
+    """layers_heatmap.png (best objective per layer range a-b), objective_vs_oracle.png into `out` where there is
+    something to draw; none under private selection (per-trial pictures reveal K: `privacy report --tracking-store`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dpsearch.html_report import plot_layer_heatmap, plot_objective_vs_oracle
+
+    rows, extra = summary.get("rows") or [], (summary.get("extra") or {}).get("privacy") or {}
+    ends = [int(str(r["layers"]).split("-")[1]) for r in rows if r.get("layers")]
+    if report.get("tracking_store") or extra.get("tracking_store") or not ends:  # private selection, or nothing ran
+        return []
+    heat = plot_layer_heatmap(rows, max(ends))
+    for ax in (heat.axes[:len(heat.axes) // 2] if heat else ()):  # each method's panel (then their colour bars)
+        ax.set(xlabel="layer_b (range end)", ylabel="layer_a (range start)")
+    scatter = plot_objective_vs_oracle(rows, summary.get("spearman"), (summary.get("best") or {}).get("trial"))
+    if scatter:
+        scatter.axes[0].set_ylabel("oracle accuracy (real test split, not DP; chose nothing)")
+    written = []
+    for name, fig in (("layers_heatmap.png", heat), ("objective_vs_oracle.png", scatter)):
+        if fig is not None:
+            fig.savefig(out / name, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            written.append(out / name)
+    return written
+
+
+_HOW_TO_LOAD = """# The sweep's final model: a diffusers-format directory (vae/, unet/, class_embedder/, scheduler/)
+
+    import mlflow; path = mlflow.artifacts.download_artifacts(run_id="{run_id}", artifact_path="final_model")
+    from dpsearch.models import load_ldm; model = load_ldm(path)
+
+with MLFLOW_TRACKING_URI set to this server. Its guarantee: the sweep's released (epsilon, delta) in this run's
+privacy_report.txt. On S3: {model}\n"""
+
+
+def _log_final_model(c, run_id: str, final: dict) -> None:
+    """final_model/, registered where the server has a model registry; a failure is a warning (final.model: S3)."""
+    import re
+
+    from dpsearch.storage import Store
+
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            local = Store(final["model"]).download_dir("", Path(d) / "final_model")
+            (local / "HOW_TO_LOAD.md").write_text(_HOW_TO_LOAD.format(run_id=run_id, model=final["model"]))
+            c.log_artifacts(run_id, str(local), "final_model")
+    except Exception as e:  # noqa: BLE001 - an artifact store that refuses or is away
+        _log.warning("the final model was not logged to MLflow (%s); it is at %s", str(e).splitlines()[0][:200], final["model"])
+        return
+    run = c.get_run(run_id)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", c.get_experiment(run.info.experiment_id).name).strip("-") or "dpsearch"
+    try:
+        if not c.search_registered_models(f"name = '{name}'"):
+            c.create_registered_model(name)
+        v = c.create_model_version(name, f"{run.info.artifact_uri}/final_model", run_id=run_id)
+        c.set_tag(run_id, "final.registered_model", f"models:/{name}/{v.version}")
+    except Exception as e:  # noqa: BLE001 - a server without a model registry
+        _log.warning("the final model is logged (final_model/) but not registered (%s)", str(e).splitlines()[0][:200])
+
+
 def _tolerant(hook):
     """A tracking server that stays away past MLflow's own retries must not kill the sweep: the trial's
     results and checkpoint are in the sweep's storage either way. The gap is logged as a warning."""
     import functools
-    import logging
 
     @functools.wraps(hook)
     def run(self, *args, **kwargs):
         try:
             return hook(self, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any MLflow failure
-            logging.getLogger(__name__).warning("MLflow %s failed after retries (%s); the sweep goes on and its "
-                                                "storage keeps the result", hook.__name__, str(e).splitlines()[0][:200])
+            _log.warning("MLflow %s failed after retries (%s); the sweep goes on and its storage keeps the result",
+                         hook.__name__, str(e).splitlines()[0][:200])
             return None
 
     return run

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import yaml
@@ -60,8 +59,10 @@ def test_sweep_is_tracked_in_mlflow_and_checkpointed_on_s3(tracked, tmp_path, ca
         assert len(client.get_metric_history(c.info.run_id, "eps_spent")) >= 1  # per epoch
     pm = parent[0].data
     assert pm.metrics["released/eps"] > max(float(c.data.params["privacy/eps"]) for c in children)
-    assert {"privacy_report.json", "privacy_report.txt", "summary.json", "search_space.json", "objective_vs_oracle.png"} <= {
+    assert {"privacy_report.json", "privacy_report.txt", "summary.json", "search_space.json", "comparison"} <= {
         a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {a.path for a in client.list_artifacts(parent[0].info.run_id, "comparison")} == {
+        "comparison/layers_heatmap.png", "comparison/objective_vs_oracle.png"}
 
     # credentials never reach MLflow: not in params, tags, metrics or any text artifact
     key, secret = services._credentials(Path(s.dir))
@@ -136,49 +137,12 @@ def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.e2e
-def test_mlflow_ui_shows_the_child_runs_with_their_params(tracked):
-    """Headless Chromium (Debian's, driven by Selenium + chromedriver) does what a user does: opens the
-    sweep's experiment, expands the sweep's parent run, adds the layer-range, clip and batch columns, then
-    compares the trials. Screenshots land in test-artifacts/ for a person to look at."""
+def test_mlflow_ui_shows_the_real_sweeps_trials_without_a_click(tracked):
+    """The real smoke sweep's addresses (`dpsearch ui tracked`) in a fresh headless Chromium: nothing clicked."""
     from mlflow import MlflowClient
 
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.keys import Keys
-
-    from tests.browser import chromium, click_text, container_of, wait_for_text
-
-    s = services.load()
-    client = MlflowClient(s.mlflow_uri)
-    exp = client.get_experiment_by_name("tracked")
-    _, children = _children(client, "tracked")
-    names = [c.info.run_name for c in children]
-    ARTIFACTS.mkdir(exist_ok=True)
-    with chromium(2000, 1000) as browser:
-        browser.get(f"{s.mlflow_uri}/#/experiments/{exp.experiment_id}/runs")
-        wait_for_text(browser, ["Training runs", "sweep tracked"])  # the training-runs view, not GenAI's
-        for close in browser.find_elements("css selector", "button[aria-label='Close']"):
-            close.click()  # the assistant side panel
-        for expander in browser.find_elements("css selector", "button[data-component-id*='runnamecellrenderer']"):
-            expander.click()  # children are nested under the sweep's parent run
-        wait_for_text(browser, names)
-        click_text(browser, "Columns")
-        wait_for_text(browser, ["Parameters ("])
-        menu = container_of(browser, "Reset to defaults")
-        for name in ("Dataset", "Source", "Models", "layer_a", "layer_b", "clip", "batch", "objective"):
-            click_text(browser, name, within=menu)  # untick three attribute columns, tick the ones a user compares
-        ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # closes the menu
-        table = wait_for_text(browser, ["layer_a", "layer_b", "clip", "batch", "objective", *names])
-        for c in children:
-            assert c.data.params["batch"] in table and c.data.params["layer_a"] in table
-        browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-trials.png"))
-
-        ids = json.dumps([c.info.run_id for c in children])
-        browser.get(f"{s.mlflow_uri}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([exp.experiment_id]))}")
-        text = wait_for_text(browser, ["Parallel Coordinates Plot", "layer_a", "layer_b", "clip", "objective", *names])
-        for c in children:  # each trial's own layer range is on the page
-            assert c.data.params["layers"] in text
-        browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-compare.png"))
-    print(f"screenshots: {ARTIFACTS / 'mlflow-ui-trials.png'}, {ARTIFACTS / 'mlflow-ui-compare.png'}")
+    _, children = _children(MlflowClient(services.load().mlflow_uri), "tracked")
+    _look_without_a_click(services.load().mlflow_uri, "tracked", children, "mlflow-ui")
 
 
 @pytest.mark.e2e
@@ -189,9 +153,10 @@ def test_ui_prints_where_the_sweeps_trials_are_side_by_side(tracked, capsys):
 
     assert main(["ui", "tracked"]) == 0
     out = unquote(capsys.readouterr().out)
-    _, children = _children(MlflowClient(services.load().mlflow_uri), "tracked")
-    assert "#/compare-runs?runs=" in out and all(c.info.run_id in out for c in children)
-    assert "/runs" in out and "layer_a, layer_b, clip, batch, objective" in out
+    exp = MlflowClient(services.load().mlflow_uri).get_experiment_by_name("tracked")
+    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=dpsearch-trials" in out
+    assert "compareRunsMode=CHART&viewStateShareKey=dpsearch-compare" in out
+    assert "layer_a, layer_b, clip, batch, objective" in out
 
 
 @pytest.mark.e2e
@@ -267,3 +232,206 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     assert len(children) == 2
     text = format_summary(res)
     assert "released (disjoint slices" in text and "(ε = " in text
+
+
+# --- the parent run's pictures, the final model in MLflow, and the UI's addresses (dpsearch/tracking.py) -------------
+
+TINY_ROWS = [  # two trials on range 2-3 (the better one counts), one on 1-1, one unscored
+    {"trial": "t1", "status": "DONE", "layers": "2-3", "objective": 0.5, "oracle_accuracy": 0.61},
+    {"trial": "t2", "status": "DONE", "layers": "2-3", "objective": 0.7, "oracle_accuracy": 0.80},
+    {"trial": "t3", "status": "DONE", "layers": "1-1", "objective": 0.4, "oracle_accuracy": 0.55},
+    {"trial": "t4", "status": "ERROR", "layers": "1-3", "objective": None, "oracle_accuracy": None}]
+
+
+def _summary(rows=TINY_ROWS, **extra):
+    return {"name": "pics", "rows": rows, "spearman": 1.0, "best": rows[1] if len(rows) > 1 else None, "extra": extra}
+
+
+def test_comparison_pictures_are_written_and_drawn_from_the_rows(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from dpsearch.tracking import write_comparison
+
+    drawn, save = {}, Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, f, **kw: (drawn.__setitem__(Path(f).name, self), save(self, f, **kw)))
+    files = write_comparison(_summary(), {"released": {}}, tmp_path)
+    assert [f.name for f in files] == ["layers_heatmap.png", "objective_vs_oracle.png"]
+    for f in files:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
+    heat = drawn["layers_heatmap.png"].axes[0]
+    grid = heat.images[0].get_array()  # rows: layer_a 1..3, columns: layer_b 1..3; the unscored trial is not drawn
+    assert grid[1, 2] == 0.7 and grid[0, 0] == 0.4 and grid.mask.sum() == 7
+    assert (heat.get_xlabel(), heat.get_ylabel()) == ("layer_b (range end)", "layer_a (range start)")
+    scatter = drawn["objective_vs_oracle.png"].axes[0]
+    assert scatter.get_ylabel() == "oracle accuracy (real test split, not DP; chose nothing)"
+    assert sorted(map(tuple, scatter.collections[0].get_offsets().tolist())) == [(0.4, 0.55), (0.5, 0.61), (0.7, 0.8)]
+
+
+def test_comparison_pictures_are_skipped_without_rows_or_oracle_and_under_private_selection(tmp_path):
+    from dpsearch.tracking import write_comparison
+
+    assert write_comparison(_summary(rows=[]), {"released": {}}, tmp_path) == []
+    no_oracle = [{**r, "oracle_accuracy": None} for r in TINY_ROWS]
+    assert [f.name for f in write_comparison(_summary(no_oracle), {"released": {}}, tmp_path)] == ["layers_heatmap.png"]
+    private = tmp_path / "private"
+    private.mkdir()
+    store = {"eps": 9.0, "delta": 1e-6}  # private selection: the per-trial pictures would reveal K
+    assert write_comparison(_summary(), {"released": {}, "tracking_store": store}, private) == []
+    assert write_comparison(_summary(privacy={"tracking_store": store}), {"released": {}}, private) == []
+    assert list(private.iterdir()) == []
+
+
+def _fake_sweep(uri: str, name: str, final=None, report=None):
+    """A sweep's MLflow record without training: the parent run, three trial runs with the params and metrics the
+    TrialTracker logs, and the parent's finish (pictures, final model)."""
+    from mlflow import MlflowClient
+
+    from dpsearch.tracking import finish_parent, start_parent, trial_params
+
+    c = MlflowClient(uri)
+    pid = start_parent(uri, name, None, {"eps": 5.0, "trials": 3}, "{}")
+    exp_id = c.get_run(pid).info.experiment_id
+    rows = []
+    for i, (layers, clip, batch, obj, oracle) in enumerate([("1-3", 0.5, 50, 0.61, 0.70), ("2-5", 1.0, 100, 0.72, 0.81),
+                                                          ("4-7", 2.0, 50, 0.55, 0.66)]):
+        run = c.create_run(exp_id, run_name=f"trial_{i:05d}", tags={"mlflow.parentRunId": pid, "dpsearch.kind": "trial"})
+        config = {"layers": layers, "clip": clip, "batch": batch, "lr": 1e-3, "epochs": 2}
+        for k, v in {**trial_params(config), "privacy/eps": 4.9}.items():
+            c.log_param(run.info.run_id, k, v)
+        for epoch in (1, 2):
+            c.log_metric(run.info.run_id, "epoch", epoch, step=epoch)
+        c.log_metric(run.info.run_id, "objective", obj, step=2)
+        c.log_metric(run.info.run_id, "oracle/accuracy", oracle, step=2)
+        c.set_terminated(run.info.run_id)
+        rows.append({"trial": run.info.run_name, "status": "DONE", "objective": obj, "oracle_accuracy": oracle, **config})
+    summary = {"name": name, "rows": rows, "spearman": 0.5, "best": rows[1], "extra": {}}
+    report = report or {"released": {"eps": 5.0, "delta": 1e-6, "mode": "per-trial"}}
+    finish_parent(uri, pid, summary, report, "report", final=final)
+    return c, pid
+
+
+@pytest.mark.e2e
+def test_parent_run_carries_the_final_model_registered_and_the_pictures(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """Against the embedded MLflow (sqlite: it has a model registry) and S3: the experiment opens in the training view,
+    the final model is a loadable artifact of the sweep's run and a registered model version, the comparison pictures
+    are there, and neither the pictures under private selection nor a registry that refuses stop the sweep."""
+    import io
+    import logging
+
+    from PIL import Image
+
+    from dpsearch.models import load_ldm
+    from dpsearch.storage import Store
+    from dpsearch.tracking import _log_final_model, sweep_addresses
+
+    services.up()
+    s = services.load()
+    for k, v in s.client_env().items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    final_dir = Store(f"s3://{s.bucket}/sweeps/registered/dpsearch/final")
+    for f in Path(tiny_model_dir).rglob("*"):
+        if f.is_file():
+            final_dir.write_bytes(f"model/{f.relative_to(tiny_model_dir)}", f.read_bytes())
+    grid = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(grid, format="PNG")
+    final_dir.write_bytes("release/grid.png", grid.getvalue())
+    final_dir.write_text("release/DATA_CARD.md", "# card")
+    final = {"config": {"layers": "2-5", "batch": 100}, "free": {"guidance": 1.0, "steps": 3}, "n_release": 10, "minutes": 1,
+             "free_candidates": [{"guidance": 1.0, "steps": 3, "objective": 0.7}], "model": final_dir.uri("model"),
+             "release": final_dir.uri("release")}
+    c, pid = _fake_sweep(s.mlflow_uri, "registered sweep/1", final=final)
+
+    exp = c.get_experiment_by_name("registered sweep/1")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = c.get_run(pid)
+    assert run.data.tags["final.model"] == final["model"]  # the S3 pointer stays
+    logged = {a.path for a in c.list_artifacts(pid, "final_model")}
+    assert {"final_model/HOW_TO_LOAD.md", "final_model/unet", "final_model/vae"} <= logged
+    import mlflow  # as HOW_TO_LOAD.md says
+
+    local = mlflow.artifacts.download_artifacts(run_id=pid, artifact_path="final_model", dst_path=str(tmp_path),
+                                                tracking_uri=s.mlflow_uri)
+    how = (Path(local) / "HOW_TO_LOAD.md").read_text()
+    assert f'run_id="{pid}"' in how and "from dpsearch.models import load_ldm; model = load_ldm(path)" in how
+    model = load_ldm(local)
+    assert model.meta == load_ldm(tiny_model_dir).meta
+    name = "registered-sweep-1"
+    assert run.data.tags["final.registered_model"] == f"models:/{name}/1"
+    version = c.get_model_version(name, "1")
+    assert version.run_id == pid and version.source.endswith("/final_model")
+    assert {a.path for a in c.list_artifacts(pid, "comparison")} == {
+        "comparison/layers_heatmap.png", "comparison/objective_vs_oracle.png"}
+
+    # a registry that refuses: a warning, the model stays logged, nothing raised
+    def refuse(*a, **k):
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException("FEATURE_DISABLED: model registry is not supported by this server")
+
+    monkeypatch.setattr(type(c), "create_model_version", refuse)
+    with caplog.at_level(logging.WARNING, logger="dpsearch.tracking"):
+        _log_final_model(c, pid, final)
+    assert "not registered (FEATURE_DISABLED" in caplog.text
+
+    # private selection: no per-trial pictures on the sweep's run
+    private = {"released": {"eps": 5.0, "delta": 1e-6, "mode": "private-selection"},
+               "tracking_store": {"eps": 9.0, "delta": 1e-6}}
+    c2, pid2 = _fake_sweep(s.mlflow_uri, "private pics", report=private)
+    assert "comparison" not in {a.path for a in c2.list_artifacts(pid2)}
+
+    # the UI's addresses: the training view and the two saved views they open
+    where = sweep_addresses(s.mlflow_uri, "registered sweep/1")
+    assert where["runs"].endswith(f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                                  f"&viewStateShareKey=dpsearch-trials")
+    tags = c.get_experiment(exp.experiment_id).tags
+    compare = json.loads(json.loads(tags["mlflow.sharedViewState.dpsearch-compare"])["state"])
+    chart = compare["compareRunCharts"][0]
+    assert chart["type"] == "PARALLEL" and chart["selectedMetrics"] == ["oracle/accuracy", "objective"]
+    assert chart["selectedParams"] == ["layer_a", "layer_b", "clip", "batch", "lr", "epochs"]
+
+
+def _look_without_a_click(uri: str, name: str, children, shots: str) -> None:
+    """A fresh headless Chromium opens the sweep's addresses and clicks nothing: the training view (not GenAI's), the
+    trials grouped under the sweep's run with the columns that matter, then the parallel-coordinates chart."""
+    from tests.browser import chromium, wait_for_text
+
+    from dpsearch.tracking import sweep_addresses
+
+    where = sweep_addresses(uri, name)
+    names = [c.info.run_name for c in children]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium(2000, 1000) as browser:
+        browser.get(where["runs"])
+        text = wait_for_text(browser, ["Model training", "Group by: mlflow.parentRunId", "objective", "layer_a",
+                                       "layer_b", "clip", "batch", *names])
+        nav = browser.find_element("css selector", "nav").text.split("\n")
+        assert {"Runs", "Models", "Model registry"} <= set(nav), nav  # the model-training side menu
+        assert not {"Overview", "Observability", "Evaluation"} & set(nav), nav  # not GenAI's
+        rows = sorted(browser.find_elements("css selector", ".ag-pinned-left-cols-container .ag-row"),
+                      key=lambda r: int(r.get_attribute("row-index")))
+        labels = [r.text.split("\n") for r in rows]
+        assert any(x.startswith("Group: ") for x in labels[0]) and str(len(names)) in labels[0]  # the sweep's trials
+        best_first = [c.info.run_name for c in sorted(children, key=lambda c: -c.data.metrics.get("objective", -1e9))]
+        assert [next(n for n in names if n in r) for r in labels[1:1 + len(names)]] == best_first  # open, no click
+        assert "Additional runs" in labels[1 + len(names)]  # the sweep's own run
+        for c in children:
+            assert c.data.params["layer_b"] in text and c.data.params["clip"] in text
+        browser.save_screenshot(str(ARTIFACTS / f"{shots}-trials.png"))
+
+        browser.get(where["trials_compared"])
+        wait_for_text(browser, ["Model training", "Sweep comparison", "Parallel Coordinates", *names])
+        labels = [e.text for e in browser.find_elements("css selector", ".parcoords text.label")]
+        assert labels[-2:] == ["oracle/accuracy", "objective"] and labels[:3] == ["layer_a", "layer_b", "clip"], labels
+        browser.save_screenshot(str(ARTIFACTS / f"{shots}-compare.png"))
+
+
+@pytest.mark.e2e
+def test_mlflow_ui_opens_a_sweep_in_the_training_view_with_its_trials_and_objective_without_a_click():
+    from mlflow import MlflowClient
+
+    services.up()
+    uri = services.load().mlflow_uri
+    _fake_sweep(uri, "ui look")
+    _, children = _children(MlflowClient(uri), "ui look")
+    _look_without_a_click(uri, "ui look", children, "mlflow-ui-fresh")
