@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dpsearch import commands as cmd
 from dpsearch import privacy_commands
-from dpsearch.config import ConfigError, FinetuneConfig, SampleConfig
+from dpsearch.config import DEFAULT_Q, ConfigError, FinetuneConfig, SampleConfig, batch_from_rate
 from dpsearch.data import DataError
 from dpsearch.models.ldm import ModelError
 from dpsearch.outputs import OutputExists
@@ -41,7 +41,12 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
                    help="train the modules' weights (attention) or rank-r LoRA adapters on their projections (lora)")
     p.add_argument("--rank", type=int, default=DEFAULT_FT.rank, help="LoRA rank r (with --method lora)")
     p.add_argument("--clip", type=_float("--clip"), default=DEFAULT_FT.clip, help="per-sample clip norm C")
-    p.add_argument("--batch", type=int, default=DEFAULT_FT.batch, help="expected logical batch size B (q = B/N)")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--batch", type=int, default=None,
+                   help=f"expected logical batch size B (q = B/N); default: B = round(q·N) with q = 1/{1 / DEFAULT_Q:g}, "
+                        f"e.g. B = {batch_from_rate(DEFAULT_Q, 60000)} on MNIST's 60,000 records")
+    b.add_argument("--q", type=_float("--q"), default=None,
+                   help="instead of --batch: the Poisson sampling rate q in (0, 1], B = round(q·N) (at least 1)")
     p.add_argument("--epochs", type=int, default=DEFAULT_FT.epochs)
     p.add_argument("--lr", type=_float("--lr"), default=DEFAULT_FT.lr)
     p.add_argument("--physical-batch", type=int, default=DEFAULT_FT.physical_batch, help="memory-bound micro-batch")

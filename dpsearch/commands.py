@@ -10,14 +10,14 @@ import math
 import time
 from pathlib import Path
 
-from dpsearch.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, \
+from dpsearch.config import DEFAULT_Q, ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, \
     load_yaml, method_label, validate
 from dpsearch.data import ImageSet
 
 
 def _ft_config(a) -> FinetuneConfig:
     return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, method=a.method, rank=a.rank,
-                    clip=a.clip, batch=a.batch,
+                    clip=a.clip, batch=a.batch, q=a.q,
                     epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
                     n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
                     clipping=a.clipping,
@@ -44,7 +44,20 @@ def _inputs(a, model: str | None, cfg: FinetuneConfig):
     keep = share_of(cfg.n_private, len(got.private))
     if keep < 1:
         cfg = cfg.model_copy(update={"n_public": cfg.n_private})
-    return got.model, hash_share(got.private, keep, subset_salt(a.seed)), got.test, cfg
+    private = hash_share(got.private, keep, subset_salt(a.seed))
+    return got.model, private, got.test, _resolve_batch(cfg, len(private))
+
+
+def _resolve_batch(cfg: FinetuneConfig, n: int) -> FinetuneConfig:
+    """Without --batch, B = round(q·N) on the plan's N (--q, else DEFAULT_Q), said once; everything after this
+    (the privacy plan, the loader, privacy.json) sees the int batch."""
+    if cfg.batch is None:
+        given = cfg.q is not None
+        q, n_plan = cfg.q if given else DEFAULT_Q, cfg.n_public or n
+        cfg = cfg.for_data(n)
+        print(f"batch B = {cfg.batch} = round(q·N), q = {q:.4g} ({'--q' if given else 'the default'}), N = {n_plan} "
+              f"(--batch or --q sets it)")
+    return cfg
 
 
 def _default_storage() -> str:
@@ -114,7 +127,8 @@ def cmd_finetune(a) -> int:
     with atomic_dir(Path(a.out), a.overwrite) as tmp:
         write_outputs(tmp, out, {"privacy": out.privacy})
     print(f"(ε = {out.privacy['eps']:.3f}, δ = {out.privacy['delta']:g})-DP by {out.privacy['accountant'].upper()}, "
-          f"σ = {out.privacy['sigma']:.4f}, q = {out.privacy['q']:.5f}, steps = {out.privacy['steps']}, "
+          f"σ = {out.privacy['sigma']:.4f}, B = {out.privacy['batch']} of N = {out.privacy['n']} (q = {out.privacy['q']:.5f}), "
+          f"steps = {out.privacy['steps']}, "
           f"layers {out.privacy['layers']} ({method_label(out.privacy.get('method'), out.privacy.get('lora_rank'))})")
     print(f"model ({a.out}/model) and privacy.json written to {a.out}")
     return 0
@@ -212,7 +226,8 @@ def cmd_run(a) -> int:
         print(f"privacy: NONE. {p['statement']}")
     else:
         print(f"privacy: (ε = {p['eps']:.3f}, δ = {p['delta']:g}) by {p['accountant'].upper()} "
-              f"[PLD check {p['eps_pld_check']:.3f}], σ = {p['sigma']:.4f}, q = {p['q']:.5f}, steps = {p['steps']}, "
+              f"[PLD check {p['eps_pld_check']:.3f}], σ = {p['sigma']:.4f}, B = {p['batch']} of N = {p['n']} "
+              f"(q = {p['q']:.5f}), steps = {p['steps']}, "
               f"layers {p['layers']}, {method_label(p.get('method'), p.get('lora_rank'))} "
               f"({100 * p['trainable_fraction']:.1f}% of UNet trainable); noise and sampling "
               f"from fresh OS entropy ({p['randomness']})")

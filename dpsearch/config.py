@@ -107,6 +107,20 @@ def parse_layers(spec: str | tuple[int, int] | None, n_layers: int) -> tuple[int
     return a, b
 
 
+# The default sampling rate: B = round(q·N) records per expected logical batch. q = 1/15 is B = 4000 on MNIST's
+# 60,000, the default chosen there: 5 epochs keep a trial near 12 minutes on this 2-core CPU (≈ 150 s per epoch
+# over 55-60k MNIST with Opacus hooks, bench/dp_step.py); B = 4000 rather than 1000 at the same epochs: 3.2× less
+# noise per step at ε = 10 for σ 0.57 → 0.72 (bench/gradient_snr.py), lr scaled with B; +3.3 points of oracle
+# accuracy at released ε = 10 (docs/utility.md, one seed): a library default chosen once on the oracle metric.
+# As a rate it fits any N (a folder of 200 images: B = 13) where a fixed B = 4000 refused every set below 4000.
+DEFAULT_Q = 1 / 15
+
+
+def batch_from_rate(q: float, n: int) -> int:
+    """B = round(q·N), at least 1: the expected batch of sampling rate q on N records."""
+    return max(1, round(q * n))
+
+
 class FinetuneConfig(_Strict):
     eps: Optional[float] = None  # required unless non_private
     non_private: bool = False  # a reference run without clipping or noise: NOT DP, labelled so everywhere
@@ -124,11 +138,11 @@ class FinetuneConfig(_Strict):
     method: Literal["attention", "lora"] = "attention"
     rank: int = Field(8, gt=0)  # LoRA rank r (method lora); α = r, so the adapter's scale is 1
     clip: float = 0.01
-    # 5 epochs keep a trial near 12 minutes on this 2-core CPU (≈ 150 s per epoch over 55-60k MNIST with Opacus
-    # hooks, bench/dp_step.py). B = 4000 rather than 1000 at the same epochs: 3.2× less noise per step at ε = 10
-    # for σ 0.57 → 0.72 (bench/gradient_snr.py), lr scaled with B; +3.3 points of oracle accuracy at released
-    # ε = 10 (docs/utility.md, one seed): a library default chosen once on the oracle metric, said so there.
-    batch: int = 4000
+    # The expected logical batch B, or instead the sampling rate q (B = round(q·N), at least 1); neither given:
+    # q = DEFAULT_Q. batch_for / for_data resolve it against the public N the plan uses, before any accounting;
+    # from there on every step (plan, loader, privacy record) sees an int batch.
+    batch: Optional[int] = None
+    q: Optional[float] = None
     epochs: int = 5
     lr: float = 2e-3
     physical_batch: int = Field(128, gt=0)
@@ -168,10 +182,37 @@ class FinetuneConfig(_Strict):
 
     @field_validator("batch", "epochs")
     @classmethod
-    def _positive_int(cls, v: int, info) -> int:
-        if v <= 0:
+    def _positive_int(cls, v: Optional[int], info) -> Optional[int]:
+        if v is not None and v <= 0:
             raise ValueError(f"{info.field_name} must be ≥ 1, got {v}")
         return v
+
+    @field_validator("q")
+    @classmethod
+    def _rate(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not (0 < v <= 1):  # NaN fails too
+            raise ValueError(f"the sampling rate q must be in (0, 1], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_or_rate(self):
+        if self.batch is not None and self.q is not None:
+            raise ValueError(f"give the batch B ({self.batch}) or the sampling rate q ({self.q:g}), not both")
+        return self
+
+    def batch_for(self, n: int) -> int:
+        """The expected logical batch B on N records (the public N of the plan when one is declared): the
+        configured batch, else round(q·N) with q = the configured rate or DEFAULT_Q, at least 1."""
+        if self.batch is not None:
+            return self.batch
+        return batch_from_rate(DEFAULT_Q if self.q is None else self.q, self.n_public or n)
+
+    def for_data(self, n: int) -> "FinetuneConfig":
+        """This config with its batch resolved on N records (batch_for): an int batch and no q, as every later
+        step (privacy plan, Poisson loader, privacy record) reads it. Unchanged when the batch is already set."""
+        if self.batch is not None:
+            return self
+        return self.model_copy(update={"batch": self.batch_for(n), "q": None})
 
     @field_validator("layers")
     @classmethod
@@ -198,9 +239,11 @@ class FinetuneConfig(_Strict):
 
     def check_against_data(self, n: int) -> None:
         """The checks that need N (the public N of the plan when one is declared): batch ≤ N and δ < 1/N."""
+        batch = self.batch_for(n)
         n = self.n_public or n
-        if self.batch > n:
-            raise ConfigError(f"batch size {self.batch} is larger than the private set ({n} images); use --batch ≤ {n}")
+        if batch > n:
+            raise ConfigError(f"batch size {batch} is larger than the private set ({n} images); use --batch ≤ {n}, "
+                              f"or --q (a sampling rate) alone")
         if self.delta is not None and self.delta >= 1.0 / n:
             raise ConfigError(f"δ = {self.delta:g} is not below 1/N = {1.0 / n:.3g} (N = {n}); such a δ allows "
                               f"releasing a whole record. Use δ < 1/N, e.g. {default_delta(n):g}")

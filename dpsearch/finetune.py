@@ -17,6 +17,7 @@ from dpsearch.data import ImageSet
 from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
 from dpsearch.models.lora import add_lora, has_lora, lora_adapter, merge_lora
 from dpsearch.privacy import PrivacyRecord, epsilon_for
+from dpsearch.privacy.accounting import accountant_epsilon
 from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer
 from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
 from dpsearch.privacy.randomness import MechanismRandomness
@@ -138,6 +139,7 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
     the reference that says what DP costs. Its privacy record is NOT_DP."""
     if not cfg.non_private:
         raise ValueError("finetune_non_private needs a config with non_private=True")
+    cfg = cfg.for_data(len(private))  # the same batch B the DP run would use
     a, b = parse_layers(cfg.layers, len(attention_modules(model.unet)))
     model.vae.requires_grad_(False)
     latents = model.encode(private.as_float()).cpu()
@@ -171,6 +173,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     """
     if cfg.non_private:
         raise ValueError("dp_finetune got a non-private config; call finetune_non_private")
+    cfg = cfg.for_data(len(private))  # a sampling rate → its batch B on the plan's N: what the loader and record see
     plan = plan_privacy(cfg, len(private))
     n = cfg.n_public or len(private)  # the public N of the plan: the only size the privacy record carries
     delta, q, steps, sigma = plan.delta, plan.q, plan.steps, plan.sigma
@@ -216,7 +219,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,
                                  on_step=bar.update)
-            eps_spent = float(engine.accountant.get_epsilon(delta=delta))
+            eps_spent = accountant_epsilon(engine.accountant, delta)  # RDP over RDP_ALPHAS, as epsilon_for
             # Divergence is judged on the DP output (the noisy weights), never on the private training loss.
             if not all(torch.isfinite(p).all() for p in trainable):
                 raise FloatingPointError(f"DP fine-tune diverged: non-finite weights after epoch {epoch} with lr "

@@ -40,6 +40,7 @@ def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneCo
     """Loads the pretrained model, fine-tunes it (DP unless ft.non_private), samples when smp is given and
     scores when ev is given (on the DP validation set or by a noisy count on held-out records, and, as oracle metrics, on the real test split)."""
     seconds, t = {}, time.time()
+    ft = ft.for_data(len(private))  # a sampling rate → its batch B (FinetuneConfig.for_data); unchanged when B is set
     model = pretrained if isinstance(pretrained, LDM) else load_ldm(pretrained, device)
     seconds["load"], t = time.time() - t, time.time()
     if ft.non_private:

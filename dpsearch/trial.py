@@ -18,6 +18,7 @@ def run_trial(pretrained: str | Path, private: ImageSet, oracle_test: ImageSet |
               progress: bool = True) -> dict:
     """Writes out/{model/, privacy.json, history.json, synthetic.npz, samples.png, result.json}."""
     check_output(out, overwrite)
+    ft = ft.for_data(len(private))  # the batch B the run uses, also in the summary's finetune_config
     if ft.non_private:
         ft.check_against_data(len(private))
     else:

@@ -36,7 +36,9 @@ class PrivacyPlan(NamedTuple):
 
 def plan_privacy(cfg: FinetuneConfig, n: int) -> PrivacyPlan:
     """The plan for this config on N private images; raises ConfigError on impossible input. With a declared
-    public N (cfg.n_public) the plan reads only that, never the exact number of records (docs/privacy.md)."""
+    public N (cfg.n_public) the plan reads only that, never the exact number of records (docs/privacy.md). A config
+    given as a sampling rate (no batch) is resolved to its batch on that N first (FinetuneConfig.for_data)."""
+    cfg = cfg.for_data(n)
     cfg.check_against_data(n)
     n = cfg.n_public or n
     delta = cfg.delta if cfg.delta is not None else default_delta(n)

@@ -1,0 +1,98 @@
+"""FinetuneConfig's batch: an explicit B, or a sampling rate q resolved to B = round(q·N) on the plan's N."""
+
+import json
+
+import pytest
+
+from dpsearch.cli import build_parser, main
+from dpsearch.config import DEFAULT_Q, ConfigError, FinetuneConfig, batch_from_rate, validate
+from dpsearch.privacy.accounting import poisson_plan
+from dpsearch.privacy.dpsgd import plan_privacy
+
+
+@pytest.mark.parametrize("n,batch", [(60000, 4000), (1000, 67), (200, 13), (100, 7), (10, 1), (3, 1), (1, 1)])
+def test_the_default_batch_is_a_rate_that_gives_mnist_its_4000(n, batch):
+    cfg = FinetuneConfig(eps=5.0)
+    assert cfg.batch is None and cfg.q is None and DEFAULT_Q == pytest.approx(1 / 15)
+    assert cfg.batch_for(n) == batch_from_rate(DEFAULT_Q, n) == batch
+    resolved = cfg.for_data(n)
+    assert resolved.batch == batch and resolved.q is None
+    assert resolved.for_data(5 * n) is resolved  # resolved once: a later N never changes it
+
+
+def test_on_mnist_the_default_plans_exactly_what_batch_4000_planned():
+    default, explicit = plan_privacy(FinetuneConfig(eps=5.0), 60000), plan_privacy(FinetuneConfig(eps=5.0, batch=4000), 60000)
+    assert default == explicit
+    assert default.q == 1 / 15 and default.steps == 15 * 5
+
+
+def test_an_explicit_batch_wins():
+    cfg = FinetuneConfig(eps=5.0, batch=100)
+    assert cfg.batch_for(60000) == cfg.for_data(60000).batch == 100
+    assert plan_privacy(cfg, 60000).q == poisson_plan(60000, 100, 5)[0] == 1 / 600
+
+
+def test_a_rate_q_gives_its_batch_and_the_accountant_the_sampler_rate():
+    cfg = FinetuneConfig(eps=5.0, q=0.01)
+    assert cfg.for_data(60000).batch == 600
+    plan = plan_privacy(cfg, 60000)
+    assert plan.q == 0.01 and plan.steps_per_epoch == 100
+    # the accountant sees the rate the Poisson sampler runs, 1/⌈N/B⌉, which for N = 200 is 1/16, not 13/200
+    small = plan_privacy(FinetuneConfig(eps=5.0), 200)
+    assert small.q == poisson_plan(200, 13, 5)[0] == 1 / 16 and small.steps == 16 * 5
+
+
+def test_the_rate_is_applied_to_the_declared_public_n():
+    cfg = FinetuneConfig(eps=5.0, n_public=200)
+    assert cfg.batch_for(60000) == 13 and cfg.for_data(60000).batch == 13
+
+
+def test_tiny_sets_get_a_batch_of_at_least_one():
+    assert FinetuneConfig(eps=5.0).for_data(5).batch == 1  # round(5/15) = 0
+    assert FinetuneConfig(eps=5.0, q=1e-6).for_data(100).batch == 1
+    FinetuneConfig(eps=5.0).check_against_data(5)  # never "larger than the private set"
+    plan = plan_privacy(FinetuneConfig(eps=5.0, epochs=1), 20)
+    assert plan.q == 1 / 20 and plan.steps == 20
+
+
+def test_a_batch_larger_than_the_set_is_still_refused():
+    with pytest.raises(ConfigError, match="batch size 4000 is larger than the private set"):
+        FinetuneConfig(eps=5.0, batch=4000).check_against_data(200)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"batch": 100, "q": 0.1}, "not both"),
+    ({"q": 0.0}, "q must be in"),
+    ({"q": 1.5}, "q must be in"),
+    ({"q": float("nan")}, "q must be in"),
+    ({"batch": 0}, "batch must be ≥ 1"),
+])
+def test_bad_batch_or_rate_is_a_clear_error(values, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(FinetuneConfig, eps=5.0, **values)
+
+
+def test_batch_and_q_are_exclusive_on_the_command_line(capsys):
+    p = build_parser()
+    a = p.parse_args(["run", "--eps", "5"])
+    assert a.batch is None and a.q is None
+    assert p.parse_args(["run", "--eps", "5", "--q", "0.02"]).q == 0.02
+    with pytest.raises(SystemExit):
+        p.parse_args(["finetune", "--model", "m", "--out", "o", "--eps", "5", "--batch", "10", "--q", "0.1"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("extra,batch", [([], 13), (["--q", "0.05"], 10)])
+def test_finetune_on_a_small_set_without_batch_runs_and_records_b_and_q(extra, batch, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    # --physical-batch left at its default 128, above every B here: one physical batch per step
+    assert main(["finetune", "--model", str(tiny_model_dir), "--out", str(out), "--n-private", "200", "--eps", "5",
+                 "--epochs", "1", "--layers", "2-3", "--quiet", *extra]) == 0
+    privacy = json.loads((out / "privacy.json").read_text())
+    steps = -(-200 // batch)
+    assert privacy["batch"] == batch and privacy["n"] == 200
+    assert privacy["q"] == 1 / steps and privacy["steps"] == steps and privacy["eps"] <= 5.0
+    printed = capsys.readouterr().out
+    assert f"B = {batch} of N = 200 (q = {1 / steps:.5f})" in printed
+    assert f"batch B = {batch} = round(q·N)" in printed
