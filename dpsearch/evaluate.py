@@ -132,13 +132,21 @@ def _as_digit_input(x: torch.Tensor) -> torch.Tensor:
 
 def fid(a: ImageSet, b: ImageSet, cfg: EvaluateConfig, device: str = "cpu") -> tuple[float, str]:
     """(FID, extractor name), the distance computed by clean-fid's Fréchet distance."""
+    import warnings
+
     from cleanfid.fid import frechet_distance
+    from scipy import linalg
 
     extractor = cfg.fid_extractor
     if extractor == "auto":
         extractor = "inception" if INCEPTION_CACHE.exists() else "public-cnn"
     fa, fb = _features(a, extractor, cfg, device), _features(b, extractor, cfg, device)
-    d = frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
+    with warnings.catch_warnings():
+        # scipy's sqrtm says "Matrix is singular" when features are constant over a set (a ReLU unit of the public CNN
+        # that never fires): the covariance product is then rank-deficient, its square root still well defined, and
+        # clean-fid checks the result itself (finite, imaginary part below 1e-3, else it raises).
+        warnings.filterwarnings("ignore", message="Matrix is singular", category=linalg.LinAlgWarning)
+        d = frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
     name = "clean-fid inception-v3" if extractor == "inception" else "public-cnn (DigitCNN on printed digits, 128-d)"
     return float(d), name
 

@@ -23,3 +23,29 @@ def test_fid_is_small_for_same_distribution_and_large_for_noise():
     far, _ = fid(a, noise, CFG)
     assert 0 <= same < far / 10
     assert "public-cnn" in name
+
+
+def test_fid_of_features_with_a_dead_unit_is_quiet_and_finite(monkeypatch):
+    """A feature constant over both sets (a ReLU unit that never fires) makes the covariance product singular:
+    no scipy "Matrix is singular" line, and a finite FID."""
+    import warnings
+
+    import numpy as np
+
+    from dpsearch import evaluate as ev
+
+    rng = np.random.default_rng(0)
+
+    def features(s, *a, **k):
+        f = rng.normal(size=(len(s), 16))
+        f[:, 3] = 0.0
+        return f
+
+    monkeypatch.setattr(ev, "_features", features)
+    a = printed_digits(50, seed=2, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d, _ = fid(a, a, CFG)
+    assert np.isfinite(d)
+    assert not [w for w in caught if "singular" in str(w.message)]  # (clean-fid's sqrtm(disp=False) DeprecationWarning
+    # is hidden by Python's default filters)

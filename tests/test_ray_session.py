@@ -30,3 +30,19 @@ def test_a_local_ray_needs_the_sweeps_fresh_token_and_leaves_no_token_behind(mon
         assert "CONNECTED" in _client(addr, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token).stdout
     assert not ray.is_initialized() and "RAY_AUTH_TOKEN" not in os.environ
     assert not (Path(tmp_path) / ".ray" / "auth_token").exists()
+
+
+def test_tune_file_loggers_keep_result_files_and_drop_the_tensorboard_hint(monkeypatch):
+    """Ray prints its TensorBoard hint iff a TBXLoggerCallback is among the callbacks (ray/tune/tune.py); with
+    tune_file_loggers() there is none, and the CSV and JSON loggers are there, once each."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    from dpsearch.search.ray_session import tune_file_loggers
+
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # restored (removed) after the test
+    assert any(isinstance(c, TBXLoggerCallback) for c in _create_default_callbacks([]))  # Ray's default: the hint
+    callbacks = _create_default_callbacks(tune_file_loggers())
+    assert not any(isinstance(c, TBXLoggerCallback) for c in callbacks)
+    assert [type(c) for c in callbacks if isinstance(c, (CSVLoggerCallback, JsonLoggerCallback))] == [
+        CSVLoggerCallback, JsonLoggerCallback]

