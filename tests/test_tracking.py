@@ -412,8 +412,9 @@ def _look_without_a_click(uri: str, name: str, children, shots: str) -> None:
                       key=lambda r: int(r.get_attribute("row-index")))
         labels = [r.text.split("\n") for r in rows]
         assert any(x.startswith("Group: ") for x in labels[0]) and str(len(names)) in labels[0]  # the sweep's trials
-        best_first = [c.info.run_name for c in sorted(children, key=lambda c: -c.data.metrics.get("objective", -1e9))]
-        assert [next(n for n in names if n in r) for r in labels[1:1 + len(names)]] == best_first  # open, no click
+        objective = {c.info.run_name: c.data.metrics.get("objective", -1e9) for c in children}
+        shown = [objective[next(n for n in names if n in r)] for r in labels[1:1 + len(names)]]  # open, no click
+        assert sorted(shown, reverse=True) == shown == sorted(objective.values(), reverse=True)  # best first
         assert "Additional runs" in labels[1 + len(names)]  # the sweep's own run
         for c in children:
             assert c.data.params["layer_b"] in text and c.data.params["clip"] in text
