@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default="all")
     p.add_argument("--scope", choices=["attention", "unet"], default="attention", help="what the dp rung trains")
     p.add_argument("--epochs", type=int, default=FinetuneConfig.model_fields["epochs"].default)
-    p.add_argument("--batch", type=int, default=FinetuneConfig.model_fields["batch"].default)
+    p.add_argument("--batch", type=int, default=4000)  # the recorded figures used B = 4000 (q·N since the default became q = 1/15)
     p.add_argument("--clip", type=float, default=FinetuneConfig.model_fields["clip"].default)
     p.add_argument("--lr", type=float, default=FinetuneConfig.model_fields["lr"].default)
     p.add_argument("--guidance", type=float, default=SampleConfig.model_fields["guidance"].default)

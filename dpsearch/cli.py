@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dpsearch import commands as cmd
-from dpsearch import privacy_commands
+from dpsearch import privacy_commands, sweep_commands
 from dpsearch.config import DEFAULT_Q, ConfigError, FinetuneConfig, SampleConfig, batch_from_rate
 from dpsearch.data import DataError
 from dpsearch.models.ldm import ModelError
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after the trials: no final model, no released synthetic data set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(fn=cmd.cmd_sweep)
+    p.set_defaults(fn=sweep_commands.cmd_sweep)
 
     p = sub.add_parser("privacy", help="privacy calculators and a sweep's privacy report")
     psub = p.add_subparsers(dest="what", required=True)
@@ -244,20 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "DPSEARCH_HOME/sweeps)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(fn=cmd.cmd_pull)
+    p.set_defaults(fn=sweep_commands.cmd_pull)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep (plots, trials, privacy)")
     p.add_argument("sweep", help="sweep name (under --storage) or its directory / s3:// URI")
     p.add_argument("--storage", default=None, help="where sweeps live (default: the embedded S3 if running, "
                                                    "else DPSEARCH_HOME/sweeps)")
     p.add_argument("--out", default=None, help="HTML file to write (default: ./SWEEP-report.html)")
-    p.set_defaults(fn=cmd.cmd_report)
+    p.set_defaults(fn=sweep_commands.cmd_report)
 
     p = sub.add_parser("ui", help="print (or open) the MLflow UI's URL, or a sweep's trials in it")
     p.add_argument("sweep", nargs="?", default=None, help="a sweep's name: print its runs and its trials side by side")
     p.add_argument("--open", action="store_true", help="open it in a browser")
     p.add_argument("--dir", type=Path, default=None)
-    p.set_defaults(fn=cmd.cmd_ui)
+    p.set_defaults(fn=sweep_commands.cmd_ui)
     return ap
 
 

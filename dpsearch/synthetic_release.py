@@ -157,7 +157,7 @@ def write_release(synthetic: ImageSet, out: Path, *, name: str, privacy: dict, c
     folder (data/), the grid and the card. pngs=True adds png/<class>/<index>.png, one file per image (off by
     default: 60,000 small files cost more than the data they duplicate, in object storage most of all)."""
     out = Path(out)
-    names = class_names or list(range(synthetic.num_classes))
+    names = class_names or list(synthetic.class_names) or list(range(synthetic.num_classes))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         synthetic.save(tmp / "synthetic.npz")
         shards = _write_parquet(synthetic, tmp / "data", names, tmp / "png" if pngs else None, progress)

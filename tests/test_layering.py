@@ -18,7 +18,7 @@ LAYERS = [
     {"tracking"},
     {"search"},
     {"commands"},
-    {"privacy_commands"},  # the `dpsearch privacy` verbs, beside commands.py
+    {"privacy_commands", "sweep_commands"},  # the `dpsearch privacy` verbs and the sweep verbs, beside commands.py
     {"cli"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -1,6 +1,7 @@
 """Real Ray Tune + Optuna sweeps on the smoke space with a tiny pretrained model (seconds per trial)."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -131,7 +132,7 @@ def test_trials_on_other_nodes_get_the_storage_endpoint_but_never_credentials(mo
 def test_tpe_models_scores_after_half_the_budget_not_after_optunas_ten():
     from dpsearch.space import load_space
     from dpsearch.search.options import tpe_startup_trials
-    from dpsearch.search.runner import tune_config
+    from dpsearch.search.tuner import tune_config
 
     assert [tpe_startup_trials(k) for k in (1, 4, 8, 30)] == [2, 2, 4, 10]
     cfg = tune_config(SweepOptions(trials=8, concurrency=2), load_space("smoke"))
@@ -313,6 +314,8 @@ def test_sweep_eps_is_the_released_models_and_plan_trains_nothing(tiny_model_dir
     assert main(base + ["--eps", "3"]) == 0
     out = capsys.readouterr().out
     assert "plan only" in out and "disjoint slices" in out and "released model: (ε = 3, δ = " in out
+    minutes = re.search(r"estimated wall time on this machine: (\d+) min \(trials (\d+), final stage (\d+)\)", out)
+    assert minutes and int(minutes[1]) >= int(minutes[2]), out
     assert main(base) == 0  # no --eps: the space's eps is the released one
     assert "released model: (ε = 5, δ = " in capsys.readouterr().out
     assert main(base + ["--eps-total", "4"]) == 0  # the old name

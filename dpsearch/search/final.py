@@ -49,7 +49,7 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed:
     from dpsearch.sweep_store import record_attempt
 
     t = time.time()
-    if design.final_data is not None:
+    if design.retrains:
         if store.exists(f"{FINAL}/trained/privacy.json"):
             with tempfile.TemporaryDirectory() as d:
                 local = store.download_dir(f"{FINAL}/trained", Path(d) / "trained")
@@ -112,33 +112,51 @@ def choose_free(model, space: SearchSpace, validation: Optional[ImageSet], oracl
 
 def run_final(model_files: dict, space_json: str, best: dict, design, validation: Optional[ImageSet],
               oracle: Optional[ImageSet], sweep_uri: str, name: str, seed: int, threads: int) -> dict:
-    """The Ray task: final model → free choices → release, all written to the sweep's dpsearch/final/."""
+    """The Ray task, in three steps: final run → free choice → release, all written to the sweep's
+    dpsearch/final/."""
     import time
 
     import torch
 
     from dpsearch.device import pick_device
-    from dpsearch.models import save_ldm
-    from dpsearch.sample import sample
     from dpsearch.sweep_store import record_attempt, sweep_report
-    from dpsearch.synthetic_release import write_release
 
     torch.set_num_threads(threads)
     space = SearchSpace.model_validate_json(space_json)
-    device = str(pick_device("auto"))
     store = Store(sweep_uri).child("dpsearch")
-    config = trial_config(best)
-    model, privacy, ft_s = final_model(model_files, space, best, design, seed, device, store)
+    # 1. the final run (or the selected trial's model)
+    model, privacy, ft_s = final_model(model_files, space, best, design, seed, str(pick_device("auto")), store)
     privacy = _without_trial_id(privacy)
-    if design.count is not None:
+    if design.counts:
         record_attempt(store, "free")  # the free candidates' counts, composed over every run of this stage
     # The released guarantee from the stored record of every part, the final run's own and every attempt included.
-    rep = sweep_report(sweep_uri, final_privacy=privacy if design.final_data is not None else None)
+    rep = sweep_report(sweep_uri, final_privacy=privacy if design.retrains else None)
     released = {**rep["released"], "name": name, "design": design.describe(), "covers": rep["statement"],
                 "over_total": rep.get("over_total")}
+    # 2. the free choice
     t = time.time()
     chosen, free_rows = choose_free(model, space, validation, oracle, seed, design.count)
     free_s, t = time.time() - t, time.time()
+    # 3. the release
+    n_release = release(model, privacy, released, space, trial_config(best), chosen, seed, store)
+    result = {"config": trial_config(best), "privacy": privacy, "released": released, "free": chosen,
+              "free_candidates": free_rows, "n_release": n_release,
+              # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes
+              "minutes": math.ceil((ft_s + free_s + time.time() - t) / 60),
+              "model": store.uri(FINAL, "model"), "release": store.uri(FINAL, "release")}
+    store.write_text(f"{FINAL}/result.json", json.dumps(result, indent=2))
+    return result
+
+
+def release(model, privacy: dict, released: dict, space: SearchSpace, config: dict, chosen: dict, seed: int,
+            store: Store) -> int:
+    """The released model and synthetic data set with its card, and a manifest over both, under final/.
+    Returns the number of images."""
+    from dpsearch.checkpoints import write_manifest
+    from dpsearch.models import save_ldm
+    from dpsearch.sample import sample
+    from dpsearch.synthetic_release import write_release
+
     smp = space.sample.model_copy(update={**chosen, "per_class": -(-space.release.n // model.meta["num_classes"]),
                                           "seed": seed + 97})
     synthetic = sample(model, smp, progress=False)
@@ -153,18 +171,10 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
         (d / "privacy.json").write_text(json.dumps({**privacy, **card_privacy, "run": privacy}, indent=2))
         write_release(synthetic, d / "release", name=released["name"], privacy=card_privacy, configuration=configuration,
                       progress=False, pngs=False)
-        from dpsearch.checkpoints import write_manifest
-
         write_manifest(d)  # `dpsearch pull SWEEP` checks the release file by file against it
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             store.write_bytes(f"{FINAL}/{f.relative_to(d)}", f.read_bytes())
-    result = {"config": config, "privacy": privacy, "released": released, "free": chosen, "free_candidates": free_rows,
-              "n_release": len(synthetic),
-              # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes
-              "minutes": math.ceil((ft_s + free_s + time.time() - t) / 60),
-              "model": store.uri(FINAL, "model"), "release": store.uri(FINAL, "release")}
-    store.write_text(f"{FINAL}/result.json", json.dumps(result, indent=2))
-    return result
+    return len(synthetic)
 
 
 def _without_trial_id(privacy: dict) -> dict:
@@ -185,7 +195,7 @@ def finish(sweep_store: Store, sweep_uri: str, model_files: dict, space: SearchS
 
     if sweep_store.exists(f"{FINAL}/result.json"):
         return json.loads(sweep_store.read_text(f"{FINAL}/result.json"))
-    log.info("final stage: %s", "training the selected configuration on the final slice" if design.final_data is not None
+    log.info("final stage: %s", "training the selected configuration on the final slice" if design.retrains
              else "the selected trial's model")
     task = ray.remote(run_final).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
     return ray.get(task.remote(model_files, space.model_dump_json(), best, design, validation, oracle, sweep_uri,

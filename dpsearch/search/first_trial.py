@@ -52,7 +52,7 @@ def reference_point(space: SearchSpace, n_layers: int) -> Optional[dict]:
 def first_points(design, space: SearchSpace, n_layers: int) -> list[dict]:
     """The reference configuration as trial 1 under the counting objective. Not with a validation generator:
     V comes from that very configuration, so its trial would score high for looking like V."""
-    if design.count is None:
+    if not design.counts:
         return []
     point = reference_point(space, n_layers)
     if point is None:

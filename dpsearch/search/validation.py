@@ -52,7 +52,7 @@ def load_or_make_validation(meta: Store, model_files, design, space: SearchSpace
     the counting objective there is no V: (None, the counts' privacy record)."""
     import ray
 
-    if design.count is not None:
+    if design.counts:
         priv = count_privacy(design)
         meta.write_text("validation_privacy.json", json.dumps(priv, indent=2))
         return None, priv

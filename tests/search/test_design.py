@@ -163,3 +163,15 @@ def test_auto_counts_where_records_can_be_held_out_and_uses_the_generator_elsewh
     resumed = plan(SweepOptions(eps_total=4.0), space, _private(), saved={"options": {"eps": 1.0},
                                                                           "slices": asha.slices})
     assert resumed.count is None
+
+
+def test_each_design_is_one_class_chosen_once_from_the_registry():
+    from dpsearch.search.design import DESIGNS, Composed, PerTrial, Slices
+
+    assert DESIGNS == {"per-trial": PerTrial, "composed": Composed, "slices": Slices}
+    d = plan(SweepOptions(eps=2.0), _space(accountant="rdp"), _private())
+    assert type(d) is PerTrial and not d.retrains and not d.counts
+    assert d.record()["design"] == "per-trial" and d.n_recorded() == 3000
+    s = plan(SweepOptions(eps_total=4.0, trials=3), _space(accountant="rdp"), _private())
+    assert type(s) is Slices and s.retrains and s.counts  # objective auto → counts under slices
+    assert s.record()["n_private"] == 3000 and len(s.fingerprint_data(_private())) == 3000
