@@ -26,25 +26,25 @@ def _noise_images(model, n: int) -> ImageSet:
 
 
 def probe_seconds(model_dir: Path, space: SearchSpace) -> dict:
-    """Seconds per image: DP fine-tune (per example and epoch), sampling, classifier (per image and epoch). Two
-    short pipeline runs on random pixels, one three times the other: their difference leaves out what does not
-    grow with the data (loading, warm-up, σ calibration at the same q and steps)."""
+    """Seconds per image: DP fine-tune (per example and epoch), sampling, classifier (per image and epoch). After a
+    warm-up run, two short pipeline runs on random pixels, one four times the other: their difference leaves out
+    what does not grow with the data (loading, σ calibration at the same q and steps)."""
     from dpsearch.models import load_ldm
     from dpsearch.pipeline import run_pipeline
 
     r, pb = space.reference, space.physical_batch
     ev = EvaluateConfig(**{**space.evaluate.model_dump(), "classifier_epochs": 1})
     runs = []
-    for k in (1, 3):
+    for k in (1, 1, 4):  # the first run warms up (allocations, kernels): without it the difference reads ≈ 0
         model = load_ldm(model_dir)
         cfg = FinetuneConfig(eps=10.0, delta=1e-5, layers=r.layers, clip=r.clip, batch=k * pb // 2, epochs=1,
                              lr=r.lr, physical_batch=pb, accountant="rdp")
         smp = space.sample.model_copy(update={"per_class": 4 * k})
         runs.append(run_pipeline(model, _noise_images(model, k * pb), cfg, smp, ev, progress=False).seconds)
     classes = model.meta["num_classes"]
-    per = {key: max(0.0, (runs[1][key] - runs[0][key])) for key in ("finetune", "sample", "evaluate")}
-    return {"train": per["finetune"] / (2 * pb), "sample": per["sample"] / (8 * classes),
-            "classifier": per["evaluate"] / (8 * classes), "classes": classes}
+    per = {key: max(0.0, (runs[2][key] - runs[1][key])) for key in ("finetune", "sample", "evaluate")}
+    return {"train": per["finetune"] / (3 * pb), "sample": per["sample"] / (12 * classes),
+            "classifier": per["evaluate"] / (12 * classes), "classes": classes}
 
 
 def estimate(design, space: SearchSpace, model_dir: Path, opts: SweepOptions) -> str:
