@@ -92,8 +92,8 @@ def cmd_ui(a) -> int:
         from dpsearch.tracking import sweep_addresses
 
         where = sweep_addresses(uri, a.sweep)
-        print(f"sweep {a.sweep}: runs {where['runs']}\n  all trials side by side (layer_a, layer_b, clip, batch, objective, "
-              f"oracle metrics): {where['trials_compared']}")
+        print(f"sweep {a.sweep}: its trials with the columns that matter {where['runs']}\n  objective and oracle accuracy "
+              f"against the searched parameters (parallel coordinates): {where['trials_compared']}")
         target = where["trials_compared"]
     else:
         print(uri)

@@ -156,7 +156,7 @@ def test_ui_prints_where_the_sweeps_trials_are_side_by_side(tracked, capsys):
     exp = MlflowClient(services.load().mlflow_uri).get_experiment_by_name("tracked")
     assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=dpsearch-trials" in out
     assert "compareRunsMode=CHART&viewStateShareKey=dpsearch-compare" in out
-    assert "layer_a, layer_b, clip, batch, objective" in out
+    assert "objective and oracle accuracy against the searched parameters" in out
 
 
 @pytest.mark.e2e

@@ -138,8 +138,8 @@ def format_summary(res: SweepResult) -> str:
         m = res.extra["mlflow"]
         lines.append(f"MLflow: {m['uri']} experiment {m['experiment']!r} (parent run {m['parent_run']})")
         if m.get("trials_compared"):
-            lines.append(f"  the trials side by side (layer_a, layer_b, clip, batch, objective, oracle metrics): "
-                         f"{m['trials_compared']}  (again later: `dpsearch ui {m['experiment']}`)")
+            lines.append(f"  objective and oracle accuracy against the searched parameters: {m['trials_compared']}  "
+                         f"(again later: `dpsearch ui {m['experiment']}`)")
     return "\n".join(lines)
 
 
