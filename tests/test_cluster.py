@@ -128,7 +128,7 @@ def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_ho
         up = _ray(venv / "bin", "up", str(cfg_path), "-y", "--no-config-cache", env=lenv, cwd=repo)
         assert "dpsearch-venv/bin" in (ssh_host.home / ".bashrc").read_text()
         assert (ssh_host.home / ".ray" / "auth_token").read_bytes() == (launcher / ".ray" / "auth_token").read_bytes()
-        assert (ssh_host.home / "dpsearch" / "dpsearch" / "search" / "runner.py").exists()  # file_mounts synced the code
+        assert (ssh_host.home / "dpsearch" / "dpsearch" / "search" / "sweep.py").exists()  # file_mounts synced the code
         assert not (ssh_host.home / "dpsearch" / ".venv").exists()
         name = f"cluster-{root.name[5:]}"
         cmd = (f"AWS_ENDPOINT_URL={s.s3_endpoint} MLFLOW_TRACKING_URI={s.mlflow_uri} DPSEARCH_HOME={home()} "

@@ -130,6 +130,7 @@ def format_summary(res: SweepResult) -> str:
     f = res.extra.get("final")
     if f:
         lines.append(format_final(f))
+        lines.append(_pull_hint(res.name))
     failed = [r for r in res.rows if r["status"] == "ERROR"]
     for r in failed:
         lines.append(f"failed: {r['trial']}: {r['error']}")
@@ -157,6 +158,12 @@ def _format_private_selection(res: SweepResult) -> str:
     f = res.extra.get("final")
     if f:
         lines.append(format_final(f))
+        lines.append(_pull_hint(res.name))
     lines.append(f"sweep {res.name}: private selection; results under {res.path}. The trial table, K and the tracking "
                  f"store's figure: `dpsearch privacy report {res.name} --tracking-store` (keep them apart from the release)")
     return "\n".join(lines)
+
+
+def _pull_hint(name: str) -> str:
+    return (f"  get the release (model, synthetic.npz, parquet data/, DATA_CARD.md, privacy report), verified: "
+            f"dpsearch pull {name} --out {name}-release")
