@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for h in logging.getLogger().handlers:  # dp-accounting logs every RDP order it skips: noise, not news
         h.addFilter(lambda r: "dp_accounting" not in r.pathname)
+    # boto's "Found credentials in environment variables" at INFO: where it looked, not news (errors still show)
+    for name in ("botocore", "boto3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

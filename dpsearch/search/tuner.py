@@ -68,6 +68,7 @@ def tune_config(opts: SweepOptions, space: SearchSpace, first: list[dict] | None
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory": not news
     if opts.private_selection:
         # Repeat-and-select assumes independent repetitions that no one can recompute: the configurations are
         # drawn from OS entropy, not from the public --seed, and the seed is recorded nowhere.
