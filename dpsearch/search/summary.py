@@ -94,7 +94,7 @@ def format_final(f: dict) -> str:
         f"  model {f['model']}: configuration {f['config']}, (ε = {r['eps']:.3f}, δ = {r['delta']:g}) for the whole sweep",
         f"  free post-processing, chosen on the sweep's objective (DP validation set, or accounted counts): {free}; chosen guidance "
         f"{chosen['guidance']:g}, {chosen['steps']} steps (oracle figures are on the real test split, not DP, chose nothing)",
-        f"  synthetic data set: {f['n_release']} images at {f['release']} (DATA_CARD.md, card.json, grid.png, synthetic.npz)",
+        f"  synthetic data set: {f['n_release']} images at {f['release']} (DATA_CARD.md, card.json, grid.png, synthetic.npz, data/*.parquet)",
         # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes (docs/privacy.md)
         f"  final stage: {f['minutes']} min" if 'minutes' in f else f"  final stage: {math.ceil(sum(f['seconds'].values()) / 60)} min"])
 
