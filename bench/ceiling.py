@@ -100,8 +100,10 @@ def run(a) -> dict:
                     non_private=a.rung != "dp", eps=a.eps if a.rung == "dp" else None,
                     delta=benchmark_delta() if a.rung == "dp" else None, layers=a.layers,
                     scope="unet" if a.rung == "nonprivate-unet" else a.scope,
-                    epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr)
-                out = run_pipeline(model, private, ft, progress=True)
+                    epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr, multiplicity=a.multiplicity, ema=a.ema)
+                last: dict = {}  # with EMA: the last noisy iterate too, scored beside the average (same fine-tune)
+                out = run_pipeline(model, private, ft, progress=True,
+                                   on_epoch=lambda rec, state: last.update(state.trainable) if a.ema else None)
                 model = out.model
                 row.update({"finetune_config": json.loads(ft.model_dump_json()), "privacy": out.privacy,
                             "finetune_seconds": out.seconds["finetune"]})
@@ -114,6 +116,8 @@ def run(a) -> dict:
             row.update({"sample_config": json.loads(smp.model_dump_json()), "sample_seconds": time.time() - t})
             save_grid(synthetic, RESULTS / f"{a.rung}{a.tag}.png")
             row.update(score(synthetic, test, protocol, seed=a.seed))
+            if a.ema and not a.finetuned and a.rung != "public-only":
+                row["last_iterate"] = score_last_iterate(model, last, smp, test, protocol, a.seed)
             if protocol.n_synthetic > LADDER.n_synthetic:  # the same set under the ladder's protocol, comparable
                 _, sub = split_synthetic(synthetic, LADDER.n_synthetic, seed=a.seed)
                 row["ladder"] = score(sub, test, LADDER, seed=a.seed)
@@ -121,6 +125,17 @@ def run(a) -> dict:
                 row["release"] = str(release(a, model, synthetic, row).relative_to(ROOT))
     row["seconds"] = time.time() - t0
     return row
+
+
+def score_last_iterate(model, last: dict, smp: SampleConfig, test: ImageSet, protocol: Protocol, seed: int) -> dict:
+    """The EMA rung's control from the same fine-tune: the model with its last noisy iterate instead of the
+    average (both are DP outputs of one run), sampled and scored the same way. Leaves `model` on the iterate."""
+    params = {f"{prefix}.{n}": p for prefix, m in (("unet", model.unet), ("embedder", model.embedder))
+              for n, p in m.named_parameters()}
+    with torch.no_grad():
+        for k, v in last.items():
+            params[k].copy_(v)
+    return score(sample(model, smp), test, protocol, seed=seed)
 
 
 def release(a, model, synthetic: ImageSet, row: dict) -> Path:
@@ -187,6 +202,9 @@ def report() -> str:
         eps = "–" if p is None else ("NOT DP" if not p.get("dp", True) else f"({p['eps']:.2f}, {p['delta']:.3g})")
         ft = r.get("finetune_config", {})
         what = f"{ft['scope']} {ft['layers']}, {ft['epochs']} ep, B={ft['batch']}, lr={ft['lr']:g}" if ft else "–"
+        what += f", k={ft['multiplicity']}" if ft.get("multiplicity", 1) > 1 else ""
+        what += f", EMA {ft['ema']:g}" if ft.get("ema") else ""
+        what += f", g={r['sample_config']['guidance']:g}" if "sample_config" in r else ""
         ladder = r.get("ladder", r if r["protocol"].startswith("ladder") else None)
         lad = f"{100 * ladder['oracle/accuracy']:.2f}%" if ladder else "–"
         full = r["protocol"].startswith("dpimagebench")
@@ -270,6 +288,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4000)  # the recorded figures used B = 4000 (q·N since the default became q = 1/15)
     p.add_argument("--clip", type=float, default=FinetuneConfig.model_fields["clip"].default)
     p.add_argument("--lr", type=float, default=FinetuneConfig.model_fields["lr"].default)
+    p.add_argument("--multiplicity", type=int, default=FinetuneConfig.model_fields["multiplicity"].default,
+                   help="noise draws per image per step, averaged before clipping")
+    p.add_argument("--ema", type=float, default=FinetuneConfig.model_fields["ema"].default,
+                   help="EMA decay of the weights (also scores the last iterate of the same run)")
     p.add_argument("--guidance", type=float, default=SampleConfig.model_fields["guidance"].default)
     p.add_argument("--steps", type=int, default=SampleConfig.model_fields["steps"].default)
     p.add_argument("--seed", type=int, default=0)

@@ -145,8 +145,14 @@ class FinetuneConfig(_Strict):
     q: Optional[float] = None
     epochs: int = 5
     lr: float = 2e-3
-    physical_batch: int = Field(128, gt=0)
+    physical_batch: int = Field(128, gt=0)  # rows per forward pass: physical_batch // multiplicity images
     label_dropout: float = Field(0.1, ge=0, lt=1)
+    # DPDM's noise multiplicity k: each image's loss averages k (timestep, noise) draws, so the one per-sample
+    # gradient that is clipped is already their mean (less variance per image, the same privacy, k× the compute).
+    multiplicity: int = Field(1, ge=1, le=64)
+    # EMA of the trainable weights (post-processing of the noisy iterates): the decay's cap, with diffusers'
+    # warm-up (1 + t)/(10 + t) below it; the model is sampled from the average. None: the last iterate.
+    ema: Optional[float] = Field(None, gt=0, lt=1)
     n_private: Optional[int] = None  # use a random subset of the private set (tests, quick looks)
     accountant: Literal["prv", "rdp"] = "prv"
     secure_rng: bool = False  # draw sampling and noise from the OS CSPRNG (privacy/randomness.py)

@@ -28,18 +28,25 @@ log = logging.getLogger(__name__)
 class DiffusionLoss(nn.Module):
     """UNet + class embedder as one module whose forward returns one loss per image, shape [B].
 
-    One noise draw and one timestep per image, so each image's loss is its own term and
-    Opacus clips exactly one gradient per private image.
+    Each image's loss is its own term, so exactly one gradient per private image is clipped. With
+    `draws` = k > 1 (DPDM's noise multiplicity) that term is the mean over k (timestep, noise) draws: the
+    images are repeated k times, adjacent, and the k losses averaged; the clipping paths group those rows
+    back into one example (Tape(draws=k), dpsgd.average_draws). noise and t, when given, hold B·k rows.
     """
 
-    def __init__(self, model: LDM, label_dropout: float):
+    def __init__(self, model: LDM, label_dropout: float, draws: int = 1):
         super().__init__()
         self.unet, self.embedder = model.unet, model.embedder
         self.scheduler = model.scheduler
         self.label_dropout = label_dropout
+        self.draws = draws
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor, noise=None, t=None) -> torch.Tensor:
-        return diffusion_loss(self.unet, self.embedder, self.scheduler, latents, labels, self.label_dropout, noise, t)
+        k = self.draws
+        if k > 1:
+            latents, labels = latents.repeat_interleave(k, 0), labels.repeat_interleave(k, 0)
+        loss = diffusion_loss(self.unet, self.embedder, self.scheduler, latents, labels, self.label_dropout, noise, t)
+        return loss.view(-1, k).mean(1) if k > 1 else loss
 
 
 @dataclass
@@ -66,11 +73,12 @@ class FinetuneState:
     trainable: dict[str, torch.Tensor]
     optimizer: dict
     history: list[dict]
+    ema: dict | None = None  # the EMA's state (cfg.ema), post-processing of the iterates above
 
     def save(self, path) -> None:
         history = json.loads(json.dumps(self.history, default=float))  # plain floats: numpy scalars need unpickling
         torch.save({"epoch": self.epoch, "steps": self.steps, "trainable": self.trainable,
-                    "optimizer": self.optimizer, "history": history}, path)
+                    "optimizer": self.optimizer, "history": history, "ema": self.ema}, path)
 
     @classmethod
     def load(cls, path) -> "FinetuneState":
@@ -84,10 +92,19 @@ class FinetuneState:
                 d = torch.load(path, weights_only=True)
             # States written before the release boundary also held the private training loss: it is dropped.
             history = [{k: v for k, v in h.items() if k in HISTORY_FIELDS} for h in d["history"]]
-            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history)
+            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history, d.get("ema"))
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
             raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
                               f"delete it to restart the trial from scratch") from e
+
+
+def _ema(trainable: list[nn.Parameter], cfg: FinetuneConfig):
+    """diffusers' EMA of the trainable weights (decay capped at cfg.ema, warm-up (1 + t)/(10 + t)), or None."""
+    if cfg.ema is None:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(trainable, decay=cfg.ema, foreach=True)
 
 
 def _trainable_named(model: LDM) -> dict[str, nn.Parameter]:
@@ -144,22 +161,28 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
     model.vae.requires_grad_(False)
     latents = model.encode(private.as_float()).cpu()
     trainable = select_trainable(model, cfg, a, b)
-    module = DiffusionLoss(model, cfg.label_dropout).train()
+    module = DiffusionLoss(model, cfg.label_dropout, cfg.multiplicity).train()
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    ema = _ema(trainable, cfg)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=True)
+    per_pass = max(1, cfg.physical_batch // cfg.multiplicity)
     history = []
     bar = tqdm(total=cfg.epochs * len(loader), desc=f"NON-PRIVATE fine-tune {_what(cfg, a, b)}", disable=not progress,
                leave=False)
     for epoch in range(1, cfg.epochs + 1):
         for x, y in loader:
             optimizer.zero_grad(set_to_none=True)
-            for i in range(0, len(x), cfg.physical_batch):  # the mean loss over the batch, in memory-sized parts
-                xs, ys = x[i:i + cfg.physical_batch].to(model.device), y[i:i + cfg.physical_batch].to(model.device)
+            for i in range(0, len(x), per_pass):  # the mean loss over the batch, in memory-sized parts
+                xs, ys = x[i:i + per_pass].to(model.device), y[i:i + per_pass].to(model.device)
                 (module(xs, ys).sum() / len(x)).backward()
             optimizer.step()
+            if ema is not None:
+                ema.step(trainable)
             bar.update()
         history.append({"epoch": epoch, "steps": epoch * len(loader)})
     bar.close()
+    if ema is not None:
+        ema.copy_to(trainable)
     return FinetuneResult(model, None, history, adapter=_finish(model, cfg))
 
 
@@ -193,9 +216,10 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     # the model's own weights (LoRA adds parameters it does not count)
     n_total = sum(p.numel() for m in (model.unet, model.embedder) for n, p in m.named_parameters() if "lora_" not in n)
 
-    module = DiffusionLoss(model, cfg.label_dropout).train()
+    module = DiffusionLoss(model, cfg.label_dropout, cfg.multiplicity).train()
     named = _trainable_named(model)
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    ema = _ema(trainable, cfg)
     if resume:
         missing = set(named) ^ set(resume.trainable)
         if missing:
@@ -204,10 +228,15 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
             for k, p in named.items():
                 p.copy_(resume.trainable[k])
         optimizer.load_state_dict(resume.optimizer)
+        if ema is not None:
+            if resume.ema is None:
+                raise ConfigError("checkpoint was written without an EMA of the weights; resume with the config it "
+                                  "was started with, or delete it to restart the trial")
+            ema.load_state_dict(resume.ema)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
                                                         rng=rng, steps_per_epoch=plan.steps_per_epoch,
-                                                        clipping=cfg.clipping, n_public=n)
+                                                        clipping=cfg.clipping, n_public=n, draws=cfg.multiplicity)
     clipping = "bookkeeping" if isinstance(optimizer, BookkeepingDPOptimizer) else "hooks"
 
     history = list(resume.history) if resume else []
@@ -215,10 +244,15 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     if done:
         engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
     bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune {_what(cfg, a, b)}", disable=not progress, leave=False)
+
+    def on_step():
+        bar.update()
+        if ema is not None:
+            ema.step(trainable)  # post-processing of the noisy iterate: no privacy cost
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,
-                                 on_step=bar.update)
+                                 on_step=on_step, draws=cfg.multiplicity)
             eps_spent = accountant_epsilon(engine.accountant, delta)  # RDP over RDP_ALPHAS, as epsilon_for
             # Divergence is judged on the DP output (the noisy weights), never on the private training loss.
             if not all(torch.isfinite(p).all() for p in trainable):
@@ -230,11 +264,14 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
             (bar.write if progress else log.info)(msg)
             if on_epoch is not None:
                 state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
-                                      optimizer.original_optimizer.state_dict(), list(history))
+                                      optimizer.original_optimizer.state_dict(), list(history),
+                                      ema.state_dict() if ema is not None else None)
                 on_epoch(record, state)
     finally:
         bar.close()
         dp_module._close()  # Opacus hooks / the book-keeping tape off: a plain diffusers model again, even on error
+    if ema is not None:
+        ema.copy_to(trainable)  # the released weights are the average of the noisy iterates
     adapter = _finish(model, cfg)
 
     eps = epsilon_for(sigma, q, done, delta, cfg.accountant)
@@ -248,7 +285,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         layers=f"{a}-{b}" if cfg.scope == "attention" else "unet",
         trainable_params=n_trainable, trainable_fraction=n_trainable / n_total,
         randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded", clipping=clipping,
-        method=cfg.method, lora_rank=cfg.rank if cfg.method == "lora" else None)
+        method=cfg.method, lora_rank=cfg.rank if cfg.method == "lora" else None, multiplicity=cfg.multiplicity,
+        ema=cfg.ema)
     return FinetuneResult(model, record, history, adapter=adapter)
 
 

@@ -156,6 +156,8 @@ class PrivacyRecord:
     unit: str = "one private image (add/remove)"
     method: str = "attention"  # what trained in `layers`: whole attention modules, or LoRA adapters of rank lora_rank
     lora_rank: int | None = None
+    multiplicity: int = 1  # (timestep, noise) draws averaged inside each image's one clipped gradient
+    ema: float | None = None  # EMA decay of the released weights (post-processing); None: the last iterate
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -118,10 +118,24 @@ class _Slot:
     def add(self, batch: int, record) -> None:
         # Every record must hold the whole physical batch, one row per example: a layer run on chunks of the
         # batch (e.g. diffusers' chunked feed-forward) would otherwise be summed as if used twice per example.
-        if batch != self.tape.batch:
-            raise RuntimeError(f"layer {self.name} saw a batch of {batch} in a pass over {self.tape.batch} "
-                               f"examples; book-keeping needs each trainable layer to see the whole batch")
+        b, k = self.tape.batch, self.tape.draws
+        if k > 1 and batch == b * k:
+            record = self._grouped(record, b, k)
+        elif batch != b:
+            raise RuntimeError(f"layer {self.name} saw a batch of {batch} in a pass over {b} examples"
+                               f"{f' × {k} draws' if k > 1 else ''}; book-keeping needs each trainable layer to see "
+                               f"the whole batch")
         self.records.append(record)
+
+    def _grouped(self, record, b: int, k: int):
+        """The k adjacent rows of one example (DiffusionLoss with draws = k) folded into that example, exactly:
+        a linear layer's gradient Σ_t g_t a_tᵀ over k·T positions is the sum over the draws, so the rows become
+        positions ([B·k, T, d] → [B, k·T, d]); a recorded per-sample gradient is summed over its draws. The
+        layer's Function scaled by B·k rows; the example's gradient is the mean over draws, i.e. scale B."""
+        if isinstance(record, tuple):
+            self.scale = b if self.scale != 1 else 1
+            return tuple(r.reshape(b, -1, r.shape[-1]) for r in record)
+        return {name: v.view(b, k, *v.shape[1:]).sum(1) / k for name, v in record.items()}
 
     def clear(self) -> None:
         self.records.clear()
@@ -132,13 +146,15 @@ class _Slot:
 class Tape:
     """Installs the book-keeping forward on every layer of `root` that holds a trainable parameter, and a
     guard on `root`'s forward: one grad-enabled pass over one batch until the tape is consumed or cleared.
+    With draws = k, a layer may see each example as k adjacent rows; they are folded back into it.
 
     Raises UnsupportedLayer (naming the layers) if any such layer has no rule here, shares a parameter with
     another layer, or already has a replaced forward; nothing is changed then. `remove()` restores them all.
     """
 
-    def __init__(self, root: nn.Module, scale_by_batch: bool = True, ghost: str = "auto"):
+    def __init__(self, root: nn.Module, scale_by_batch: bool = True, ghost: str = "auto", draws: int = 1):
         slots, bad, seen = [], [], {}
+        self.draws = draws  # rows per example inside the model (DiffusionLoss's noise multiplicity)
         for name, m in root.named_modules(remove_duplicate=False):
             own = [p for p in m.parameters(recurse=False) if p.requires_grad]
             if not own:

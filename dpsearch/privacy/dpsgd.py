@@ -110,14 +110,15 @@ def clipping_path(module: nn.Module, clipping: str = "auto") -> str:
 
 def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, sigma: float, clip: float,
               accountant: str = "prv", rng: MechanismRandomness | None = None, steps_per_epoch: int | None = None,
-              clipping: str = "auto", n_public: int | None = None):
+              clipping: str = "auto", n_public: int | None = None, draws: int = 1):
     """Opacus wrapping with Poisson sampling: (engine, module, optimizer, loader).
 
     The one place DP-SGD is configured; the trainable set must already be frozen/unfrozen. `loader` gives
     the dataset and the expected batch size (q = 1/⌈N/B⌉); rng defaults to fresh OS entropy. `clipping`
     chooses how per-sample gradients are clipped (clipping_path); the sampler, noise and accountant are the
     same on both paths. n_public: the public N q is planned from (default: the dataset's length); each record
-    is still sampled with probability q, whatever the exact count.
+    is still sampled with probability q, whatever the exact count. draws: rows per example inside `module`
+    (DiffusionLoss's noise multiplicity); on the hooks path dp_sgd_epoch folds them (average_draws).
     """
     rng = rng or MechanismRandomness()
     path = clipping_path(module, clipping)
@@ -133,7 +134,7 @@ def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
         # randomness itself (privacy/randomness.py), with --secure-rng for a CSPRNG.
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant=accountant)
-        tape = Tape(module) if path == "bookkeeping" else None
+        tape = Tape(module, draws=draws) if path == "bookkeeping" else None
         try:
             dp_module, dp_optimizer, dp_loader = engine.make_private(
                 module=module, optimizer=optimizer, data_loader=dp_loader, noise_multiplier=sigma,
@@ -161,20 +162,33 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
                         "module outputs since no inputs require gradients")  # frozen inputs: expected with Opacus hooks
 
 
+def average_draws(params: list[nn.Parameter], draws: int) -> None:
+    """Opacus' hooks give one per-sample gradient per row the layers saw; with DiffusionLoss's k draws per
+    example (adjacent rows, the loss their mean) the example's gradient is the mean of its k rows: Opacus
+    scales each row by the B·k rows of the pass, so row j holds ∇ℓ_j and the example's is (1/k) Σ_j ∇ℓ_j."""
+    for p in params:
+        gs = p.grad_sample
+        p.grad_sample = gs.view(-1, draws, *gs.shape[1:]).mean(1)
+
+
 def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainable: list[nn.Parameter],
-                 device, physical_batch: int, on_step: Callable[[], object] | None = None) -> int:
+                 device, physical_batch: int, on_step: Callable[[], object] | None = None, draws: int = 1) -> int:
     """One pass over the Poisson loader; returns the number of logical (DP) steps taken.
 
-    dp_module(x, y) must return one loss per example, shape [B]. Nothing computed from the private
-    batch (not even its loss) leaves this function: only the noisy update reaches the weights.
+    dp_module(x, y) must return one loss per example, shape [B]; with draws = k it runs k rows per example,
+    so a physical batch holds physical_batch // k examples. Nothing computed from the private batch (not
+    even its loss) leaves this function: only the noisy update reaches the weights.
     """
     done = 0
-    with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=physical_batch,
+    hooks = draws > 1 and not isinstance(optimizer, BookkeepingDPOptimizer)
+    with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=max(1, physical_batch // draws),
                             optimizer=optimizer) as mem_loader:
         for x, y in mem_loader:
             x, y = x.to(device), y.to(device)
             if len(x):
                 dp_module(x, y).mean().backward()
+                if hooks:
+                    average_draws(trainable, draws)
             else:
                 # An empty Poisson batch still takes a noise-only step: skipping it would leak
                 # whether a record was sampled. A zero per-sample gradient clips to zero, so
@@ -191,4 +205,4 @@ def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainab
 
 
 __all__ = ["PrivacyPlan", "plan_privacy", "privatize", "clipping_path", "dp_sgd_epoch", "poisson_loader",
-           "check_loader", "PoissonSampler", "ConfigError"]
+           "check_loader", "PoissonSampler", "average_draws", "ConfigError"]
