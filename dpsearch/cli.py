@@ -43,13 +43,20 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
     p.add_argument("--clip", type=_float("--clip"), default=DEFAULT_FT.clip, help="per-sample clip norm C")
     b = p.add_mutually_exclusive_group()
     b.add_argument("--batch", type=int, default=None,
-                   help=f"expected logical batch size B (q = B/N); default: B = round(q·N) with q = 1/{1 / DEFAULT_Q:g}, "
+                   help=f"expected logical batch size B (q = 1/⌈N/B⌉); default: the rate q = 1/{1 / DEFAULT_Q:g}, "
                         f"e.g. B = {batch_from_rate(DEFAULT_Q, 60000)} on MNIST's 60,000 records")
     b.add_argument("--q", type=_float("--q"), default=None,
-                   help="instead of --batch: the Poisson sampling rate q in (0, 1], B = round(q·N) (at least 1)")
+                   help="instead of --batch: the Poisson sampling rate q in (0, 1]; runs 1/m, m = round(1/q) steps per epoch, "
+                        "B = ⌈N/m⌉")
     p.add_argument("--epochs", type=int, default=DEFAULT_FT.epochs)
     p.add_argument("--lr", type=_float("--lr"), default=DEFAULT_FT.lr)
-    p.add_argument("--physical-batch", type=int, default=DEFAULT_FT.physical_batch, help="memory-bound micro-batch")
+    p.add_argument("--multiplicity", type=int, default=DEFAULT_FT.multiplicity, metavar="K",
+                   help="noise multiplicity: (timestep, noise) draws per image per step, averaged before clipping "
+                        "(same privacy, K× the compute; docs/utility.md)")
+    p.add_argument("--ema", type=_float("--ema"), default=DEFAULT_FT.ema, metavar="DECAY",
+                   help="sample from an EMA of the DP weights with this decay cap, e.g. 0.999 (post-processing, free)")
+    p.add_argument("--physical-batch", type=int, default=DEFAULT_FT.physical_batch,
+                   help="memory-bound micro-batch, in rows (images × K)")
     p.add_argument("--accountant", choices=["prv", "rdp"], default=DEFAULT_FT.accountant)
     p.add_argument("--secure-rng", action="store_true",
                    help="draw Poisson sampling and noise from the OS CSPRNG (slower; bench/secure_rng.py measures it)")

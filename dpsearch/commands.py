@@ -13,6 +13,7 @@ from pathlib import Path
 from dpsearch.config import DEFAULT_Q, ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, \
     load_yaml, method_label, validate
 from dpsearch.data import ImageSet
+from dpsearch.privacy.accounting import poisson_plan
 
 
 def _ft_config(a) -> FinetuneConfig:
@@ -20,7 +21,7 @@ def _ft_config(a) -> FinetuneConfig:
                     clip=a.clip, batch=a.batch, q=a.q,
                     epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
                     n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
-                    clipping=a.clipping,
+                    clipping=a.clipping, multiplicity=a.multiplicity, ema=a.ema,
                     non_private=getattr(a, "non_private", False))
 
 
@@ -49,14 +50,15 @@ def _inputs(a, model: str | None, cfg: FinetuneConfig):
 
 
 def _resolve_batch(cfg: FinetuneConfig, n: int) -> FinetuneConfig:
-    """Without --batch, B = round(q·N) on the plan's N (--q, else DEFAULT_Q), said once; everything after this
-    (the privacy plan, the loader, privacy.json) sees the int batch."""
+    """Without --batch, the rate (--q, else DEFAULT_Q) becomes B = ⌈N/m⌉ on the plan's N, said once with the rate
+    that runs (1/m); everything after this (the privacy plan, the loader, privacy.json) sees the int batch."""
     if cfg.batch is None:
         given = cfg.q is not None
         q, n_plan = cfg.q if given else DEFAULT_Q, cfg.n_public or n
         cfg = cfg.for_data(n)
-        print(f"batch B = {cfg.batch} = round(q·N), q = {q:.4g} ({'--q' if given else 'the default'}), N = {n_plan} "
-              f"(--batch or --q sets it)")
+        runs = poisson_plan(n_plan, cfg.batch, 1)[0]
+        print(f"batch B = {cfg.batch}: sampling rate q = {runs:.4g} = 1/{round(1 / runs)} on N = {n_plan} "
+              f"({'--q ' + format(q, '.4g') if given else 'the default'}; --batch or --q sets it)")
     return cfg
 
 

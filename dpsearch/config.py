@@ -107,18 +107,21 @@ def parse_layers(spec: str | tuple[int, int] | None, n_layers: int) -> tuple[int
     return a, b
 
 
-# The default sampling rate: B = round(q·N) records per expected logical batch. q = 1/15 is B = 4000 on MNIST's
+# The default sampling rate: B = ⌈q·N⌉-ish records per expected logical batch (batch_from_rate). q = 1/15 is B = 4000 on MNIST's
 # 60,000, the default chosen there: 5 epochs keep a trial near 12 minutes on this 2-core CPU (≈ 150 s per epoch
 # over 55-60k MNIST with Opacus hooks, bench/dp_step.py); B = 4000 rather than 1000 at the same epochs: 3.2× less
 # noise per step at ε = 10 for σ 0.57 → 0.72 (bench/gradient_snr.py), lr scaled with B; +3.3 points of oracle
 # accuracy at released ε = 10 (docs/utility.md, one seed): a library default chosen once on the oracle metric.
-# As a rate it fits any N (a folder of 200 images: B = 13) where a fixed B = 4000 refused every set below 4000.
+# As a rate it fits any N (a folder of 200 images: B = 14) where a fixed B = 4000 refused every set below 4000.
 DEFAULT_Q = 1 / 15
 
 
 def batch_from_rate(q: float, n: int) -> int:
-    """B = round(q·N), at least 1: the expected batch of sampling rate q on N records."""
-    return max(1, round(q * n))
+    """The expected batch B that makes the Poisson loader run rate 1/m, m = round(1/q) steps per epoch:
+    B = ⌈N/m⌉, at least 1. The loader's rate is 1/⌈N/B⌉ (privacy/accounting.poisson_plan), which is 1/m for
+    every N ≥ m(m−1); B = round(q·N) ran 1/(m+1) on about half of all N (N = 59,000 at q = 1/15: 1/16).
+    So q and the steps per epoch follow from q alone, not from the exact N."""
+    return max(1, math.ceil(n / max(1, round(1 / q))))
 
 
 class FinetuneConfig(_Strict):
@@ -138,7 +141,7 @@ class FinetuneConfig(_Strict):
     method: Literal["attention", "lora"] = "attention"
     rank: int = Field(8, gt=0)  # LoRA rank r (method lora); α = r, so the adapter's scale is 1
     clip: float = 0.01
-    # The expected logical batch B, or instead the sampling rate q (B = round(q·N), at least 1); neither given:
+    # The expected logical batch B, or instead the sampling rate q (B = ⌈N/round(1/q)⌉, batch_from_rate); neither given:
     # q = DEFAULT_Q. batch_for / for_data resolve it against the public N the plan uses, before any accounting;
     # from there on every step (plan, loader, privacy record) sees an int batch.
     batch: Optional[int] = None
@@ -208,7 +211,7 @@ class FinetuneConfig(_Strict):
 
     def batch_for(self, n: int) -> int:
         """The expected logical batch B on N records (the public N of the plan when one is declared): the
-        configured batch, else round(q·N) with q = the configured rate or DEFAULT_Q, at least 1."""
+        configured batch, else batch_from_rate(q, N) with q = the configured rate or DEFAULT_Q."""
         if self.batch is not None:
             return self.batch
         return batch_from_rate(DEFAULT_Q if self.q is None else self.q, self.n_public or n)

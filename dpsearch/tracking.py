@@ -44,7 +44,7 @@ def useful_metrics(result: dict) -> dict:
 
 def trial_params(config: dict) -> dict:
     """Layer range as two integers (a, b) so MLflow's parallel coordinates can plot it."""
-    p = {k: config[k] for k in ("layers", "method", "rank", "clip", "batch", "lr", "epochs") if k in config}
+    p = {k: config[k] for k in ("layers", "method", "rank", "clip", "batch", "lr", "epochs", "multiplicity") if k in config}
     p.setdefault("method", "attention")
     if p["method"] != "lora":
         p.pop("rank", None)  # a rank means nothing for whole-module training

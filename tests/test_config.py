@@ -1,4 +1,4 @@
-"""FinetuneConfig's batch: an explicit B, or a sampling rate q resolved to B = round(q·N) on the plan's N."""
+"""FinetuneConfig's batch: an explicit B, or a sampling rate q resolved to B = ⌈N/round(1/q)⌉ on the plan's N."""
 
 import json
 
@@ -10,7 +10,7 @@ from dpsearch.privacy.accounting import poisson_plan
 from dpsearch.privacy.dpsgd import plan_privacy
 
 
-@pytest.mark.parametrize("n,batch", [(60000, 4000), (1000, 67), (200, 13), (100, 7), (10, 1), (3, 1), (1, 1)])
+@pytest.mark.parametrize("n,batch", [(60000, 4000), (1000, 67), (200, 14), (100, 7), (10, 1), (3, 1), (1, 1)])
 def test_the_default_batch_is_a_rate_that_gives_mnist_its_4000(n, batch):
     cfg = FinetuneConfig(eps=5.0)
     assert cfg.batch is None and cfg.q is None and DEFAULT_Q == pytest.approx(1 / 15)
@@ -37,22 +37,33 @@ def test_a_rate_q_gives_its_batch_and_the_accountant_the_sampler_rate():
     assert cfg.for_data(60000).batch == 600
     plan = plan_privacy(cfg, 60000)
     assert plan.q == 0.01 and plan.steps_per_epoch == 100
-    # the accountant sees the rate the Poisson sampler runs, 1/⌈N/B⌉, which for N = 200 is 1/16, not 13/200
+    # the accountant sees the rate the Poisson sampler runs, 1/⌈N/B⌉: 1/15 on 200 records as on 60,000
     small = plan_privacy(FinetuneConfig(eps=5.0), 200)
-    assert small.q == poisson_plan(200, 13, 5)[0] == 1 / 16 and small.steps == 16 * 5
+    assert small.q == poisson_plan(200, 14, 5)[0] == 1 / 15 and small.steps == 15 * 5
+
+
+@pytest.mark.parametrize("q", [1 / 15, 0.01, 0.3, 0.07])
+def test_a_rate_runs_1_over_round_1_over_q_whatever_the_exact_n(q):
+    """The rate and steps per epoch depend on q alone (for N ≥ m(m−1)): one record more or less changes
+    neither (B = round(q·N) ran 1/16 instead of 1/15 on about half of all N)."""
+    m = round(1 / q)
+    for n in range(max(m * (m - 1), 1), 120_000, 997):
+        b = FinetuneConfig(eps=5.0, q=q).batch_for(n)
+        assert poisson_plan(n, b, 1) == (1 / m, m), n
+    assert round(1 / 0.3) == 3  # --q 0.3 runs 1/3, the nearest 1/m; the printout says so
 
 
 def test_the_rate_is_applied_to_the_declared_public_n():
     cfg = FinetuneConfig(eps=5.0, n_public=200)
-    assert cfg.batch_for(60000) == 13 and cfg.for_data(60000).batch == 13
+    assert cfg.batch_for(60000) == 14 and cfg.for_data(60000).batch == 14
 
 
 def test_tiny_sets_get_a_batch_of_at_least_one():
     assert FinetuneConfig(eps=5.0).for_data(5).batch == 1  # round(5/15) = 0
     assert FinetuneConfig(eps=5.0, q=1e-6).for_data(100).batch == 1
     FinetuneConfig(eps=5.0).check_against_data(5)  # never "larger than the private set"
-    plan = plan_privacy(FinetuneConfig(eps=5.0, epochs=1), 20)
-    assert plan.q == 1 / 20 and plan.steps == 20
+    plan = plan_privacy(FinetuneConfig(eps=5.0, epochs=1), 20)  # below m(m−1) = 210 records 1/15 cannot run exactly
+    assert plan.q == 1 / 10 and plan.steps == 10  # B = ⌈20/15⌉ = 2
 
 
 def test_a_batch_larger_than_the_set_is_still_refused():
@@ -83,7 +94,7 @@ def test_batch_and_q_are_exclusive_on_the_command_line(capsys):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("extra,batch", [([], 13), (["--q", "0.05"], 10)])
+@pytest.mark.parametrize("extra,batch", [([], 14), (["--q", "0.05"], 10)])
 def test_finetune_on_a_small_set_without_batch_runs_and_records_b_and_q(extra, batch, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     # --physical-batch left at its default 128, above every B here: one physical batch per step
@@ -95,4 +106,4 @@ def test_finetune_on_a_small_set_without_batch_runs_and_records_b_and_q(extra, b
     assert privacy["q"] == 1 / steps and privacy["steps"] == steps and privacy["eps"] <= 5.0
     printed = capsys.readouterr().out
     assert f"B = {batch} of N = 200 (q = {1 / steps:.5f})" in printed
-    assert f"batch B = {batch} = round(q·N)" in printed
+    assert f"batch B = {batch}: sampling rate q = {1 / steps:.4g} = 1/{steps} on N = 200" in printed

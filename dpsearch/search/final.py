@@ -33,7 +33,7 @@ def trial_config(best: dict) -> dict:
     before rows carried it give the display columns, where a LoRA row's method reads "lora r4"."""
     if best.get("config"):
         return dict(best["config"])
-    return {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs")}
+    return {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs", "multiplicity") if k in best}
 
 
 def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed: int, device: str, store: Store):

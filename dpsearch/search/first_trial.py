@@ -36,7 +36,7 @@ def reference_point(space: SearchSpace, n_layers: int) -> Optional[dict]:
         point = {"layer_end_1": a, "layer_end_2": b}
     else:
         return None
-    for name in ("clip", "batch", "lr", "epochs"):
+    for name in ("clip", "batch", "lr", "epochs", "multiplicity"):
         p, v = getattr(ps, name), getattr(r, name)
         if not _contains(p, v):
             return None

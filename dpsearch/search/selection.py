@@ -27,6 +27,7 @@ def is_reference(row: dict, reference, n_layers: int) -> bool:
     except Exception:  # noqa: BLE001 - a row without a readable range is not the reference
         return False
     return (row.get("batch") == reference.batch and row.get("epochs") == reference.epochs
+            and row.get("multiplicity", 1) == reference.multiplicity
             and all(isinstance(row.get(k), (int, float)) and math.isclose(row[k], getattr(reference, k), rel_tol=1e-9)
                     for k in ("clip", "lr")))
 

@@ -49,14 +49,15 @@ def probe_seconds(model_dir: Path, space: SearchSpace) -> dict:
 
 def estimate(design, space: SearchSpace, model_dir: Path, opts: SweepOptions) -> str:
     s = probe_seconds(model_dir, space)
-    epochs = statistics.mean(space.params.epochs.values())
+    # the DP fine-tune's cost grows with epochs × noise draws per image (multiplicity)
+    epochs = statistics.mean(space.params.epochs.values()) * statistics.mean(space.params.multiplicity.values())
     n_tune = design.n_public["tuning"] or len(design.trial_data)
     per_trial_images = space.sample.per_class * s["classes"]
     scored = per_trial_images * (s["sample"] + space.evaluate.classifier_epochs * s["classifier"])
     k = opts.mean_trials if opts.private_selection else opts.trials
     trials = k * (epochs * n_tune * s["train"] + scored)
     validation = 0.0 if design.counts else (
-        space.reference.epochs * (design.n_public["validation"] or len(design.validation_data)) * s["train"]
+        space.reference.epochs * space.reference.multiplicity * (design.n_public["validation"] or len(design.validation_data)) * s["train"]
         + space.validation.per_class * s["classes"] * s["sample"])
     final = len(space.free.combinations()) * scored + space.release.n * s["sample"]
     if design.retrains:

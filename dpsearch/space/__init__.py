@@ -28,6 +28,7 @@ class ValidationGenerator(_Strict):
     batch: int = Field(1000, gt=0)
     lr: float = Field(5e-4, gt=0)
     epochs: int = Field(2, gt=0)
+    multiplicity: int = Field(1, ge=1, le=64)  # noise draws per image per step (FinetuneConfig.multiplicity)
 
 
 class Params(_Strict):
@@ -38,6 +39,8 @@ class Params(_Strict):
     epochs: IntParam
     method: MethodSpace = MethodSpace(value="attention")  # whole modules, or LoRA adapters on their projections
     rank: IntParam = IntFixed(value=8)  # LoRA rank; drawn only in trials whose method is lora
+    # noise draws per image per step, averaged before clipping: privacy-neutral (σ does not depend on it), k× compute
+    multiplicity: IntParam = IntFixed(value=1)
 
     @field_validator("clip", "lr", mode="before")
     @classmethod
@@ -49,7 +52,7 @@ class Params(_Strict):
     def _method(cls, v):
         return MethodSpace(value=v) if isinstance(v, str) else v
 
-    @field_validator("batch", "epochs", "rank", mode="before")
+    @field_validator("batch", "epochs", "rank", "multiplicity", mode="before")
     @classmethod
     def _ints(cls, v, info):
         return v if isinstance(v, BaseModel) else _int_param(info.field_name, v)
@@ -134,6 +137,9 @@ class SearchSpace(_Strict):
     delta: Optional[float] = Field(None, gt=0, lt=1)
     accountant: Literal["prv", "rdp"] = "prv"
     physical_batch: int = Field(128, gt=0)
+    # EMA decay cap of every fine-tune's weights (trials, reference, final run): post-processing, no privacy
+    # cost (FinetuneConfig.ema); None samples the last noisy iterate
+    ema: Optional[float] = Field(None, gt=0, lt=1)
     params: Params
     reference: ValidationGenerator = ValidationGenerator()  # YAML key `reference`
     validation: Validation = Validation()
@@ -152,6 +158,7 @@ class SearchSpace(_Strict):
         return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=trial["layers"],
                               method=method, **rank, clip=float(trial["clip"]), batch=scaled_batch(int(trial["batch"]), batch_scale),
                               epochs=int(trial["epochs"]), lr=float(trial["lr"]), physical_batch=self.physical_batch,
+                              multiplicity=int(trial.get("multiplicity", 1)), ema=self.ema,
                               n_private=self.n_private, n_public=n_public, accountant=self.accountant, seed=seed)
 
     def reference_config(self, eps: float, seed: int = 0, batch_scale: float = 1.0,
@@ -159,7 +166,7 @@ class SearchSpace(_Strict):
         r = self.reference
         return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=r.layers, clip=r.clip,
                               batch=scaled_batch(r.batch, batch_scale), epochs=r.epochs, lr=r.lr,
-                              physical_batch=self.physical_batch, n_private=self.n_private, n_public=n_public,
+                              multiplicity=r.multiplicity, ema=self.ema, physical_batch=self.physical_batch, n_private=self.n_private, n_public=n_public,
                               accountant=self.accountant, seed=seed + 7919)
 
 
@@ -223,7 +230,7 @@ class DefineByRun:
             y = trial.suggest_int("layer_end_2", ps.layers.low, ps.layers.high)
             layers = f"{min(x, y)}-{max(x, y)}"
         fixed = {"layers": layers}
-        for name in ("clip", "batch", "lr", "epochs"):
+        for name in ("clip", "batch", "lr", "epochs", "multiplicity"):
             p = getattr(ps, name)
             v = _suggest(trial, name, p)
             if isinstance(p, FIXED):
