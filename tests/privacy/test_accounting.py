@@ -60,10 +60,10 @@ def test_accountants_that_disagree_stop_the_run(monkeypatch):
     sigma = calibrate_sigma(2, 1e-5, q, steps)
     assert accounting.check_accountants(sigma, q, steps, 1e-5, "prv") == pytest.approx(2, rel=0.03)
     real = accounting.pld_epsilon
-    monkeypatch.setattr(accounting, "pld_epsilon", lambda *a: 1.1 * real(*a))  # PLD says 10% more than PRV
+    monkeypatch.setattr(accounting, "pld_epsilon", lambda *a, **k: 1.1 * real(*a, **k))  # PLD says 10% more than PRV
     with pytest.raises(RuntimeError, match="accountants disagree"):
         accounting.check_accountants(sigma, q, steps, 1e-5, "prv")
-    monkeypatch.setattr(accounting, "pld_epsilon", lambda *a: 0.5 * real(*a))  # RDP may exceed PLD, PRV may not
+    monkeypatch.setattr(accounting, "pld_epsilon", lambda *a, **k: 0.5 * real(*a, **k))  # RDP may exceed PLD, PRV may not
     accounting.check_accountants(sigma, q, steps, 1e-5, "rdp")
     with pytest.raises(RuntimeError, match="accountants disagree"):
         accounting.check_accountants(sigma, q, steps, 1e-5, "prv")
@@ -92,3 +92,16 @@ def test_the_accountants_run_without_opacus_order_notices(eps, q, steps, delta):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert wide <= acc.get_epsilon(delta=delta)  # Opacus' default orders: never tighter
+
+
+def test_a_small_epsilon_over_many_steps_is_planned_not_refused_and_rdp_calibrates_to_0_2_percent():
+    """Review finding: at ε = 0.03 (q = 1/1000, 1,000 steps) PLD's coarse grid sat above the tighter RDP
+    bound and the check refused a valid run; and RDP's σ search stopped 23% short of ε with an absolute
+    tolerance of 0.01."""
+    from dpsearch.privacy.accounting import calibrate_sigma, check_accountants, epsilon_for
+
+    q, steps, delta = 1 / 1000, 1000, 1e-5
+    sigma = calibrate_sigma(0.03, delta, q, steps, "rdp")
+    eps = epsilon_for(sigma, q, steps, delta, "rdp")
+    assert 0.03 * 0.99 <= eps <= 0.03
+    check_accountants(sigma, q, steps, delta, "rdp")  # no RuntimeError
