@@ -168,6 +168,16 @@ def _wall(r: dict) -> float:
     return r["seconds"] + (r.get("finetune_seconds", 0.0) if r.get("finetuned") else 0.0)
 
 
+def recipe(r: dict) -> str:
+    """The fine-tune and sampling levers of a row, in words (docs/utility.md's rungs)."""
+    ft, smp = r.get("finetune_config", {}), r.get("sample_config", {})
+    parts = [f"{ft.get('scope', 'attention')} {ft.get('layers', 'all')}", f"{ft.get('epochs')} epochs",
+             f"B {ft.get('batch')}", f"lr {ft.get('lr', 0):g}", f"k {ft.get('multiplicity', 1)}",
+             f"EMA {ft['ema']:g}" if ft.get("ema") else "no EMA",
+             f"guidance {smp.get('guidance', 0):g}", f"{smp.get('scheduler', 'dpm++')} {smp.get('steps')} steps"]
+    return ", ".join(parts)
+
+
 def write_utility_json() -> None:
     """bench/results/utility.json: the headline rows, DP runs scored under the full protocol."""
     rows = []
@@ -178,6 +188,7 @@ def write_utility_json() -> None:
         rows.append({"released_eps": r["privacy"]["eps"], "delta": r["privacy"]["delta"],
                      "oracle_accuracy": r["oracle/accuracy"], "oracle_accuracy_mean": r["oracle/accuracy_mean"],
                      "n_synthetic": r["n_synthetic"], "protocol": r["protocol"], "release": r.get("release"),
+                     "seed": r.get("sample_config", {}).get("seed"), "recipe": recipe(r),
                      "what": "one DP fine-tune (no search): its (ε, δ) is the released one",
                      "finetune_config": r["finetune_config"], "wall_seconds": _wall(r), "row": path.name,
                      "wall_note": "fine-tune + sampling + scoring + writing the release on 2 CPU cores; public "

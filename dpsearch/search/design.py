@@ -139,7 +139,7 @@ class Composed(PerTrial):
 
     @classmethod
     def _eps(cls, opts: SweepOptions, space: SearchSpace, n: int, delta: float, saved: Optional[dict]):
-        if saved and "design" in saved:  # a resumed sweep keeps the ε it solved (its saved options carry it)
+        if saved:  # a resumed sweep keeps the ε it solved (its saved options carry it)
             return super()._eps(opts, space, n, delta, saved)
         from dpsearch.privacy.report import solve_per_trial_eps
 

@@ -134,15 +134,15 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
     released = {**rep["released"], "name": name, "design": design.describe(), "covers": rep["statement"],
                 "over_total": rep.get("over_total")}
     # 2. the free choice
-    t = time.time()
+    t_free = time.time()
     chosen, free_rows = choose_free(model, space, validation, oracle, seed, design.count)
-    free_s, t = time.time() - t, time.time()
     # 3. the release
-    n_release = release(model, privacy, released, space, trial_config(best), chosen, seed, store)
-    result = {"config": trial_config(best), "privacy": privacy, "released": released, "free": chosen,
+    config = trial_config(best)
+    n_release = release(model, privacy, released, space, config, chosen, seed, store)
+    result = {"config": config, "privacy": privacy, "released": released, "free": chosen,
               "free_candidates": free_rows, "n_release": n_release,
               # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes
-              "minutes": math.ceil((ft_s + free_s + time.time() - t) / 60),
+              "minutes": math.ceil((ft_s + time.time() - t_free) / 60),
               "model": store.uri(FINAL, "model"), "release": store.uri(FINAL, "release")}
     store.write_text(f"{FINAL}/result.json", json.dumps(result, indent=2))
     return result
@@ -170,7 +170,7 @@ def release(model, privacy: dict, released: dict, space: SearchSpace, config: di
         # what `dpsearch release <sweep>/dpsearch/final --n 60000` puts on a larger release's card: the sweep's figure
         (d / "privacy.json").write_text(json.dumps({**privacy, **card_privacy, "run": privacy}, indent=2))
         write_release(synthetic, d / "release", name=released["name"], privacy=card_privacy, configuration=configuration,
-                      progress=False, pngs=False)
+                      progress=False)
         write_manifest(d)  # `dpsearch pull SWEEP` checks the release file by file against it
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             store.write_bytes(f"{FINAL}/{f.relative_to(d)}", f.read_bytes())

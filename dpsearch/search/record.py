@@ -37,7 +37,7 @@ class SweepRecord:
         return json.loads(json.dumps(asdict(self)))
 
     def save(self, meta: Store) -> None:
-        meta.write_text(FILE, json.dumps(asdict(self), indent=2))
+        meta.write_text(FILE, json.dumps(self.as_dict(), indent=2))
 
     @classmethod
     def load(cls, meta: Store, name: str, storage: str) -> "SweepRecord":

@@ -26,7 +26,7 @@ from dpsearch.config import ConfigError, parse_layers
 from dpsearch.data import ImageSet
 from dpsearch.search.design import Design, plan
 from dpsearch.search.options import SweepOptions, draw_trials
-from dpsearch.search.record import SweepRecord
+from dpsearch.search.record import FILE as RECORD_FILE, SweepRecord
 from dpsearch.search.summary import SweepResult
 from dpsearch.space import SearchSpace, load_space
 from dpsearch.storage import Store
@@ -147,9 +147,14 @@ class Sweep:
 
         if self.record is None:
             self.storage, self.uri = connect_services(self.opts)
-            if self.meta.exists("sweep.json"):
+            if self.meta.exists(RECORD_FILE):
                 raise ConfigError(f"a sweep named {self.name!r} already exists under {self.storage}: use --resume "
                                   f"{self.name} or another --name")
+            from ray import tune
+
+            if tune.Tuner.can_restore(self.sweep_uri):  # the tuner restores Ray state it finds: never a stranger's
+                raise ConfigError(f"Ray Tune state of a sweep named {self.name!r} exists under {self.storage} without "
+                                  f"its sweep.json: use another --name, or delete {self.sweep_uri}")
         self.model_files = pack_model(self.model_dir)
         resumed = self.record is not None
         # salted per sweep, so the fingerprints of two sweeps on the same data cannot be linked to each other
