@@ -215,7 +215,8 @@ def report() -> str:
         what = f"{ft['scope']} {ft['layers']}, {ft['epochs']} ep, B={ft['batch']}, lr={ft['lr']:g}" if ft else "–"
         what += f", k={ft['multiplicity']}" if ft.get("multiplicity", 1) > 1 else ""
         what += f", EMA {ft['ema']:g}" if ft.get("ema") else ""
-        what += f", g={r['sample_config']['guidance']:g}" if "sample_config" in r else ""
+        if "sample_config" in r:
+            what = (what + ", " if ft else "") + f"g={r['sample_config']['guidance']:g}"
         ladder = r.get("ladder", r if r["protocol"].startswith("ladder") else None)
         lad = f"{100 * ladder['oracle/accuracy']:.2f}%" if ladder else "–"
         full = r["protocol"].startswith("dpimagebench")
@@ -225,6 +226,11 @@ def report() -> str:
         data = _public_data(r) if "model" in r else "–"
         lines.append(f"| {r['rung']}{' ' + r['tag'] if r.get('tag') else ''} | {data} | {what} | {eps} | {lad} | {best} | "
                      f"{mean} | {_wall(r) / 60:.0f} min |")
+        if r.get("last_iterate"):  # the EMA rung's control: the same fine-tune's last noisy iterate
+            last = f"{100 * r['last_iterate']['oracle/accuracy']:.2f}%"
+            no_ema = what.replace(f", EMA {ft['ema']:g}", ", no EMA")
+            lines.append(f"| {r['rung']} {r.get('tag', '')} last iterate | {data} | {no_ema} (the same fine-tune) | {eps} | "
+                         f"{last} | – | – | (same run) |")
     return "\n".join(lines)
 
 
