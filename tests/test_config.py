@@ -107,3 +107,16 @@ def test_finetune_on_a_small_set_without_batch_runs_and_records_b_and_q(extra, b
     printed = capsys.readouterr().out
     assert f"B = {batch} of N = 200 (q = {1 / steps:.5f})" in printed
     assert f"batch B = {batch}: sampling rate q = {1 / steps:.4g} = 1/{steps} on N = 200" in printed
+
+
+def test_the_recipe_flags_reach_the_finetune_config():
+    from dpsearch.commands import _ft_config
+
+    a = build_parser().parse_args(["run", "--eps", "5", "--multiplicity", "4", "--ema", "0.999"])
+    cfg = _ft_config(a)
+    assert (cfg.multiplicity, cfg.ema) == (4, 0.999)
+    plain = _ft_config(build_parser().parse_args(["run", "--eps", "5"]))
+    assert (plain.multiplicity, plain.ema) == (1, None)
+    for bad in (["--multiplicity", "0"], ["--ema", "1.0"]):
+        with pytest.raises(ConfigError):
+            _ft_config(build_parser().parse_args(["run", "--eps", "5", *bad]))
