@@ -61,8 +61,9 @@ def calibrate_sigma(eps: float, delta: float, q: float, steps: int, accountant: 
     check_eps_range(eps)
     if accountant == "rdp":  # RDP is cheap at every ε: Opacus' search as it is, over RDP_ALPHAS
         with warnings.catch_warnings():
-            # the search's probes run σ from 20 down by halving: far from the answer (σ ≪ 1 at a large target ε)
-            # their optimum may be an extreme order. A probe only steers the bisection; the answer's ε is interior.
+            # Opacus' search doubles σ upward from 20 until ε fits, then bisects between 0 and there: probes far from
+            # the answer may have an extreme optimal order. A probe only steers the bisection; the ε of the σ returned
+            # is computed again, unfiltered, wherever it is recorded (epsilon_for, accountant_epsilon).
             warnings.filterwarnings("ignore", message=_EXTREME_ORDER)
             return float(get_noise_multiplier(target_epsilon=eps, target_delta=delta, sample_rate=q, steps=steps,
                                               accountant="rdp", epsilon_tolerance=min(0.01, 0.002 * eps),
