@@ -8,7 +8,7 @@ import pytest
 from dpsearch.privacy.release import RAY_BOOKKEEPING, RAY_CLOCK, RELEASED_FILES, allowed, release
 
 HISTORY_FIELDS = {"epoch", "eps_spent", "delta", "steps"}
-CONFIG_PARAMS = {"layers", "method", "rank", "clip", "batch", "lr", "epochs", "layer_a", "layer_b"}  # the trial's configuration: public
+CONFIG_PARAMS = {"layers", "method", "rank", "clip", "batch", "lr", "epochs", "multiplicity", "layer_a", "layer_b"}  # the trial's configuration: public
 
 
 def test_an_unlisted_field_is_refused_not_logged():
