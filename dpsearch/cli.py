@@ -46,8 +46,8 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
                    help=f"expected logical batch size B (q = 1/⌈N/B⌉); default: the rate q = 1/{1 / DEFAULT_Q:g}, "
                         f"e.g. B = {batch_from_rate(DEFAULT_Q, 60000)} on MNIST's 60,000 records")
     b.add_argument("--q", type=_float("--q"), default=None,
-                   help="instead of --batch: the Poisson sampling rate q in (0, 1]; runs 1/m, m = round(1/q) steps per epoch, "
-                        "B = ⌈N/m⌉")
+                   help="instead of --batch: the Poisson sampling rate q in (0, 1]; B = ⌈N/m⌉ with m = round(1/q), which runs "
+                        "rate 1/m (m steps per epoch) for N ≥ m(m−1) and a larger rate on smaller N (printed at the start)")
     p.add_argument("--epochs", type=int, default=DEFAULT_FT.epochs)
     p.add_argument("--lr", type=_float("--lr"), default=DEFAULT_FT.lr)
     p.add_argument("--multiplicity", type=int, default=DEFAULT_FT.multiplicity, metavar="K",
@@ -55,6 +55,11 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
                         "(same privacy, K× the compute; docs/utility.md)")
     p.add_argument("--ema", type=_float("--ema"), default=DEFAULT_FT.ema, metavar="DECAY",
                    help="sample from an EMA of the DP weights with this decay cap, e.g. 0.999 (post-processing, free)")
+    p.add_argument("--warmup", type=_float("--warmup"), default=DEFAULT_FT.warmup, metavar="SHARE",
+                   help="before DP-SGD, release the class means under DP with this share of the budget (e.g. 0.05) and "
+                        "warm the model up on them; the ε of the run includes it (docs/utility.md)")
+    p.add_argument("--warmup-steps", type=int, default=DEFAULT_FT.warmup_steps,
+                   help="training steps on the augmented DP class means (post-processing: no privacy cost)")
     p.add_argument("--physical-batch", type=int, default=DEFAULT_FT.physical_batch,
                    help="memory-bound micro-batch, in rows (images × K)")
     p.add_argument("--accountant", choices=["prv", "rdp"], default=DEFAULT_FT.accountant)

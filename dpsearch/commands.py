@@ -22,7 +22,7 @@ def _ft_config(a) -> FinetuneConfig:
                     epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
                     n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
                     clipping=a.clipping, multiplicity=a.multiplicity, ema=a.ema,
-                    non_private=getattr(a, "non_private", False))
+                    warmup=a.warmup, warmup_steps=a.warmup_steps, non_private=getattr(a, "non_private", False))
 
 
 def _sample_config(a) -> SampleConfig:

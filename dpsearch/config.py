@@ -156,6 +156,11 @@ class FinetuneConfig(_Strict):
     # EMA of the trainable weights (post-processing of the noisy iterates): the decay's cap, with diffusers'
     # warm-up (1 + t)/(10 + t) below it; the model is sampled from the average. None: the last iterate.
     ema: Optional[float] = Field(None, gt=0, lt=1)
+    # DP class-mean warm-up (DP-FETA's "central images"): before DP-SGD, one Gaussian release of the per-class
+    # pixel means takes this share of the budget (Gaussian-DP terms, accounting.warmup_sigma) and the trainable
+    # weights are fitted to augmented copies of those noisy means for warmup_steps (post-processing). None: off.
+    warmup: Optional[float] = Field(None, gt=0, le=0.5)
+    warmup_steps: int = Field(300, ge=1)
     n_private: Optional[int] = None  # use a random subset of the private set (tests, quick looks)
     accountant: Literal["prv", "rdp"] = "prv"
     secure_rng: bool = False  # draw sampling and noise from the OS CSPRNG (privacy/randomness.py)
@@ -207,6 +212,8 @@ class FinetuneConfig(_Strict):
     def _batch_or_rate(self):
         if self.batch is not None and self.q is not None:
             raise ValueError(f"give the batch B ({self.batch}) or the sampling rate q ({self.q:g}), not both")
+        if self.warmup is not None and self.non_private:
+            raise ValueError("the class-mean warm-up is a DP release and needs ε; drop --warmup from a non-private run")
         return self
 
     def batch_for(self, n: int) -> int:

@@ -17,10 +17,12 @@ from dpsearch.data import ImageSet
 from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
 from dpsearch.models.lora import add_lora, has_lora, lora_adapter, merge_lora
 from dpsearch.privacy import PrivacyRecord, epsilon_for
-from dpsearch.privacy.accounting import accountant_epsilon
+from dpsearch.privacy.accounting import accountant_epsilon, history as accountant_history
 from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer
+from dpsearch.privacy.class_means import noisy_class_means
 from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
 from dpsearch.privacy.randomness import MechanismRandomness
+from dpsearch.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class FinetuneResult:
     privacy: PrivacyRecord | None  # None only for a non-private reference run
     history: list[dict] = field(default_factory=list)  # per epoch: ε spent and steps (public: from the plan)
     adapter: tuple[dict, dict] | None = None  # method lora: the DP adapter (weights, config), already merged into model
+    warmup_means: torch.Tensor | None = None  # cfg.warmup: the DP class means released for it ([K, C, H, W] in [0, 1])
 
 
 HISTORY_FIELDS = ("epoch", "eps_spent", "delta", "steps")  # per epoch; all from the privacy plan
@@ -199,7 +202,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     cfg = cfg.for_data(len(private))  # a sampling rate → its batch B on the plan's N: what the loader and record see
     plan = plan_privacy(cfg, len(private))
     n = cfg.n_public or len(private)  # the public N of the plan: the only size the privacy record carries
-    delta, q, steps, sigma = plan.delta, plan.q, plan.steps, plan.sigma
+    delta, q, steps, sigma, sigma_w = plan.delta, plan.q, plan.steps, plan.sigma, plan.warmup_sigma
     n_layers = len(attention_modules(model.unet))
     a, b = parse_layers(cfg.layers, n_layers)
     device = model.device
@@ -233,6 +236,10 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
                 raise ConfigError("checkpoint was written without an EMA of the weights; resume with the config it "
                                   "was started with, or delete it to restart the trial")
             ema.load_state_dict(resume.ema)
+    means = None
+    if sigma_w is not None and not resume:  # a resumed run's weights already hold its one warm-up
+        means = noisy_class_means(private, sigma_w, rng)  # the one DP release the accountant's prefix covers
+        warm_up(model, module, trainable, means, cfg.warmup_steps, progress)
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
                                                         rng=rng, steps_per_epoch=plan.steps_per_epoch,
@@ -241,8 +248,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
 
     history = list(resume.history) if resume else []
     done = resume.steps if resume else 0
-    if done:
-        engine.accountant.history = [(sigma, q, done)]  # the steps already taken, for ε spent per epoch
+    if done or sigma_w is not None:  # the warm-up release and the steps already taken, for ε spent per epoch
+        engine.accountant.history = accountant_history(sigma, q, done, sigma_w)
     bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune {_what(cfg, a, b)}", disable=not progress, leave=False)
 
     def on_step():
@@ -274,7 +281,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         ema.copy_to(trainable)  # the released weights are the average of the noisy iterates
     adapter = _finish(model, cfg)
 
-    eps = epsilon_for(sigma, q, done, delta, cfg.accountant)
+    eps = epsilon_for(sigma, q, done, delta, cfg.accountant, sigma_w)
     if done != steps:
         raise RuntimeError(f"ran {done} DP steps but planned {steps}; the privacy plan does not match the run")
     if eps > cfg.eps * 1.001:
@@ -286,8 +293,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         trainable_params=n_trainable, trainable_fraction=n_trainable / n_total,
         randomness="os-csprng" if cfg.secure_rng else "torch-generator-os-seeded", clipping=clipping,
         method=cfg.method, lora_rank=cfg.rank if cfg.method == "lora" else None, multiplicity=cfg.multiplicity,
-        ema=cfg.ema)
-    return FinetuneResult(model, record, history, adapter=adapter)
+        ema=cfg.ema, warmup_share=cfg.warmup, warmup_sigma=sigma_w)
+    return FinetuneResult(model, record, history, adapter=adapter, warmup_means=means)
 
 
 __all__ = ["dp_finetune", "finetune_non_private", "NOT_DP", "FinetuneResult", "FinetuneState", "DiffusionLoss", "ConfigError"]

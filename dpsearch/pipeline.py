@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from dpsearch.config import EvaluateConfig, FinetuneConfig, SampleConfig
 from dpsearch.data import ImageSet
 from dpsearch.evaluate import evaluate
@@ -19,6 +21,7 @@ from dpsearch.models import LDM, load_ldm, save_ldm
 from dpsearch.models.lora import save_lora
 from dpsearch.outputs import write_json
 from dpsearch.sample import sample, save_grid
+from dpsearch.warmup import means_as_images
 
 
 @dataclass
@@ -30,6 +33,7 @@ class TrialOutput:
     scores: dict = field(default_factory=dict)  # evaluate(): objective, synthetic/*, oracle/* (labelled)
     seconds: dict = field(default_factory=dict)
     adapter: tuple[dict, dict] | None = None  # method lora: the DP adapter, also merged into model
+    warmup_means: torch.Tensor | None = None  # ft.warmup: the DP class means it released ([K, C, H, W] in [0, 1])
 
 
 def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneConfig, smp: SampleConfig | None = None,
@@ -49,7 +53,8 @@ def run_pipeline(pretrained: str | Path | LDM, private: ImageSet, ft: FinetuneCo
         result = dp_finetune(model, private, ft, progress=progress, on_epoch=on_epoch, resume=resume)
         privacy = result.privacy.to_dict()
     seconds["finetune"], t = time.time() - t, time.time()
-    out = TrialOutput(result.model, privacy, result.history, seconds=seconds, adapter=result.adapter)
+    out = TrialOutput(result.model, privacy, result.history, seconds=seconds, adapter=result.adapter,
+                      warmup_means=result.warmup_means)
     if smp is not None:
         out.synthetic = sample(result.model, smp, progress=progress)
         seconds["sample"], t = time.time() - t, time.time()
@@ -69,6 +74,8 @@ def write_outputs(d: Path, out: TrialOutput, result: dict, synthetic_npz: bool =
         save_lora(out.adapter, d / "lora")
     write_json(d / "privacy.json", out.privacy)
     write_json(d / "history.json", {"epochs": out.history})
+    if out.warmup_means is not None:  # a DP output (privacy/class_means.py), accounted in privacy.json
+        save_grid(means_as_images(out.warmup_means), d / "warmup_means.png")
     if out.synthetic is not None:
         save_grid(out.synthetic, d / "samples.png")
         if synthetic_npz:

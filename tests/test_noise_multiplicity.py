@@ -117,3 +117,16 @@ def test_ema_releases_the_average_of_the_iterates_and_resumes_it():
     bare = FinetuneState(states[0].epoch, states[0].steps, states[0].trainable, states[0].optimizer, states[0].history)
     with pytest.raises(Exception, match="without an EMA"):
         dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=bare)
+
+
+def test_grouping_refuses_rows_that_are_not_examples_times_draws():
+    """A layer that saw B rows, not B·k, cannot be told which rows belong to which image: refused."""
+    from dpsearch.privacy.dpsgd import average_draws
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad_sample = torch.randn(6, 3)  # 6 rows: 2 examples × 3 draws passes, 6 examples × 3 draws does not
+    average_draws([p], K, examples=2)
+    assert p.grad_sample.shape == (2, 3)
+    p.grad_sample = torch.randn(6, 3)
+    with pytest.raises(RuntimeError, match="different images"):
+        average_draws([p], K, examples=6)

@@ -121,7 +121,7 @@ class _Slot:
         b, k = self.tape.batch, self.tape.draws
         if k > 1 and batch == b * k:
             record = self._grouped(record, b, k)
-        elif batch != b:
+        elif batch != b or k > 1:  # with k draws every trainable layer must see all B·k rows (a B-row chunk would mix images)
             raise RuntimeError(f"layer {self.name} saw a batch of {batch} in a pass over {b} examples"
                                f"{f' × {k} draws' if k > 1 else ''}; book-keeping needs each trainable layer to see "
                                f"the whole batch")

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from dpsearch.config import ConfigError, FinetuneConfig, default_delta
-from dpsearch.privacy.accounting import calibrate_sigma, check_accountants, poisson_plan
+from dpsearch.privacy.accounting import calibrate_sigma, check_accountants, poisson_plan, warmup_sigma
 from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer, Tape, UnsupportedLayer
 from dpsearch.privacy.randomness import MechanismRandomness
 
@@ -32,6 +32,7 @@ class PrivacyPlan(NamedTuple):
     sigma: float
     steps_per_epoch: int
     eps_pld_check: float  # dp-accounting's PLD on the same (σ, q, steps): enforced to agree
+    warmup_sigma: float | None = None  # the class-mean warm-up's σ_w, composed before the steps (cfg.warmup)
 
 
 def plan_privacy(cfg: FinetuneConfig, n: int) -> PrivacyPlan:
@@ -43,9 +44,10 @@ def plan_privacy(cfg: FinetuneConfig, n: int) -> PrivacyPlan:
     n = cfg.n_public or n
     delta = cfg.delta if cfg.delta is not None else default_delta(n)
     q, steps = poisson_plan(n, cfg.batch, cfg.epochs)
-    sigma = calibrate_sigma(cfg.eps, delta, q, steps, cfg.accountant)
-    pld = check_accountants(sigma, q, steps, delta, cfg.accountant)
-    return PrivacyPlan(delta, q, steps, sigma, steps // cfg.epochs, pld)
+    prefix = warmup_sigma(cfg.eps, delta, cfg.warmup) if cfg.warmup else None
+    sigma = calibrate_sigma(cfg.eps, delta, q, steps, cfg.accountant, prefix)
+    pld = check_accountants(sigma, q, steps, delta, cfg.accountant, prefix)
+    return PrivacyPlan(delta, q, steps, sigma, steps // cfg.epochs, pld, prefix)
 
 
 class PoissonSampler(UniformWithReplacementSampler):
@@ -162,12 +164,16 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
                         "module outputs since no inputs require gradients")  # frozen inputs: expected with Opacus hooks
 
 
-def average_draws(params: list[nn.Parameter], draws: int) -> None:
+def average_draws(params: list[nn.Parameter], draws: int, examples: int | None = None) -> None:
     """Opacus' hooks give one per-sample gradient per row the layers saw; with DiffusionLoss's k draws per
     example (adjacent rows, the loss their mean) the example's gradient is the mean of its k rows: Opacus
-    scales each row by the B·k rows of the pass, so row j holds ∇ℓ_j and the example's is (1/k) Σ_j ∇ℓ_j."""
+    scales each row by the B·k rows of the pass, so row j holds ∇ℓ_j and the example's is (1/k) Σ_j ∇ℓ_j.
+    examples: the pass's B; every grad_sample must then hold exactly B·k rows (anything else would mix images)."""
     for p in params:
         gs = p.grad_sample
+        if examples is not None and gs.shape[0] != examples * draws:
+            raise RuntimeError(f"a per-sample gradient holds {gs.shape[0]} rows for {examples} examples × {draws} draws; "
+                               f"refusing to group rows that may belong to different images")
         p.grad_sample = gs.view(-1, draws, *gs.shape[1:]).mean(1)
 
 
@@ -188,7 +194,7 @@ def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainab
             if len(x):
                 dp_module(x, y).mean().backward()
                 if hooks:
-                    average_draws(trainable, draws)
+                    average_draws(trainable, draws, len(x))
             else:
                 # An empty Poisson batch still takes a noise-only step: skipping it would leak
                 # whether a record was sampled. A zero per-sample gradient clips to zero, so

@@ -50,6 +50,7 @@ def check_recorded(rows: list[dict], grid: list[Mechanism]) -> None:
     and its recorded σ is at least that cell's calibrated σ. The report recalibrates σ from the plan; a trial
     that ran with less noise (another version, a bug) would otherwise be covered by a bound it breaks."""
     for r in rows:
+        _no_warmup(r)
         if r.get("sigma") is None:
             continue
         cells = [m for m in grid if m.steps == int(r["steps"]) and abs(m.q - float(r["q"])) <= 1e-12]
@@ -61,6 +62,13 @@ def check_recorded(rows: list[dict], grid: list[Mechanism]) -> None:
             raise ConfigError(f"trial {r.get('trial')} ran with σ = {r['sigma']} below the planned σ = "
                               f"{max(m.sigma for m in cells)} for its (q, steps): the sweep's bound does not cover it. "
                               f"Report it as a bug; do not release this sweep")
+
+
+def _no_warmup(record: Optional[dict]) -> None:
+    """A sweep composes its runs as (σ, q, steps) alone; a run with a class-mean warm-up release is not that."""
+    if record and record.get("warmup_sigma"):
+        raise ConfigError("a sweep's run recorded a class-mean warm-up, which the sweep's privacy composition does not "
+                          "include; warm-ups run in `dpsearch run` only. Do not release this sweep")
 
 
 def _runs(attempts: Optional[dict], stage: str) -> int:
@@ -191,6 +199,7 @@ def _final_part(space, fp: Optional[dict], runs: int, total: float, n_final: int
     total composed over the runs)."""
     from dpsearch.privacy.slices import PartGuarantee
 
+    _no_warmup(fp)
     if fp and runs == 1:
         return PartGuarantee("final", fp["eps"], fp["delta"], fp["accountant"])
     if fp:
