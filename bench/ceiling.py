@@ -32,6 +32,7 @@ from dpsearch.pipeline import run_pipeline
 from dpsearch.pretrain import pretrain
 from dpsearch.protocol import DPIMAGEBENCH, N_PRIVATE, Protocol, benchmark_delta, score, split_synthetic
 from dpsearch.sample import sample, save_grid
+from dpsearch.warmup import means_as_images
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))  # anchors.py
@@ -100,11 +101,14 @@ def run(a) -> dict:
                     non_private=a.rung != "dp", eps=a.eps if a.rung == "dp" else None,
                     delta=benchmark_delta() if a.rung == "dp" else None, layers=a.layers,
                     scope="unet" if a.rung == "nonprivate-unet" else a.scope,
-                    epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr, multiplicity=a.multiplicity, ema=a.ema)
+                    epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr, multiplicity=a.multiplicity, ema=a.ema,
+                    warmup=a.warmup if a.rung == "dp" else None, warmup_steps=a.warmup_steps)
                 last: dict = {}  # with EMA: the last noisy iterate too, scored beside the average (same fine-tune)
                 out = run_pipeline(model, private, ft, progress=True,
                                    on_epoch=lambda rec, state: last.update(state.trainable) if a.ema else None)
                 model = out.model
+                if out.warmup_means is not None:  # the DP class means the warm-up released (a DP output)
+                    save_grid(means_as_images(out.warmup_means), RESULTS / f"{a.rung}{a.tag}-warmup-means.png")
                 row.update({"finetune_config": json.loads(ft.model_dump_json()), "privacy": out.privacy,
                             "finetune_seconds": out.seconds["finetune"]})
                 keep = ROOT / "runs" / "ceiling" / f"{_name(a)}-model"  # for --finetuned; not in git
@@ -174,6 +178,7 @@ def recipe(r: dict) -> str:
     parts = [f"{ft.get('scope', 'attention')} {ft.get('layers', 'all')}", f"{ft.get('epochs')} epochs",
              f"B {ft.get('batch')}", f"lr {ft.get('lr', 0):g}", f"k {ft.get('multiplicity', 1)}",
              f"EMA {ft['ema']:g}" if ft.get("ema") else "no EMA",
+             *([f"class-mean warm-up share {ft['warmup']:g}, {ft['warmup_steps']} steps"] if ft.get("warmup") else []),
              f"guidance {smp.get('guidance', 0):g}", f"{smp.get('scheduler', 'dpm++')} {smp.get('steps')} steps"]
     return ", ".join(parts)
 
@@ -215,6 +220,7 @@ def report() -> str:
         what = f"{ft['scope']} {ft['layers']}, {ft['epochs']} ep, B={ft['batch']}, lr={ft['lr']:g}" if ft else "–"
         what += f", k={ft['multiplicity']}" if ft.get("multiplicity", 1) > 1 else ""
         what += f", EMA {ft['ema']:g}" if ft.get("ema") else ""
+        what += f", warm-up {ft['warmup']:g}" if ft.get("warmup") else ""
         if "sample_config" in r:
             what = (what + ", " if ft else "") + f"g={r['sample_config']['guidance']:g}"
         ladder = r.get("ladder", r if r["protocol"].startswith("ladder") else None)
@@ -310,6 +316,9 @@ def main(argv=None) -> int:
                    help="noise draws per image per step, averaged before clipping")
     p.add_argument("--ema", type=float, default=FinetuneConfig.model_fields["ema"].default,
                    help="EMA decay of the weights (also scores the last iterate of the same run)")
+    p.add_argument("--warmup", type=float, default=None, metavar="SHARE",
+                   help="DP class-mean warm-up with this share of the budget (dp rung only)")
+    p.add_argument("--warmup-steps", type=int, default=FinetuneConfig.model_fields["warmup_steps"].default)
     p.add_argument("--guidance", type=float, default=SampleConfig.model_fields["guidance"].default)
     p.add_argument("--steps", type=int, default=SampleConfig.model_fields["steps"].default)
     p.add_argument("--seed", type=int, default=0)
