@@ -108,7 +108,7 @@ def run(a) -> dict:
                                    on_epoch=lambda rec, state: last.update(state.trainable) if a.ema else None)
                 model = out.model
                 if out.warmup_means is not None:  # the DP class means the warm-up released (a DP output)
-                    save_grid(means_as_images(out.warmup_means), RESULTS / f"{a.rung}{a.tag}-warmup-means.png")
+                    save_grid(means_as_images(out.warmup_means), RESULTS / f"{_name(a)}-warmup-means.png")
                 row.update({"finetune_config": json.loads(ft.model_dump_json()), "privacy": out.privacy,
                             "finetune_seconds": out.seconds["finetune"]})
                 keep = ROOT / "runs" / "ceiling" / f"{_name(a)}-model"  # for --finetuned; not in git
@@ -118,7 +118,7 @@ def run(a) -> dict:
             t = time.time()
             synthetic = sample(model, smp)
             row.update({"sample_config": json.loads(smp.model_dump_json()), "sample_seconds": time.time() - t})
-            save_grid(synthetic, RESULTS / f"{a.rung}{a.tag}.png")
+            save_grid(synthetic, RESULTS / f"{_name(a)}.png")  # named like the row: ε and tag
             row.update(score(synthetic, test, protocol, seed=a.seed))
             if a.ema and not a.finetuned and a.rung != "public-only":
                 row["last_iterate"] = score_last_iterate(model, last, smp, test, protocol, a.seed)
