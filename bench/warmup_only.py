@@ -61,12 +61,14 @@ def main(argv=None) -> int:
     seconds = time.time() - t
     model.unet.eval(), model.embedder.eval()
     synthetic = sample(model, SampleConfig(per_class=LADDER.n_synthetic // 10, guidance=a.guidance))
-    out = Path(__file__).parent / "results" / "ceiling" / f"warmup-only-eps{a.eps:g}-share{a.share:g}.png"
+    out = Path(__file__).parent / "results" / "warmup_only" / f"eps{a.eps:g}-share{a.share:g}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(synthetic, out)
     row = {"eps_of_the_means_alone": gaussian_epsilon(sigma_w, delta), "delta": delta, "share_of": a.eps,
            "share": a.share, "sigma_w": sigma_w, "warmup_steps": a.steps, "warmup_seconds": seconds,
            "ladder_oracle_accuracy": score(synthetic, test, LADDER, seed=0)["oracle/accuracy"],
            "note": "oracle: real test split, not DP, chooses nothing"}
+    out.with_suffix(".json").write_text(json.dumps(row, indent=2))
     print(json.dumps(row, indent=2))
     return 0
 
