@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dpsearch"
 LAYERS = [
     {"paths", "device", "config", "outputs"},
     {"space", "storage", "data", "models", "services", "fingerprints", "classifiers"},
-    {"checkpoints", "privacy"},
+    {"checkpoints", "privacy", "warmup"},
     {"shipped"},
     {"pretrain", "sample", "evaluate", "finetune", "sweep_store"},
     {"protocol", "synthetic_release", "inputs"},
