@@ -77,11 +77,13 @@ class FinetuneState:
     optimizer: dict
     history: list[dict]
     ema: dict | None = None  # the EMA's state (cfg.ema), post-processing of the iterates above
+    warmup_sigma: float | None = None  # σ_w of the class-mean release these weights already hold (cfg.warmup)
 
     def save(self, path) -> None:
         history = json.loads(json.dumps(self.history, default=float))  # plain floats: numpy scalars need unpickling
         torch.save({"epoch": self.epoch, "steps": self.steps, "trainable": self.trainable,
-                    "optimizer": self.optimizer, "history": history, "ema": self.ema}, path)
+                    "optimizer": self.optimizer, "history": history, "ema": self.ema,
+                    "warmup_sigma": self.warmup_sigma}, path)
 
     @classmethod
     def load(cls, path) -> "FinetuneState":
@@ -95,7 +97,8 @@ class FinetuneState:
                 d = torch.load(path, weights_only=True)
             # States written before the release boundary also held the private training loss: it is dropped.
             history = [{k: v for k, v in h.items() if k in HISTORY_FIELDS} for h in d["history"]]
-            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history, d.get("ema"))
+            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history, d.get("ema"),
+                       d.get("warmup_sigma"))
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
             raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
                               f"delete it to restart the trial from scratch") from e
@@ -236,10 +239,14 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
                 raise ConfigError("checkpoint was written without an EMA of the weights; resume with the config it "
                                   "was started with, or delete it to restart the trial")
             ema.load_state_dict(resume.ema)
+    if resume and resume.warmup_sigma != sigma_w:  # the accountant's history must be the run's own
+        raise ConfigError(f"checkpoint was written by a run with warm-up σ_w = {resume.warmup_sigma}, this config plans "
+                          f"{sigma_w}; resume with the config it was started with, or delete it to restart the trial")
     means = None
     if sigma_w is not None and not resume:  # a resumed run's weights already hold its one warm-up
         means = noisy_class_means(private, sigma_w, rng)  # the one DP release the accountant's prefix covers
         warm_up(model, module, trainable, means, cfg.warmup_steps, progress)
+        ema = _ema(trainable, cfg)  # the average starts from the warmed-up weights
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
                                                         rng=rng, steps_per_epoch=plan.steps_per_epoch,
@@ -272,7 +279,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
             if on_epoch is not None:
                 state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
                                       optimizer.original_optimizer.state_dict(), list(history),
-                                      ema.state_dict() if ema is not None else None)
+                                      ema.state_dict() if ema is not None else None, sigma_w)
                 on_epoch(record, state)
     finally:
         bar.close()

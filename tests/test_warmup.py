@@ -4,7 +4,7 @@ and a resumed run does not release the means again."""
 import pytest
 import torch
 
-from dpsearch.config import FinetuneConfig
+from dpsearch.config import ConfigError, FinetuneConfig
 from dpsearch.data import printed_digits
 from dpsearch.finetune import FinetuneState, dp_finetune
 from dpsearch.models import build_ldm
@@ -56,3 +56,7 @@ def test_a_warm_started_run_accounts_the_release_and_a_resume_does_not_repeat_it
     states[0].save(tmp_path / "state.pt")
     again = dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=FinetuneState.load(tmp_path / "state.pt"))
     assert again.warmup_means is None and again.privacy.eps == pytest.approx(p.eps)
+    # resuming a warmed-up state without the warm-up would leave its release out of the accountant: refused
+    with pytest.raises(ConfigError, match="warm-up"):
+        dp_finetune(build_ldm(CFG), data, cfg.model_copy(update={"warmup": None}), progress=False,
+                    resume=FinetuneState.load(tmp_path / "state.pt"))
