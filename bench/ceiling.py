@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -99,9 +100,9 @@ def run(a) -> dict:
             elif a.rung != "public-only":
                 ft = FinetuneConfig(
                     non_private=a.rung != "dp", eps=a.eps if a.rung == "dp" else None,
-                    delta=benchmark_delta() if a.rung == "dp" else None, layers=a.layers,
+                    delta=(a.delta or benchmark_delta()) if a.rung == "dp" else None, layers=a.layers,
                     scope="unet" if a.rung == "nonprivate-unet" else a.scope,
-                    epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr, multiplicity=a.multiplicity, ema=a.ema,
+                    epochs=a.epochs, batch=a.batch, clip=a.clip, lr=a.lr, lr_schedule=a.lr_schedule, multiplicity=a.multiplicity, ema=a.ema,
                     warmup=a.warmup if a.rung == "dp" else None, warmup_steps=a.warmup_steps)
                 last: dict = {}  # with EMA: the last noisy iterate too, scored beside the average (same fine-tune)
                 out = run_pipeline(model, private, ft, progress=True,
@@ -120,7 +121,8 @@ def run(a) -> dict:
             row.update({"sample_config": json.loads(smp.model_dump_json()), "sample_seconds": time.time() - t})
             save_grid(synthetic, RESULTS / f"{_name(a)}.png")  # named like the row: ε and tag
             row.update(score(synthetic, test, protocol, seed=a.seed))
-            if a.ema and not a.finetuned and a.rung != "public-only":
+            if a.ema and not a.finetuned and a.rung != "public-only" and protocol.n_synthetic <= LADDER.n_synthetic:
+                # the last-iterate control is a ladder rung's; a headline seed would pay a second 60k sample for it
                 row["last_iterate"] = score_last_iterate(model, last, smp, test, protocol, a.seed)
             if protocol.n_synthetic > LADDER.n_synthetic:  # the same set under the ladder's protocol, comparable
                 _, sub = split_synthetic(synthetic, LADDER.n_synthetic, seed=a.seed)
@@ -176,7 +178,7 @@ def recipe(r: dict) -> str:
     """The fine-tune and sampling levers of a row, in words (docs/utility.md's rungs)."""
     ft, smp = r.get("finetune_config", {}), r.get("sample_config", {})
     parts = [f"{ft.get('scope', 'attention')} {ft.get('layers', 'all')}", f"{ft.get('epochs')} epochs",
-             f"B {ft.get('batch')}", f"lr {ft.get('lr', 0):g}", f"k {ft.get('multiplicity', 1)}",
+             f"B {ft.get('batch')}", f"lr {ft.get('lr', 0):g}" + (" cosine" if ft.get("lr_schedule") == "cosine" else ""), f"k {ft.get('multiplicity', 1)}",
              f"EMA {ft['ema']:g}" if ft.get("ema") else "no EMA",
              *([f"class-mean warm-up share {ft['warmup']:g}, {ft['warmup_steps']} steps"] if ft.get("warmup") else []),
              f"guidance {smp.get('guidance', 0):g}", f"{smp.get('scheduler', 'dpm++')} {smp.get('steps')} steps"]
@@ -244,15 +246,46 @@ def _name(a) -> str:
     return a.rung + (f"-eps{a.eps:g}" if a.rung == "dp" else "") + (f"-{a.tag}" if a.tag else "")
 
 
+def _headline_rows() -> list[dict]:
+    return [r for r in (json.loads(p.read_text()) for p in sorted(RESULTS.glob("dp-*.json")))
+            if r["protocol"].startswith("dpimagebench")]
+
+
+def seed_groups() -> dict[tuple, list[dict]]:
+    """Headline runs of one recipe at one released (ε, δ): the seeds of one row of the summary."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in _headline_rows():
+        groups.setdefault((recipe(r), round(r["privacy"]["eps"], 1), f"{r['privacy']['delta']:.3g}"), []).append(r)
+    return groups
+
+
+def spread(values: list[float]) -> str:
+    """Mean over seeds with its sample sd and range, in points; one seed says so instead."""
+    v = [100 * x for x in values]
+    if len(v) == 1:
+        return f"{v[0]:.2f}% (1 seed)"
+    return f"{statistics.mean(v):.2f}% ± {statistics.stdev(v):.2f} ({min(v):.2f}–{max(v):.2f}, {len(v)} seeds)"
+
+
 def headline() -> str:
-    """docs/utility.md's headline table: the released models under the full protocol."""
-    lines = ["<!-- headline -->", "| released (ε, δ) | recipe | best classifier | CNN | ResNet | mean | ladder (10k subset, CNN) "
-             "| wall (2 cores) |", "|---|---|---|---|---|---|---|---|"]
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("dp-*.json"))]
-    for r in sorted((r for r in rows if r["protocol"].startswith("dpimagebench")), key=lambda r: -r["privacy"]["eps"]):
+    """docs/utility.md's headline tables: over seeds per recipe and released (ε, δ), then every run."""
+    lines = ["<!-- headline -->", "Over seeds (mean ± sample sd, range; each seed is its own DP fine-tune with fresh "
+             "noise, its own sampling and classifier seeds):", "",
+             "| released (ε, δ) | recipe | best classifier | mean of classifiers | ladder (10k subset, CNN) | "
+             "wall per seed |", "|---|---|---|---|---|---|"]
+    for (rec, eps, delta), rs in sorted(seed_groups().items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        lines.append(f"| ({eps:g}, {delta}) | {rec} | **{spread([r['oracle/accuracy'] for r in rs])}** | "
+                     f"{spread([r['oracle/accuracy_mean'] for r in rs])} | "
+                     f"{spread([r['ladder']['oracle/accuracy'] for r in rs])} | "
+                     f"{statistics.mean(_wall(r) for r in rs) / 60:.0f} min |")
+    lines += ["", "Every run:", "",
+              "| released (ε, δ) | recipe | seed | best classifier | CNN | ResNet | mean | ladder (10k subset, CNN) "
+              "| wall (2 cores) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(_headline_rows(), key=lambda r: (-round(r["privacy"]["eps"]), recipe(r), r["sample_config"]["seed"])):
         ft = r.get("finetune_seconds", 0.0)
         smp = r.get("sample_seconds", 0.0)
-        lines.append(f"| ({r['privacy']['eps']:.3f}, {r['privacy']['delta']:.3g}) | {recipe(r)} | **{100 * r['oracle/accuracy']:.2f}%** | "
+        lines.append(f"| ({r['privacy']['eps']:.3f}, {r['privacy']['delta']:.3g}) | {recipe(r)} | "
+                     f"{r['sample_config']['seed']} | **{100 * r['oracle/accuracy']:.2f}%** | "
                      f"{100 * r['oracle/accuracy_cnn']:.2f}% | {100 * r['oracle/accuracy_resnet']:.2f}% | "
                      f"{100 * r['oracle/accuracy_mean']:.2f}% | {100 * r['ladder']['oracle/accuracy']:.2f}% | "
                      f"{_wall(r) / 60:.0f} min: fine-tune {ft / 60:.0f}, sampling {smp / 60:.0f}, scoring and release "
@@ -264,13 +297,20 @@ def results_section() -> str:
     """docs/results.md's DPImageBench-protocol section: the released models beside the field's anchors."""
     from anchors import ANCHOR_SOURCE, ANCHORS
 
-    by_recipe: dict[str, dict] = {}  # one line per recipe, each ε in its column
-    for path in sorted(RESULTS.glob("dp-*.json")):
-        r = json.loads(path.read_text())
-        if r["protocol"].startswith("dpimagebench"):
-            by_recipe.setdefault(recipe(r), {})[round(r["privacy"]["eps"])] = r
-    cell = lambda full, e: (f"**{100 * full[e]['oracle/accuracy']:.1f}** (mean {100 * full[e]['oracle/accuracy_mean']:.1f}; "  # noqa: E731
-                            f"ε = {full[e]['privacy']['eps']:.2f})" if e in full else "not run")
+    by_recipe: dict[str, dict] = {}  # one line per recipe, each ε in its column (the default δ only)
+    for (rec, eps, delta), rs in seed_groups().items():
+        if delta == f"{benchmark_delta():.3g}":
+            by_recipe.setdefault(rec, {})[round(eps)] = rs
+
+    def cell(full: dict, e: int) -> str:
+        if e not in full:
+            return "not run"
+        best = [100 * r["oracle/accuracy"] for r in full[e]]
+        mean = [100 * r["oracle/accuracy_mean"] for r in full[e]]
+        sd = f" ± {statistics.stdev(best):.1f}" if len(best) > 1 else ""
+        return (f"**{statistics.mean(best):.1f}**{sd} (mean of classifiers {statistics.mean(mean):.1f}; "
+                f"ε = {max(r['privacy']['eps'] for r in full[e]):.2f}; {len(best)} seed{'s' * (len(best) > 1)})")
+
     lines = ["<!-- protocol -->", "## Under DPImageBench's protocol (the numbers to compare with the field)", "",
              "Written by `python bench/ceiling.py report` (docs/utility.md has the ladder and the commands). "
              "dpsearch: one DP fine-tune of the default pretrained model on 55,000 MNIST images at released ε, "
@@ -306,12 +346,15 @@ def main(argv=None) -> int:
     p.add_argument("--n-synthetic", type=int, default=60000)
     p.add_argument("--classifiers", default="cnn,resnet")
     p.add_argument("--eps", type=float, default=10.0)
+    p.add_argument("--delta", type=float, default=None,
+                   help="δ of the dp rung (default 1/(N ln N), the product's rule; 1e-5 is DPImageBench's MNIST δ)")
     p.add_argument("--layers", default="all")
     p.add_argument("--scope", choices=["attention", "unet"], default="attention", help="what the dp rung trains")
     p.add_argument("--epochs", type=int, default=FinetuneConfig.model_fields["epochs"].default)
     p.add_argument("--batch", type=int, default=4000)  # the recorded figures used B = 4000 (q·N since the default became q = 1/15)
     p.add_argument("--clip", type=float, default=FinetuneConfig.model_fields["clip"].default)
     p.add_argument("--lr", type=float, default=FinetuneConfig.model_fields["lr"].default)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=FinetuneConfig.model_fields["lr_schedule"].default)
     p.add_argument("--multiplicity", type=int, default=FinetuneConfig.model_fields["multiplicity"].default,
                    help="noise draws per image per step, averaged before clipping")
     p.add_argument("--ema", type=float, default=FinetuneConfig.model_fields["ema"].default,

@@ -50,6 +50,8 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
                         "rate 1/m (m steps per epoch) for N ≥ m(m−1) and a larger rate on smaller N (printed at the start)")
     p.add_argument("--epochs", type=int, default=DEFAULT_FT.epochs)
     p.add_argument("--lr", type=_float("--lr"), default=DEFAULT_FT.lr)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=DEFAULT_FT.lr_schedule,
+                   help="cosine: the learning rate decays from --lr to 0 over the run's steps (no privacy cost)")
     p.add_argument("--multiplicity", type=int, default=DEFAULT_FT.multiplicity, metavar="K",
                    help="noise multiplicity: (timestep, noise) draws per image per step, averaged before clipping "
                         "(same privacy, K× the compute; docs/utility.md)")

@@ -19,7 +19,7 @@ from dpsearch.privacy.accounting import poisson_plan
 def _ft_config(a) -> FinetuneConfig:
     return validate(FinetuneConfig, eps=a.eps, delta=a.delta, layers=a.layers, method=a.method, rank=a.rank,
                     clip=a.clip, batch=a.batch, q=a.q,
-                    epochs=a.epochs, lr=a.lr, physical_batch=a.physical_batch, accountant=a.accountant,
+                    epochs=a.epochs, lr=a.lr, lr_schedule=a.lr_schedule, physical_batch=a.physical_batch, accountant=a.accountant,
                     n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
                     clipping=a.clipping, multiplicity=a.multiplicity, ema=a.ema,
                     warmup=a.warmup, warmup_steps=a.warmup_steps, non_private=getattr(a, "non_private", False))

@@ -148,6 +148,9 @@ class FinetuneConfig(_Strict):
     q: Optional[float] = None
     epochs: int = 5
     lr: float = 2e-3
+    # "cosine": the step size decays from lr to 0 over the planned steps (half a cosine); lr is public, so the
+    # schedule is post-processing of the noisy gradients and costs no privacy. "constant": lr throughout.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     physical_batch: int = Field(128, gt=0)  # rows per forward pass: physical_batch // multiplicity images
     label_dropout: float = Field(0.1, ge=0, lt=1)
     # DPDM's noise multiplicity k: each image's loss averages k (timestep, noise) draws, so the one per-sample

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -113,6 +114,19 @@ def _ema(trainable: list[nn.Parameter], cfg: FinetuneConfig):
     return EMAModel(trainable, decay=cfg.ema, foreach=True)
 
 
+def lr_at(cfg: FinetuneConfig, step: int, steps: int) -> float:
+    """The step size of step `step` (0-based) of `steps`. Written as a function of the step count, not as a
+    torch LR scheduler, so a resumed run gets it back from FinetuneState.steps with no scheduler state."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _trainable_named(model: LDM) -> dict[str, nn.Parameter]:
     return {f"{prefix}.{n}": p for prefix, m in (("unet", model.unet), ("embedder", model.embedder))
             for n, p in m.named_parameters() if p.requires_grad}
@@ -173,10 +187,13 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=True)
     per_pass = max(1, cfg.physical_batch // cfg.multiplicity)
     history = []
+    total, step = cfg.epochs * len(loader), 0
     bar = tqdm(total=cfg.epochs * len(loader), desc=f"NON-PRIVATE fine-tune {_what(cfg, a, b)}", disable=not progress,
                leave=False)
     for epoch in range(1, cfg.epochs + 1):
         for x, y in loader:
+            _set_lr(optimizer, lr_at(cfg, step, total))
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             for i in range(0, len(x), per_pass):  # the mean loss over the batch, in memory-sized parts
                 xs, ys = x[i:i + per_pass].to(model.device), y[i:i + per_pass].to(model.device)
@@ -259,10 +276,16 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
         engine.accountant.history = accountant_history(sigma, q, done, sigma_w)
     bar = tqdm(total=steps, initial=done, desc=f"DP fine-tune {_what(cfg, a, b)}", disable=not progress, leave=False)
 
+    taken = done  # logical steps so far, for the step size of the next one
+    _set_lr(optimizer, lr_at(cfg, taken, steps))
+
     def on_step():
+        nonlocal taken
         bar.update()
         if ema is not None:
             ema.step(trainable)  # post-processing of the noisy iterate: no privacy cost
+        taken += 1
+        _set_lr(optimizer, lr_at(cfg, taken, steps))  # a public function of the step count: no privacy cost
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             done += dp_sgd_epoch(dp_module, optimizer, dp_loader, trainable, device, cfg.physical_batch,

@@ -112,11 +112,14 @@ def test_finetune_on_a_small_set_without_batch_runs_and_records_b_and_q(extra, b
 def test_the_recipe_flags_reach_the_finetune_config():
     from dpsearch.commands import _ft_config
 
-    a = build_parser().parse_args(["run", "--eps", "5", "--multiplicity", "4", "--ema", "0.999"])
+    a = build_parser().parse_args(["run", "--eps", "5", "--multiplicity", "4", "--ema", "0.999",
+                                   "--lr-schedule", "cosine"])
     cfg = _ft_config(a)
-    assert (cfg.multiplicity, cfg.ema) == (4, 0.999)
+    assert (cfg.multiplicity, cfg.ema, cfg.lr_schedule) == (4, 0.999, "cosine")
     plain = _ft_config(build_parser().parse_args(["run", "--eps", "5"]))
-    assert (plain.multiplicity, plain.ema) == (1, None)
+    assert (plain.multiplicity, plain.ema, plain.lr_schedule) == (1, None, "constant")
+    with pytest.raises(SystemExit):  # argparse's choices: a clear usage error
+        build_parser().parse_args(["run", "--eps", "5", "--lr-schedule", "linear"])
     for bad in (["--multiplicity", "0"], ["--ema", "1.0"]):
         with pytest.raises(ConfigError):
             _ft_config(build_parser().parse_args(["run", "--eps", "5", *bad]))

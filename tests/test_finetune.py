@@ -194,6 +194,29 @@ def test_a_state_saved_mid_run_loads_and_the_run_continues_to_the_same_budget(tm
     assert [h["epoch"] for h in res.history] == [1, 2] and res.privacy.steps == 6 and res.privacy.eps <= 3.0
 
 
+def test_the_cosine_schedule_sets_every_dp_step_and_a_resume_picks_it_up_from_the_step_count(tmp_path, monkeypatch):
+    import dpsearch.finetune as finetune
+
+    seen: list[float] = []
+    set_lr = finetune._set_lr
+    monkeypatch.setattr(finetune, "_set_lr", lambda opt, lr: (seen.append(lr), set_lr(opt, lr)))
+    data = printed_digits(60, progress=False)
+    cfg = FinetuneConfig(eps=3.0, layers="2-3", clip=0.1, batch=20, epochs=2, physical_batch=8, lr=1e-2,
+                         lr_schedule="cosine")
+    states = []
+    torch.manual_seed(0)
+    dp_finetune(build_ldm(CFG), data, cfg, progress=False, on_epoch=lambda rec, st: states.append(st))
+    # before step 1, then after each of the 6 steps: lr, …, lr/2 (halfway), …, 0
+    assert seen == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(7)])
+    assert seen[0] == 1e-2 and seen[3] == pytest.approx(5e-3) and seen[-1] == pytest.approx(0, abs=1e-12)
+    seen.clear()
+    dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=states[0])  # after epoch 1: 3 steps done
+    assert seen == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(3, 7)])
+    seen.clear()
+    dp_finetune(build_ldm(CFG), data, cfg.model_copy(update={"lr_schedule": "constant"}), progress=False)
+    assert seen == [1e-2] * 7
+
+
 def test_a_damaged_state_is_a_clear_error(tmp_path):
     (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="corrupt"):
