@@ -161,21 +161,21 @@ def test_a_bad_method_is_a_clear_error(tmp_path, method, message):
     assert message in str(e.value)
 
 
-def test_noise_multiplicity_is_searched_and_ema_reaches_every_config(tmp_path):
+def test_noise_multiplicity_is_searched_and_ema_and_lr_schedule_reach_every_config(tmp_path):
     space = load_space(_params(tmp_path, multiplicity="{choice: [1, 4]}"))
-    space = space.model_copy(update={"ema": 0.999})
+    space = space.model_copy(update={"ema": 0.999, "lr_schedule": "cosine"})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(20):
         trial = study.ask()
         fixed = define_by_run(space)(trial)
         cfg = space.finetune_config({**trial.params, **fixed}, eps=5.0)
-        assert cfg.ema == 0.999 and cfg.multiplicity == trial.params["multiplicity"]
+        assert cfg.ema == 0.999 and cfg.lr_schedule == "cosine" and cfg.multiplicity == trial.params["multiplicity"]
         seen.add(cfg.multiplicity)
         study.tell(trial, 0.5)
     assert seen == {1, 4}
     assert space.reference_config(eps=5.0).multiplicity == space.reference.multiplicity == 1
-    assert space.reference_config(eps=5.0).ema == 0.999
+    assert space.reference_config(eps=5.0).ema == 0.999 and space.reference_config(eps=5.0).lr_schedule == "cosine"
     with pytest.raises(ConfigError, match="params.multiplicity"):
         (tmp_path / "x").mkdir()
         load_space(_params(tmp_path / "x", multiplicity="{log_uniform: [1, 4]}"))

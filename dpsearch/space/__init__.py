@@ -140,6 +140,8 @@ class SearchSpace(_Strict):
     # EMA decay cap of every fine-tune's weights (trials, reference, final run): post-processing, no privacy
     # cost (FinetuneConfig.ema); None samples the last noisy iterate
     ema: Optional[float] = Field(None, gt=0, lt=1)
+    # learning-rate schedule of every fine-tune (FinetuneConfig.lr_schedule): public, no privacy cost
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     params: Params
     reference: ValidationGenerator = ValidationGenerator()  # YAML key `reference`
     validation: Validation = Validation()
@@ -158,7 +160,7 @@ class SearchSpace(_Strict):
         return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=trial["layers"],
                               method=method, **rank, clip=float(trial["clip"]), batch=scaled_batch(int(trial["batch"]), batch_scale),
                               epochs=int(trial["epochs"]), lr=float(trial["lr"]), physical_batch=self.physical_batch,
-                              multiplicity=int(trial.get("multiplicity", 1)), ema=self.ema,
+                              multiplicity=int(trial.get("multiplicity", 1)), ema=self.ema, lr_schedule=self.lr_schedule,
                               n_private=self.n_private, n_public=n_public, accountant=self.accountant, seed=seed)
 
     def reference_config(self, eps: float, seed: int = 0, batch_scale: float = 1.0,
@@ -166,7 +168,7 @@ class SearchSpace(_Strict):
         r = self.reference
         return FinetuneConfig(eps=eps, delta=delta if delta is not None else self.delta, layers=r.layers, clip=r.clip,
                               batch=scaled_batch(r.batch, batch_scale), epochs=r.epochs, lr=r.lr,
-                              multiplicity=r.multiplicity, ema=self.ema, physical_batch=self.physical_batch, n_private=self.n_private, n_public=n_public,
+                              multiplicity=r.multiplicity, ema=self.ema, lr_schedule=self.lr_schedule, physical_batch=self.physical_batch, n_private=self.n_private, n_public=n_public,
                               accountant=self.accountant, seed=seed + 7919)
 
 
