@@ -222,8 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         q = psub.add_parser(what, help=helptext)
         if what == "sigma":
             q.add_argument("--eps", type=_float("--eps"), required=True)
+            q.add_argument("--warmup", type=_float("--warmup"), default=None, metavar="SHARE",
+                           help="plan a class-mean warm-up with this share of the budget too (as `run --warmup`)")
         else:
             q.add_argument("--sigma", type=_float("--sigma"), required=True)
+            q.add_argument("--warmup-sigma", type=_float("--warmup-sigma"), default=None, metavar="SIGMA_W",
+                           help="compose a class-mean warm-up release of this noise multiplier before the steps")
         q.add_argument("--delta", type=_float("--delta"), default=None, help="default: 1/(N ln N), two significant digits")
         q.add_argument("--batch", type=int, required=True, help="expected (Poisson) batch size B")
         q.add_argument("--n", type=int, required=True, help="private set size N")

@@ -9,6 +9,7 @@ from dpsearch.config import ConfigError, default_delta
 
 def cmd_privacy_calc(a) -> int:
     from dpsearch.privacy import calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
+    from dpsearch.privacy.accounting import warmup_sigma
 
     if a.n < 1 or a.batch < 1 or a.epochs < 1:
         raise ConfigError("--n, --batch and --epochs must be ≥ 1")
@@ -21,15 +22,22 @@ def cmd_privacy_calc(a) -> int:
     if a.what == "sigma":
         if not a.eps > 0:
             raise ConfigError(f"ε must be a positive finite number, got {a.eps}")
-        sigma = calibrate_sigma(a.eps, delta, q, steps, a.accountant)
+        if a.warmup is not None and not 0 < a.warmup <= 0.5:
+            raise ConfigError(f"--warmup is a share of the budget in (0, 0.5], got {a.warmup}; e.g. 0.05")
+        sigma_w = warmup_sigma(a.eps, delta, a.warmup) if a.warmup is not None else None
+        sigma = calibrate_sigma(a.eps, delta, q, steps, a.accountant, prefix=sigma_w)
     else:
         if not a.sigma > 0:
             raise ConfigError(f"σ must be > 0, got {a.sigma}")
+        sigma_w = getattr(a, "warmup_sigma", None)
+        if sigma_w is not None and not sigma_w > 0:
+            raise ConfigError(f"--warmup-sigma must be > 0, got {sigma_w}")
         sigma = a.sigma
-    eps = epsilon_for(sigma, q, steps, delta, a.accountant)
+    eps = epsilon_for(sigma, q, steps, delta, a.accountant, prefix=sigma_w)
+    warm = f"class-mean warm-up σ_w = {sigma_w:.4f} composed first; " if sigma_w is not None else ""
     print(f"σ = {sigma:.4f}: (ε = {eps:.3f}, δ = {delta:g})-DP by the {a.accountant.upper()} accountant "
-          f"[dp-accounting PLD: ε = {pld_epsilon(sigma, q, steps, delta):.3f}]; Poisson q = {q:.5f}, steps = {steps} "
-          f"(N = {a.n}, B = {a.batch}, {a.epochs} epochs)")
+          f"[dp-accounting PLD: ε = {pld_epsilon(sigma, q, steps, delta, prefix=sigma_w):.3f}]; {warm}Poisson q = {q:.5f}, "
+          f"steps = {steps} (N = {a.n}, B = {a.batch}, {a.epochs} epochs)")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The sweep privacy report and the `dpsearch privacy` calculators."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -150,6 +151,28 @@ def test_privacy_calculators(capsys):
                  "--accountant", "rdp"]) == 0
     eps_rdp = float(capsys.readouterr().out.split("ε = ")[1].split(",")[0])
     assert 5.0 < eps_rdp < 6.5  # RDP is looser than PRV for the same σ
+
+
+def test_privacy_calculators_plan_a_warm_up_and_compose_it(capsys):
+    from dpsearch.config import default_delta
+    from dpsearch.privacy.accounting import warmup_sigma
+
+    base = ["--batch", "4000", "--n", "55000", "--epochs", "5"]
+    assert main(["privacy", "sigma", "--eps", "1", *base]) == 0
+    plain = float(capsys.readouterr().out.split("σ = ")[1].split(":")[0])
+    assert main(["privacy", "sigma", "--eps", "1", "--warmup", "0.05", *base]) == 0
+    out = capsys.readouterr().out
+    sigma_w = warmup_sigma(1.0, default_delta(55000), 0.05)
+    assert f"σ_w = {sigma_w:.4f}" in out
+    sigma = float(out.split("σ = ")[1].split(":")[0])
+    assert sigma > plain  # the steps get what the release leaves
+    assert main(["privacy", "eps", "--sigma", str(sigma), "--warmup-sigma", str(sigma_w), *base]) == 0
+    eps = float(capsys.readouterr().out.split("ε = ")[1].split(",")[0])
+    assert 0.99 < eps <= 1.0 + 1e-3
+    assert main(["privacy", "eps", "--sigma", str(sigma), *base]) == 0  # without the release: less than ε
+    assert float(capsys.readouterr().out.split("ε = ")[1].split(",")[0]) < eps
+    assert main(["privacy", "sigma", "--eps", "1", "--warmup", "0.7", *base]) == 2
+    assert "share of the budget in (0, 0.5]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
