@@ -29,7 +29,7 @@ def cmd_privacy_calc(a) -> int:
     else:
         if not a.sigma > 0:
             raise ConfigError(f"σ must be > 0, got {a.sigma}")
-        sigma_w = getattr(a, "warmup_sigma", None)
+        sigma_w = a.warmup_sigma
         if sigma_w is not None and not sigma_w > 0:
             raise ConfigError(f"--warmup-sigma must be > 0, got {sigma_w}")
         sigma = a.sigma
