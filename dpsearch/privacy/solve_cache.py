@@ -9,7 +9,9 @@ Two places, read in order: the entries that ship with the package (`dpsearch/shi
 `python -m dpsearch.search.shipped_solves`, for the shipped spaces at common ε) and the user's cache
 (`$DPSEARCH_HOME/solves.json`), to which every new answer is added. A key is built from public numbers only:
 the grid's (q, steps) cells, the accountant, δ, the total, the number of trials or the selection rule, the
-validation generator's plan, the tolerance and the accounting libraries' versions.
+validation generator's plan and the tolerance. Not the accounting libraries' versions: the check on every use
+is what keeps a remembered answer sound under a newer accountant (one that finds it over the total throws it
+away and searches again; one that finds it a little under leaves at most the search's 1% tolerance unused).
 """
 
 from __future__ import annotations
@@ -25,12 +27,7 @@ log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "shipped" / "solves.json"
 FILE = "solves.json"
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {"opacus": version("opacus"), "dp-accounting": version("dp-accounting"), "format": 1}
+FORMAT = 1  # raise it when the search itself changes (its tolerance rule, the composition it solves)
 
 
 def key(**plan) -> str:
@@ -42,7 +39,7 @@ def key(**plan) -> str:
             return [norm(x) for x in v]
         return v
 
-    body = json.dumps({k: norm(v) for k, v in sorted(plan.items())} | {"versions": _versions()}, sort_keys=True)
+    body = json.dumps({k: norm(v) for k, v in sorted(plan.items())} | {"format": FORMAT}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
