@@ -10,10 +10,13 @@ from dpsearch.search.ray_session import ray_session
 CONNECT = "import ray; ray.init(address={addr!r}); print('CONNECTED', ray.cluster_resources().get('CPU'))"
 
 
-def _client(addr: str, **env) -> subprocess.CompletedProcess:
+def _clients(addr: str, *envs: dict) -> list[str]:
+    """One client process per environment, all started at once (each spends most of its time importing Ray);
+    their stdout, in order."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    return subprocess.run([sys.executable, "-c", CONNECT.format(addr=addr)], env={**base, **env}, capture_output=True,
-                          text=True, timeout=120)
+    procs = [subprocess.Popen([sys.executable, "-c", CONNECT.format(addr=addr)], env={**base, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in envs]
+    return [p.communicate(timeout=120)[0] for p in procs]
 
 
 def test_a_local_ray_needs_the_sweeps_fresh_token_and_leaves_no_token_behind(monkeypatch, tmp_path):
@@ -25,9 +28,11 @@ def test_a_local_ray_needs_the_sweeps_fresh_token_and_leaves_no_token_behind(mon
         addr = ray.get_runtime_context().gcs_address
         token = os.environ["RAY_AUTH_TOKEN"]
         assert os.environ["RAY_AUTH_MODE"] == "token" and len(token) == 64
-        assert "CONNECTED" not in _client(addr, RAY_AUTH_MODE="disabled").stdout
-        assert "CONNECTED" not in _client(addr, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64).stdout
-        assert "CONNECTED" in _client(addr, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token).stdout
+        none, wrong, right = _clients(addr, {"RAY_AUTH_MODE": "disabled"},
+                                      {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
+                                      {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+        assert "CONNECTED" not in none and "CONNECTED" not in wrong
+        assert "CONNECTED" in right
     assert not ray.is_initialized() and "RAY_AUTH_TOKEN" not in os.environ
     assert not (Path(tmp_path) / ".ray" / "auth_token").exists()
 

@@ -161,7 +161,7 @@ def test_a_sweep_restarted_without_ray_state_still_counts_the_first_trials(tiny_
     space = _space(tmp_path, epochs={"value": 1}, batch={"value": 100})
     storage = tmp_path / "sweeps"
     opts = dict(eps=5.0, space=space, trials=2, concurrency=1, sampler="random", model=str(tiny_model_dir),
-                storage=str(storage), tracking="none", progress=False)
+                storage=str(storage), tracking="none", progress=False, release=False)  # the trials' count is the subject
     first = run_sweep(SweepOptions(**opts, name="r"))
     assert first.extra["privacy"]["released"]["trials"] == 2
     (storage / "r" / "tuner.pkl").unlink()  # Ray's state is gone: a fresh Tuner has to start
@@ -303,9 +303,19 @@ def test_a_final_stage_run_again_reuses_its_model_and_counts_its_counts_again(ti
     assert parts["validation"]["eps"] > val_once and parts["final"]["eps"] <= 5.0 * 1.001
 
 
-def test_sweep_eps_is_the_released_models_and_plan_trains_nothing(tiny_model_dir, tmp_path, capsys):
+def test_sweep_eps_is_the_released_models_and_plan_trains_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch):
     """`dpsearch sweep --eps E` means the released model's ε (the disjoint-slice design), as `run --eps` means the
     model's; `--plan` prints that design and its guarantee and exits without training or storing anything."""
+    from dpsearch.search import wall_time
+
+    probed, real = [], wall_time.probe_seconds
+
+    def probe_once(model_dir, space):  # the first plan's estimate is checked; the others check the design's text
+        if not probed:
+            probed.append(real(model_dir, space))
+        return probed[0]
+
+    monkeypatch.setattr(wall_time, "probe_seconds", probe_once)
     raw = yaml.safe_load(SMOKE.read_text())
     raw["accountant"] = "rdp"  # the per-trial ε solve: seconds with RDP
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(raw))

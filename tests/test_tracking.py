@@ -104,6 +104,7 @@ def test_sweep_killed_resumes_from_s3_alone(tiny_model_dir, tmp_path):
 
     space = yaml.safe_load(SMOKE.read_text())
     space["params"].update(epochs={"value": 3}, batch={"value": 50})
+    space["accountant"] = "rdp"  # the per-trial ε solve: seconds with RDP (the subject is the resume from S3)
     sp = tmp_path / "space.yaml"
     sp.write_text(yaml.safe_dump(space))
     services.up()

@@ -275,14 +275,34 @@ def reference_mechanism(space, eps: float, n: int, batch_scale: float = 1.0, del
     return Mechanism(calibrate_sigma(eps, delta, q, steps, space.accountant), q, steps)
 
 
+def solve_plan(space, n: int, eps_total: float, *, trials: Optional[int] = None, selection: Optional[str] = None,
+               mean_trials: Optional[float] = None, rel_tol: float = 0.01, with_validation: bool = True,
+               batch_scale: float = 1.0, delta: Optional[float] = None) -> dict:
+    """What solve_per_trial_eps's answer depends on, in public numbers (the solve cache's key)."""
+    from dpsearch.space import scaled_batch
+
+    cells = sorted({poisson_plan(n, scaled_batch(b, batch_scale), e)
+                    for b in space.params.batch.values() for e in space.params.epochs.values()})
+    val = (list(poisson_plan(n, scaled_batch(space.reference.batch, 1.0), space.reference.epochs)) if with_validation
+           else None)  # as reference_mechanism plans it
+    return {"cells": [list(c) for c in cells], "accountant": space.accountant, "delta": _delta(space, n, delta),
+            "eps_total": float(eps_total), "trials": trials, "selection": selection, "mean_trials": mean_trials,
+            "rel_tol": rel_tol, "validation": val}
+
+
 def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int] = None,
                         selection: Optional[str] = None, mean_trials: Optional[float] = None,
                         rel_tol: float = 0.01, with_validation: bool = True, batch_scale: float = 1.0,
-                        delta: Optional[float] = None) -> tuple[float, SearchGuarantee]:
+                        delta: Optional[float] = None, cache: bool = True) -> tuple[float, SearchGuarantee]:
     """The largest per-trial ε whose guarantee is ≤ eps_total. With the validation generator (the composed
     design) it gets the same ε and is composed in; on a disjoint tuning slice it is not (it has its own
-    slice). Bisection on log ε: the bound is monotone in the per-trial ε."""
+    slice). Bisection on log ε: the bound is monotone in the per-trial ε.
+
+    cache: reuse a remembered answer for the same public plan (privacy/solve_cache.py), checked here by the
+    accountant before it is used, and remember a new one."""
     import math
+
+    from dpsearch.privacy import solve_cache
 
     def total(e: float) -> SearchGuarantee:
         val = reference_mechanism(space, e, n, delta=delta) if with_validation else None
@@ -291,6 +311,14 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
 
     if not (math.isfinite(eps_total) and eps_total > 0):
         raise ConfigError(f"--eps (the released ε) must be a positive number, got {eps_total}")
+    plan = solve_plan(space, n, eps_total, trials=trials, selection=selection, mean_trials=mean_trials,
+                      rel_tol=rel_tol, with_validation=with_validation, batch_scale=batch_scale, delta=delta)
+    key = solve_cache.key(**plan)
+    remembered = solve_cache.lookup(key) if cache else None
+    if remembered is not None:
+        g = total(remembered)  # the accountant checks the remembered answer: only the search is skipped
+        if g.eps <= eps_total:
+            return remembered, g
     # K runs at total/(2K) each compose to well under the total by any accountant; far smaller starts make
     # σ calibration fail (σ in the hundreds) before the bisection begins.
     k = trials if trials is not None else 3 * (mean_trials or 1)
@@ -312,4 +340,6 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
             lo, best = mid, (mid, g)
         else:
             hi = mid
+    if cache:
+        solve_cache.store(key, best[0], plan)
     return best

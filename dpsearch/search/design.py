@@ -231,8 +231,7 @@ class Slices(Design):
             per = float(saved["options"]["eps"])
         else:
             log.info("solving the per-trial ε on the tuning slice for a total of ε = %g ...", total)
-            per, g = solve_per_trial_eps(space, planned["tuning"], total, trials=opts.trials, with_validation=False,
-                                         batch_scale=trial_scale, delta=delta)
+            per, g = solve_per_trial_eps(space, **_tuning_solve(planned, total, opts.trials, trial_scale, delta))
             log.info("tuning slice: %d trials at ε = %.4f compose to ε = %.3f by %s", opts.trials, per, g.eps,
                      g.accountant)
         info = {"rule": rule.to_dict(), "keep": keep, "n_public": n_all, "planned": planned, "trials": opts.trials,
@@ -246,6 +245,23 @@ class Slices(Design):
 
 
 DESIGNS: dict[str, type[Design]] = {d.name: d for d in (PerTrial, Composed, Slices)}
+
+
+def _tuning_solve(planned: dict, total: float, trials: int, trial_scale: float, delta: float) -> dict:
+    """The arguments of the tuning slice's per-trial ε search (its K trials compose to the total there)."""
+    return dict(n=planned["tuning"], eps_total=total, trials=trials, with_validation=False, batch_scale=trial_scale,
+                delta=delta)
+
+
+def slice_solve_args(space: SearchSpace, total: float, trials: int) -> dict:
+    """The tuning-slice search a new `dpsearch sweep --eps total` of this space makes, from its public N alone
+    (the shipped solve cache is made from it: privacy/solve_cache.py)."""
+    if not space.n_public:
+        raise ConfigError(f"space {space.name} declares no n_public: its slices are planned from the data")
+    rule = SliceRule.new(**space.slices.model_dump())
+    keep = share_of(space.n_private, space.n_public)
+    delta = space.delta if space.delta is not None else default_delta(space.n_public)
+    return _tuning_solve(planned_sizes(space.n_public, rule, keep), total, trials, rule.tuning / rule.final, delta)
 
 
 def design_name(opts: SweepOptions) -> str:

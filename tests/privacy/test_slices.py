@@ -102,7 +102,7 @@ def test_the_slices_report_composes_the_tuning_trials_and_takes_the_largest_part
     space = SearchSpace(**raw)
     sizes, scale, delta, total, k = {"tuning": 6000, "validation": 6000, "final": 48000}, 6000 / 48000, 1e-5, 2.0, 4
     per, _ = solve_per_trial_eps(space, sizes["tuning"], total, trials=k, with_validation=False, batch_scale=scale,
-                                 delta=delta, rel_tol=0.05)
+                                 delta=delta, rel_tol=0.05, cache=False)
     q, steps = poisson_plan(sizes["tuning"], scaled_batch(800, scale), 2)
     sigma = calibrate_sigma(per, delta, q, steps, space.accountant)
     acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)

@@ -1,0 +1,77 @@
+"""Remembered answers of the per-trial ε search (report.solve_per_trial_eps), so a sweep does not bisect again.
+
+The search evaluates the whole space's guarantee about ten times (≈ 85 s for the shipped space on 2 cores) and
+gives the same answer every time for the same public plan. Only the answer's *search* is reused: a remembered
+per-trial ε is checked by the accountant on every use (one evaluation of the guarantee), and thrown away when
+it no longer meets the total. So a stale or tampered entry can cost utility, never privacy.
+
+Two places, read in order: the entries that ship with the package (`dpsearch/shipped/solves.json`, made with
+`python -m dpsearch.search.shipped_solves`, for the shipped spaces at common ε) and the user's cache
+(`$DPSEARCH_HOME/solves.json`), to which every new answer is added. A key is built from public numbers only:
+the grid's (q, steps) cells, the accountant, δ, the total, the number of trials or the selection rule, the
+validation generator's plan and the tolerance. Not the accounting libraries' versions: the check on every use
+is what keeps a remembered answer sound under a newer accountant (one that finds it over the total throws it
+away and searches again; one that finds it a little under leaves at most the search's 1% tolerance unused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped" / "solves.json"
+FILE = "solves.json"
+FORMAT = 1  # raise it when the search itself changes (its tolerance rule, the composition it solves)
+
+
+def key(**plan) -> str:
+    """A digest of the plan (public numbers only; floats as repr so 1e-3 and 0.001 agree)."""
+    def norm(v):
+        if isinstance(v, float):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        return v
+
+    body = json.dumps({k: norm(v) for k, v in sorted(plan.items())} | {"format": FORMAT}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def _user_file() -> Path:
+    from dpsearch.paths import home
+
+    return home() / FILE
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: the search runs (the cache is only a speed-up)
+
+
+def lookup(k: str) -> Optional[float]:
+    for path in (SHIPPED, _user_file()):
+        entry = _read(path).get(k)
+        if isinstance(entry, dict) and isinstance(entry.get("per_trial_eps"), (int, float)):
+            return float(entry["per_trial_eps"])
+    return None
+
+
+def store(k: str, per_trial_eps: float, plan: dict, path: Optional[Path] = None) -> None:
+    """Adds an answer (atomic replace: concurrent writers lose an entry at worst, never corrupt the file)."""
+    path = path or _user_file()
+    entries = _read(path)
+    entries[k] = {"per_trial_eps": per_trial_eps, "plan": plan}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home: the sweep goes on, it only solves again next time
+        log.warning("could not remember the per-trial ε in %s: %s", path, e)
