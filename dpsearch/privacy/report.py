@@ -6,6 +6,7 @@ machine that has the sweep's storage.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from dpsearch.config import ConfigError, default_delta
@@ -318,6 +319,8 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
     if remembered is not None:
         g = total(remembered)  # the accountant checks the remembered answer: only the search is skipped
         if g.eps <= eps_total:
+            logging.getLogger(__name__).info("per-trial ε %.4f: a remembered answer for this plan, checked (ε = %.3f "
+                                             "by %s)", remembered, g.eps, g.accountant)
             return remembered, g
     # K runs at total/(2K) each compose to well under the total by any accountant; far smaller starts make
     # σ calibration fail (σ in the hundreds) before the bisection begins.
