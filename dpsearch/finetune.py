@@ -79,12 +79,13 @@ class FinetuneState:
     history: list[dict]
     ema: dict | None = None  # the EMA's state (cfg.ema), post-processing of the iterates above
     warmup_sigma: float | None = None  # σ_w of the class-mean release these weights already hold (cfg.warmup)
+    lr: dict | None = None  # {"lr", "lr_schedule"}: a resume must continue the same step-size curve
 
     def save(self, path) -> None:
         history = json.loads(json.dumps(self.history, default=float))  # plain floats: numpy scalars need unpickling
         torch.save({"epoch": self.epoch, "steps": self.steps, "trainable": self.trainable,
                     "optimizer": self.optimizer, "history": history, "ema": self.ema,
-                    "warmup_sigma": self.warmup_sigma}, path)
+                    "warmup_sigma": self.warmup_sigma, "lr": self.lr}, path)
 
     @classmethod
     def load(cls, path) -> "FinetuneState":
@@ -99,7 +100,7 @@ class FinetuneState:
             # States written before the release boundary also held the private training loss: it is dropped.
             history = [{k: v for k, v in h.items() if k in HISTORY_FIELDS} for h in d["history"]]
             return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history, d.get("ema"),
-                       d.get("warmup_sigma"))
+                       d.get("warmup_sigma"), d.get("lr"))
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
             raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
                               f"delete it to restart the trial from scratch") from e
@@ -256,6 +257,10 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
                 raise ConfigError("checkpoint was written without an EMA of the weights; resume with the config it "
                                   "was started with, or delete it to restart the trial")
             ema.load_state_dict(resume.ema)
+    lr_plan = {"lr": cfg.lr, "lr_schedule": cfg.lr_schedule}
+    if resume and resume.lr is not None and resume.lr != lr_plan:  # states from before it was recorded: not checked
+        raise ConfigError(f"checkpoint was written by a run with {resume.lr}, this config has {lr_plan}; resume with the "
+                          f"config it was started with, or delete it to restart the trial")
     if resume and resume.warmup_sigma != sigma_w:  # the accountant's history must be the run's own
         raise ConfigError(f"checkpoint was written by a run with warm-up σ_w = {resume.warmup_sigma}, this config plans "
                           f"{sigma_w}; resume with the config it was started with, or delete it to restart the trial")
@@ -302,7 +307,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
             if on_epoch is not None:
                 state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
                                       optimizer.original_optimizer.state_dict(), list(history),
-                                      ema.state_dict() if ema is not None else None, sigma_w)
+                                      ema.state_dict() if ema is not None else None, sigma_w, lr_plan)
                 on_epoch(record, state)
     finally:
         bar.close()

@@ -215,6 +215,12 @@ def test_the_cosine_schedule_sets_every_dp_step_and_a_resume_picks_it_up_from_th
     seen.clear()
     dp_finetune(build_ldm(CFG), data, cfg.model_copy(update={"lr_schedule": "constant"}), progress=False)
     assert seen == [1e-2] * 7
+    states[0].save(tmp_path / "state.pt")  # the schedule travels with the state: another one is refused
+    state = FinetuneState.load(tmp_path / "state.pt")
+    assert state.lr == {"lr": 1e-2, "lr_schedule": "cosine"}
+    for other in ({"lr_schedule": "constant"}, {"lr": 2e-2}):
+        with pytest.raises(ConfigError, match="resume with the config it was started with"):
+            dp_finetune(build_ldm(CFG), data, cfg.model_copy(update=other), progress=False, resume=state)
 
 
 def test_a_damaged_state_is_a_clear_error(tmp_path):
