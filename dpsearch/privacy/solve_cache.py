@@ -31,15 +31,8 @@ FORMAT = 1  # raise it when the search itself changes (its tolerance rule, the c
 
 
 def key(**plan) -> str:
-    """A digest of the plan (public numbers only; floats as repr so 1e-3 and 0.001 agree)."""
-    def norm(v):
-        if isinstance(v, float):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return [norm(x) for x in v]
-        return v
-
-    body = json.dumps({k: norm(v) for k, v in sorted(plan.items())} | {"format": FORMAT}, sort_keys=True)
+    """A digest of the plan (public numbers only)."""
+    body = json.dumps(plan | {"format": FORMAT}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
