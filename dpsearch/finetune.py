@@ -244,6 +244,10 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     named = _trainable_named(model)
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     ema = _ema(trainable, cfg)
+    lr_plan = {"lr": cfg.lr, "lr_schedule": cfg.lr_schedule}
+    if resume and resume.lr is not None and resume.lr != lr_plan:  # states from before it was recorded: not checked
+        raise ConfigError(f"checkpoint was written by a run with {resume.lr}, this config has {lr_plan}; resume with the "
+                          f"config it was started with, or delete it to restart the trial")
     if resume:
         missing = set(named) ^ set(resume.trainable)
         if missing:
@@ -257,10 +261,6 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
                 raise ConfigError("checkpoint was written without an EMA of the weights; resume with the config it "
                                   "was started with, or delete it to restart the trial")
             ema.load_state_dict(resume.ema)
-    lr_plan = {"lr": cfg.lr, "lr_schedule": cfg.lr_schedule}
-    if resume and resume.lr is not None and resume.lr != lr_plan:  # states from before it was recorded: not checked
-        raise ConfigError(f"checkpoint was written by a run with {resume.lr}, this config has {lr_plan}; resume with the "
-                          f"config it was started with, or delete it to restart the trial")
     if resume and resume.warmup_sigma != sigma_w:  # the accountant's history must be the run's own
         raise ConfigError(f"checkpoint was written by a run with warm-up σ_w = {resume.warmup_sigma}, this config plans "
                           f"{sigma_w}; resume with the config it was started with, or delete it to restart the trial")

@@ -6,7 +6,6 @@ machine that has the sweep's storage.
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 from dpsearch.config import ConfigError, default_delta
@@ -315,13 +314,9 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
     plan = solve_plan(space, n, eps_total, trials=trials, selection=selection, mean_trials=mean_trials,
                       rel_tol=rel_tol, with_validation=with_validation, batch_scale=batch_scale, delta=delta)
     key = solve_cache.key(**plan)
-    remembered = solve_cache.lookup(key) if cache else None
-    if remembered is not None:
-        g = total(remembered)  # the accountant checks the remembered answer: only the search is skipped
-        if g.eps <= eps_total:
-            logging.getLogger(__name__).info("per-trial ε %.4f: a remembered answer for this plan, checked (ε = %.3f "
-                                             "by %s)", remembered, g.eps, g.accountant)
-            return remembered, g
+    hit = solve_cache.checked(key, eps_total, total) if cache else None
+    if hit is not None:
+        return hit
     # K runs at total/(2K) each compose to well under the total by any accountant; far smaller starts make
     # σ calibration fail (σ in the hundreds) before the bisection begins.
     k = trials if trials is not None else 3 * (mean_trials or 1)

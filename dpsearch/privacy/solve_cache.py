@@ -7,7 +7,8 @@ it no longer meets the total. So a stale or tampered entry can cost utility, nev
 
 Two places, read in order: the entries that ship with the package (`dpsearch/shipped/solves.json`, made with
 `python -m dpsearch.search.shipped_solves`, for the shipped spaces at common ε) and the user's cache
-(`$DPSEARCH_HOME/solves.json`), to which every new answer is added. A key is built from public numbers only:
+(`$DPSEARCH_HOME/solves.json`), to which every new answer is added. Callers use it only where N is public (a
+space that declares n_public): the plan pins N (δ = 1/(N ln N), the steps). A key is built from public numbers only:
 the grid's (q, steps) cells, the accountant, δ, the total, the number of trials or the selection rule, the
 validation generator's plan and the tolerance. Not the accounting libraries' versions: the check on every use
 is what keeps a remembered answer sound under a newer accountant (one that finds it over the total throws it
@@ -19,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,32 @@ def _read(path: Path) -> dict:
         return {}  # absent or unreadable: the search runs (the cache is only a speed-up)
 
 
-def lookup(k: str) -> Optional[float]:
+def candidates(k: str) -> list[float]:
+    """The remembered answers for this key, shipped first: each still has to pass the accountant's check."""
+    found = []
     for path in (SHIPPED, _user_file()):
         entry = _read(path).get(k)
-        if isinstance(entry, dict) and isinstance(entry.get("per_trial_eps"), (int, float)):
-            return float(entry["per_trial_eps"])
+        v = entry.get("per_trial_eps") if isinstance(entry, dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            found.append(float(v))
+    return found
+
+
+def checked(k: str, eps_total: float, total: Callable[[float], Any]) -> Optional[tuple[float, Any]]:
+    """The first remembered answer whose guarantee, computed again by `total` (the search's own function),
+    is ≤ eps_total, with that guarantee; None: the search must run. Only the search is skipped, never the check."""
+    from dpsearch.config import ConfigError
+
+    for remembered in candidates(k):
+        try:
+            g = total(remembered) if remembered <= eps_total else None
+        except (ConfigError, ValueError):  # no σ for it: an answer no search would have given
+            g = None
+        if g is not None and g.eps <= eps_total:
+            log.info("per-trial ε %.4f: a remembered answer for this plan, checked (ε = %.3f by %s)", remembered,
+                     g.eps, g.accountant)
+            return remembered, g
+        log.info("remembered per-trial ε %.4g does not pass the check for ε = %g: not used", remembered, eps_total)
     return None
 
 

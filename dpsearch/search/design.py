@@ -149,7 +149,8 @@ class Composed(PerTrial):
         log.info("solving the per-trial ε for a released-model total of ε = %g ...", opts.eps_total)
         per, g = solve_per_trial_eps(space, n, opts.eps_total,
                                      trials=None if opts.private_selection else opts.trials,
-                                     selection=opts.private_selection, mean_trials=opts.mean_trials, delta=delta)
+                                     selection=opts.private_selection, mean_trials=opts.mean_trials, delta=delta,
+                                     cache=bool(space.n_public))  # remembered only where N is public
         log.info("--eps %g (composed): every trial and the validation generator get ε = %.4f (δ = %g); released "
                  "model: ε = %.3f by %s", opts.eps_total, per, g.delta, g.eps, g.accountant)
         return per, per
@@ -231,7 +232,8 @@ class Slices(Design):
             per = float(saved["options"]["eps"])
         else:
             log.info("solving the per-trial ε on the tuning slice for a total of ε = %g ...", total)
-            per, g = solve_per_trial_eps(space, **_tuning_solve(planned, total, opts.trials, trial_scale, delta))
+            per, g = solve_per_trial_eps(space, **_tuning_solve(planned, total, opts.trials, trial_scale, delta),
+                                         cache=bool(space.n_public))  # remembered only where N is public
             log.info("tuning slice: %d trials at ε = %.4f compose to ε = %.3f by %s", opts.trials, per, g.eps,
                      g.accountant)
         info = {"rule": rule.to_dict(), "keep": keep, "n_public": n_all, "planned": planned, "trials": opts.trials,

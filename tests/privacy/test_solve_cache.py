@@ -82,3 +82,14 @@ def test_the_main_job_finds_its_answer_shipped_and_it_is_the_search_s():
                              delta=args["delta"]).eps
 
     assert total(per) <= 5.0 < total(per * 1.02)
+
+
+def test_entries_no_search_would_give_are_skipped_and_the_search_runs(home):
+    plan = solve_plan(_space(), **ARGS)
+    k = solve_cache.key(**plan)
+    for bad in (True, -1.0, float("nan"), "1.0"):
+        solve_cache.store(k, bad, plan)
+        assert solve_cache.candidates(k) == []
+    solve_cache.store(k, 1e-12, plan)  # positive, but no σ calibrates to it: the check fails, the search runs
+    per, g = solve_per_trial_eps(_space(), **ARGS)
+    assert per > 1e-6 and g.eps <= 4.0 and _entries(home)[k]["per_trial_eps"] == per
