@@ -7,6 +7,7 @@ Metrics measured on the real private test split are *oracle* metrics: they are k
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def public_feature_extractor(cfg: EvaluateConfig) -> DigitCNN:
     recipe = EvaluateConfig(classifier_epochs=3, seed=7)
     net, _ = train_classifier(printed_digits(10000, seed=7, progress=False), recipe, desc="FID extractor (public)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")  # two trials may train it at once
     torch.save(net.state_dict(), tmp)
     tmp.replace(path)
     return net

@@ -89,7 +89,7 @@ class Store:
         path = self._p(name)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
-            tmp = path + ".tmp"
+            tmp = f"{path}.partial-{os.getpid()}"  # two writers of one name never share a temporary file
             with self.fs.open_output_stream(tmp) as f:
                 f.write(data)
             os.replace(tmp, path)

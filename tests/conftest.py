@@ -7,7 +7,19 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# pytest-xdist runs the suite in parallel workers (scripts/test.sh); each worker gets its share of the cores so two
+# CPU-bound tests never oversubscribe them, and its own service ports.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", … under xdist, "" in a plain run
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
+_OFFSET = int(WORKER[2:] or 0) if WORKER.startswith("gw") else 0
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that read the one tracked sweep stay on one xdist worker (--dist loadgroup), so it runs once."""
+    for item in items:
+        if "tracked" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tracked"))
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +54,8 @@ def embedded_services_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("services")
     saved = {k: os.environ.get(k) for k in ("DPSEARCH_SERVICES_DIR", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
                                             "DPSEARCH_S3_PORT", "DPSEARCH_MLFLOW_PORT")}
-    os.environ.update(DPSEARCH_SERVICES_DIR=str(d), DPSEARCH_S3_PORT="18391", DPSEARCH_MLFLOW_PORT="15391")
+    os.environ.update(DPSEARCH_SERVICES_DIR=str(d), DPSEARCH_S3_PORT=str(18391 + _OFFSET),
+                      DPSEARCH_MLFLOW_PORT=str(15391 + _OFFSET))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("AWS_ENDPOINT_URL", None)
     yield d

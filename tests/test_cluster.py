@@ -16,7 +16,7 @@ import ray.autoscaler
 import yaml
 
 from dpsearch.paths import home
-from tests.cluster_hosts import kill_under, processes_under, short_tmpdir, start_sshd
+from tests.cluster_hosts import free_port, kill_under, processes_under, short_tmpdir, start_sshd
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -86,6 +86,7 @@ def ssh_host():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.serial  # `ray down` runs `ray stop` on the head, this machine: every Ray of this user stops with it
 def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_host, tiny_model_dir, monkeypatch):
     """cluster/local.yaml against 127.0.0.1 over SSH: ray up, a smoke sweep through ray exec (MLflow runs on
     the shared server, checkpoints on S3), ray down. Token auth on, its token kept out of the real ~/.ray."""
@@ -182,22 +183,24 @@ def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_mod
            "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled", "DPSEARCH_HOME": str(home()),
            "HOME": str(root)}  # no ~/.ray token written in the real home
     env.pop("RAY_ADDRESS", None)
-    name = f"fake-{root.name[5:]}"
+    name, port = f"fake-{root.name[5:]}", free_port()
+    # The head's address is given, not "auto": with other Rays on this machine (a parallel test worker's, a
+    # user's), "auto" falls back to any Ray it detects.
     # Where `ray up` leaves the autoscaler config on a head node; the sweep reads its GPU node types there.
     boot = root / "ray_bootstrap_config.yaml"
     shutil.copy(CLUSTER / "fake_multinode.yaml", boot)
     log = []
     try:
-        log.append(_ray(venv_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6379", "--num-cpus=1",
+        log.append(_ray(venv_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
                         "--num-gpus=0", f"--temp-dir={root}/ray", "--include-dashboard=false", "--disable-usage-stats",
                         f"--autoscaling-config={boot}", env=env))
         r = subprocess.run([str(venv_bin / "dpsearch"), "sweep", "--space", "smoke", "--eps-per-trial", "5", "--trials", "2",
-                            "--concurrency", "2", "--sampler", "random", "--address", "auto", "--model",
+                            "--concurrency", "2", "--sampler", "random", "--address", f"127.0.0.1:{port}", "--model",
                             str(tiny_model_dir), "--name", name, "--quiet"],
                            env=env, capture_output=True, text=True, timeout=900)
         log.append(r.stdout + r.stderr)
         assert r.returncode == 0, r.stderr[-4000:]
-        log.append(_ray(venv_bin, "status", "--address=127.0.0.1:6379", env=env))
+        log.append(_ray(venv_bin, "status", f"--address=127.0.0.1:{port}", env=env))
     finally:
         left = kill_under(root / "ray")  # the head and every fake node it added
         Path("test-artifacts").mkdir(exist_ok=True)
