@@ -15,11 +15,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 _OFFSET = int(WORKER[2:] or 0) if WORKER.startswith("gw") else 0
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The tests that read the one tracked sweep stay on one xdist worker (--dist loadgroup), so it runs once."""
+    """The tests that read the one tracked sweep stay on one xdist worker (--dist loadgroup), so it runs once. The
+    tests that train on the tiny pretrained model (sweeps, end-to-end runs: the long ones) are handed out first, so
+    the workers' last minutes are short tests, not one long sweep beside an idle worker."""
     for item in items:
         if "tracked" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("tracked"))
+    items.sort(key=lambda i: not {"tracked", "tiny_model_dir"} & set(getattr(i, "fixturenames", ())))
 
 
 @pytest.fixture(scope="session")

@@ -188,7 +188,9 @@ def test_fake_cluster_adds_gpu_nodes_for_a_sweep_and_spreads_its_trials(tiny_mod
     # user's), "auto" falls back to any Ray it detects.
     # Where `ray up` leaves the autoscaler config on a head node; the sweep reads its GPU node types there.
     boot = root / "ray_bootstrap_config.yaml"
-    shutil.copy(CLUSTER / "fake_multinode.yaml", boot)
+    cfg = yaml.safe_load((CLUSTER / "fake_multinode.yaml").read_text())
+    cfg["provider"]["gcs_address"] = f"127.0.0.1:{port}"  # the fake nodes join the head there
+    boot.write_text(yaml.safe_dump(cfg))
     log = []
     try:
         log.append(_ray(venv_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",

@@ -66,7 +66,8 @@ def test_port_in_use_is_a_clear_error_and_starts_nothing(svc_dir, capsys):
 
 def test_unreachable_storage_and_tracking_fail_before_training(tmp_path, capsys, tiny_model_dir):
     dead = _free_port()
-    base = ["sweep", "--space", "smoke", "--eps", "5", "--model", str(tiny_model_dir), "--quiet"]
+    # --eps-per-trial: the services are checked after the plan, and the per-trial protocol plans without the ε solve
+    base = ["sweep", "--space", "smoke", "--eps-per-trial", "5", "--model", str(tiny_model_dir), "--quiet"]
     assert main(base + ["--storage", str(tmp_path / "s"), "--tracking", f"http://127.0.0.1:{dead}"]) == 2
     assert "MLflow tracking server" in capsys.readouterr().err
     import os
