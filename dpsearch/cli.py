@@ -70,6 +70,9 @@ def _add_finetune_args(p: argparse.ArgumentParser, non_private: bool = False) ->
     p.add_argument("--clipping", choices=["auto", "bookkeeping", "hooks"], default=DEFAULT_FT.clipping,
                    help="per-sample clipping path: book-keeping (one backward pass) or Opacus' hooks; auto = "
                         "book-keeping wherever it applies (docs/performance.md)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=DEFAULT_FT.precision,
+                   help="bf16: forward and backward under bfloat16 autocast, per-sample norms and clipping in float32 "
+                        "(book-keeping only; docs/performance.md)")
     p.add_argument("--n-private", type=int, default=None, help="use a random subset of N private images")
     p.add_argument("--private", default="mnist", help="private dataset: mnist, folder:PATH, torchvision:NAME")
     _add_model_input_args(p)

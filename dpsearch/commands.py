@@ -21,7 +21,7 @@ def _ft_config(a) -> FinetuneConfig:
                     clip=a.clip, batch=a.batch, q=a.q,
                     epochs=a.epochs, lr=a.lr, lr_schedule=a.lr_schedule, physical_batch=a.physical_batch, accountant=a.accountant,
                     n_private=a.n_private, seed=a.seed, secure_rng=a.secure_rng,
-                    clipping=a.clipping, multiplicity=a.multiplicity, ema=a.ema,
+                    clipping=a.clipping, precision=a.precision, multiplicity=a.multiplicity, ema=a.ema,
                     warmup=a.warmup, warmup_steps=a.warmup_steps, non_private=getattr(a, "non_private", False))
 
 

@@ -170,6 +170,9 @@ class FinetuneConfig(_Strict):
     # How per-sample gradients are clipped: book-keeping (one backward pass, privacy/bookkeeping.py) or Opacus'
     # hooks; "auto" takes book-keeping wherever every trainable layer has a rule (docs/performance.md).
     clipping: Literal["auto", "bookkeeping", "hooks"] = "auto"
+    # "bf16": forward and backward under torch.autocast in bfloat16; the per-sample norms, clip factors, clipped sum
+    # and noise stay float32, so every clipped per-sample gradient keeps norm ≤ C. Book-keeping clipping only.
+    precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0  # only the --n-private subset choice; a fine-tune seeds nothing (fresh OS entropy per run)
 
     @field_validator("eps")
@@ -246,6 +249,8 @@ class FinetuneConfig(_Strict):
             raise ValueError(f"scope 'unet' trains every UNet weight: drop the layer range {self.layers!r}")
         if self.scope == "unet" and self.method == "lora":
             raise ValueError("method 'lora' adapts attention projections: use scope 'attention' with it")
+        if self.precision != "fp32" and self.clipping == "hooks" and not self.non_private:
+            raise ValueError("precision 'bf16' keeps the clipping math float32 on book-keeping only: drop --clipping hooks")
         return self
 
     @model_validator(mode="after")

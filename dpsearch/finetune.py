@@ -15,13 +15,14 @@ from tqdm import tqdm
 
 from dpsearch.config import ConfigError, FinetuneConfig, parse_layers
 from dpsearch.data import ImageSet
+from dpsearch.device import autocast
 from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
 from dpsearch.models.lora import add_lora, has_lora, lora_adapter, merge_lora
 from dpsearch.privacy import PrivacyRecord, epsilon_for
 from dpsearch.privacy.accounting import accountant_epsilon, history as accountant_history
 from dpsearch.privacy.bookkeeping import BookkeepingDPOptimizer
 from dpsearch.privacy.class_means import noisy_class_means
-from dpsearch.privacy.dpsgd import dp_sgd_epoch, plan_privacy, privatize
+from dpsearch.privacy.dpsgd import check_precision, clipping_path, dp_sgd_epoch, plan_privacy, privatize
 from dpsearch.privacy.randomness import MechanismRandomness
 from dpsearch.warmup import warm_up
 
@@ -198,7 +199,9 @@ def finetune_non_private(model: LDM, private: ImageSet, cfg: FinetuneConfig, pro
             optimizer.zero_grad(set_to_none=True)
             for i in range(0, len(x), per_pass):  # the mean loss over the batch, in memory-sized parts
                 xs, ys = x[i:i + per_pass].to(model.device), y[i:i + per_pass].to(model.device)
-                (module(xs, ys).sum() / len(x)).backward()
+                with autocast(cfg.precision, model.device):  # the DP run's precision (Tape), for a like comparison
+                    loss = module(xs, ys).sum() / len(x)
+                loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.step(trainable)
@@ -241,6 +244,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     n_total = sum(p.numel() for m in (model.unet, model.embedder) for n, p in m.named_parameters() if "lora_" not in n)
 
     module = DiffusionLoss(model, cfg.label_dropout, cfg.multiplicity).train()
+    if cfg.precision != "fp32":  # refused before any release (the warm-up's), not only in privatize
+        check_precision(clipping_path(module, cfg.clipping), cfg.precision)
     named = _trainable_named(model)
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     ema = _ema(trainable, cfg)
@@ -272,7 +277,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     loader = DataLoader(TensorDataset(latents, private.labels), batch_size=cfg.batch, shuffle=False)
     engine, dp_module, optimizer, dp_loader = privatize(module, optimizer, loader, sigma, cfg.clip, cfg.accountant,
                                                         rng=rng, steps_per_epoch=plan.steps_per_epoch,
-                                                        clipping=cfg.clipping, n_public=n, draws=cfg.multiplicity)
+                                                        clipping=cfg.clipping, n_public=n, draws=cfg.multiplicity,
+                                                        precision=cfg.precision)
     clipping = "bookkeeping" if isinstance(optimizer, BookkeepingDPOptimizer) else "hooks"
 
     history = list(resume.history) if resume else []

@@ -123,3 +123,12 @@ def test_the_recipe_flags_reach_the_finetune_config():
     for bad in (["--multiplicity", "0"], ["--ema", "1.0"]):
         with pytest.raises(ConfigError):
             _ft_config(build_parser().parse_args(["run", "--eps", "5", *bad]))
+
+
+def test_the_precision_flag_reaches_the_finetune_config():
+    from dpsearch.commands import _ft_config
+
+    assert _ft_config(build_parser().parse_args(["run", "--eps", "5"])).precision == "fp32"
+    assert _ft_config(build_parser().parse_args(["run", "--eps", "5", "--precision", "bf16"])).precision == "bf16"
+    with pytest.raises(ConfigError, match="clipping hooks"):  # Opacus' hooks would clip by bfloat16 norms
+        _ft_config(build_parser().parse_args(["run", "--eps", "5", "--precision", "bf16", "--clipping", "hooks"]))

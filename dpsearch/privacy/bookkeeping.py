@@ -10,6 +10,13 @@ has no such path, so the backward of the layer types a trainable attention set h
 Conv2d, LayerNorm, GroupNorm, Embedding) is written here. Everything else is Opacus': the DPOptimizer
 adds the noise, scales by the expected batch, skips the partial steps of BatchMemoryManager and calls
 the accountant; only `clip_and_accumulate` reads this module's tape instead of `p.grad_sample`.
+
+Precision "bf16" (opt-in, FinetuneConfig.precision) runs the root's forward under torch.autocast in bfloat16, so the
+UNet's matmuls and convolutions and their backward run in bfloat16 and a linear layer's tape entry is kept in
+bfloat16. Everything the clipping bound rests on is float32: the entries are upcast before the per-sample norms,
+the norms, their sum over layers and the clip factors are float32, and the clipped sum is formed in float32 from the
+same upcast entries, so each example's clipped contribution has norm ≤ C as in float32 mode. Opacus then adds the
+noise to that float32 sum. The parameters, their gradients and the optimizer stay float32.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import torch
 import torch.nn as nn
 from opacus.optimizers import DPOptimizer
 
-from dpsearch.privacy.bookkeeping_layers import UnsupportedLayer, layer_forward, layer_kind
+from dpsearch.device import PRECISIONS, autocast
+from dpsearch.privacy.bookkeeping_layers import UnsupportedLayer, layer_forward, layer_kind, upcast
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -65,7 +73,7 @@ class _Slot:
         weight = self.module.weight.requires_grad
         bias = self.module.bias is not None and self.module.bias.requires_grad
         if len(self.records) == 1 and self._use_ghost(*self.records[0]):
-            x, g = self.records[0]
+            x, g = map(upcast, self.records[0])
             out = 0
             if weight:
                 out = (torch.bmm(x, x.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
@@ -87,9 +95,10 @@ class _Slot:
         if self.kind in ("linear", "conv1x1"):
             w = self.module.weight
             if w.requires_grad:
-                out["weight"] = sum(torch.bmm(g.transpose(1, 2), x) for x, g in self.records).view(-1, *w.shape)
+                out["weight"] = sum(torch.bmm(upcast(g).transpose(1, 2), upcast(x))
+                                    for x, g in self.records).view(-1, *w.shape)
             if self.module.bias is not None and self.module.bias.requires_grad:
-                out["bias"] = sum(g.sum(1) for _, g in self.records)
+                out["bias"] = sum(upcast(g).sum(1) for _, g in self.records)
         else:  # norms and embeddings record their (small) per-sample gradients directly
             for rec in self.records:
                 for name, per_sample in rec.items():
@@ -105,6 +114,7 @@ class _Slot:
             # Ghost branch: the clipped sum is one product over the batch and positions, never per example.
             out, c = {}, c * self.scale
             for x, g in self.records:
+                x, g = upcast(x), upcast(g)
                 gc = g * c.view(-1, 1, 1)
                 for name in params:
                     part = gc.flatten(0, 1).T @ x.flatten(0, 1) if name == "weight" else gc.sum((0, 1))
@@ -150,9 +160,14 @@ class Tape:
 
     Raises UnsupportedLayer (naming the layers) if any such layer has no rule here, shares a parameter with
     another layer, or already has a replaced forward; nothing is changed then. `remove()` restores them all.
+    precision "bf16": root's forward runs under autocast in bfloat16, the norm and clipping math in float32.
     """
 
-    def __init__(self, root: nn.Module, scale_by_batch: bool = True, ghost: str = "auto", draws: int = 1):
+    def __init__(self, root: nn.Module, scale_by_batch: bool = True, ghost: str = "auto", draws: int = 1,
+                 precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         slots, bad, seen = [], [], {}
         self.draws = draws  # rows per example inside the model (DiffusionLoss's noise multiplicity)
         for name, m in root.named_modules(remove_duplicate=False):
@@ -185,22 +200,23 @@ class Tape:
 
     def _guard(self, forward):
         def guarded(*args, **kwargs):
+            first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
             if torch.is_grad_enabled():
                 if self.batch is not None:
                     raise RuntimeError("a second forward pass while per-sample gradients are pending on the tape: "
                                        "call optimizer.step() (or zero_grad()) after every backward pass")
-                first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
                 if first is None:
                     raise RuntimeError("book-keeping needs the batch as a tensor argument of the model's forward")
                 self.batch = first.shape[0]
-            return forward(*args, **kwargs)
+            with autocast(self.precision, first.device if first is not None else "cpu"):
+                return forward(*args, **kwargs)
         return guarded
 
     def has_records(self) -> bool:
         return any(s.records for s in self.slots)
 
     def per_sample_norms(self) -> torch.Tensor:
-        """‖example i's gradient over all trainable parameters‖, shape [B]."""
+        """‖example i's gradient over all trainable parameters‖, shape [B], float32 whatever the precision."""
         # A ghost norm is a sum of products and may round a hair below zero.
         return torch.sqrt(sum(s.norms2() for s in self.slots if s.records).clamp_min(0))
 

@@ -2,6 +2,10 @@
 the input gradient only and leaves on the slot's tape what that layer's per-sample gradient needs.
 
 Written by hand because neither autograd nor Opacus offers a backward that skips the batch weight gradient.
+
+Under autocast (precision "bf16", Tape) a Linear or 1×1 conv runs in the lower precision as autocast would run it,
+and its tape entry (input, output gradient) stays in that dtype, half the memory; the slot upcasts both to float32
+before any norm or sum. The affine and embedding rules record their per-sample gradients in float32.
 """
 
 from __future__ import annotations
@@ -15,11 +19,27 @@ class UnsupportedLayer(ValueError):
     """A trainable parameter sits in a layer this path has no per-sample rule for (use Opacus' hooks)."""
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """t in at least float32: a bfloat16/float16 tape entry before the norm math; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """(x, weight, bias) in autocast's lower precision when autocast is on for x's device (what it does to
+    F.linear and F.conv2d), else unchanged; the parameters themselves stay float32."""
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return x, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    return x.to(dt), weight.to(dt), None if bias is None else bias.to(dt)
+
+
 class _LinearFn(torch.autograd.Function):
     """y = x Wᵀ + b whose backward returns dL/dx only and leaves (x, dL/dy) on the tape: no batch p.grad."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, slot, scale_by_batch):
+        x, weight, bias = _autocast(x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.slot, ctx.scale_by_batch = slot, scale_by_batch
         return F.linear(x, weight, bias)
@@ -30,7 +50,7 @@ class _LinearFn(torch.autograd.Function):
         b = g.shape[0]
         ctx.slot.scale = b if ctx.scale_by_batch else 1
         ctx.slot.add(b, (x.reshape(b, -1, x.shape[-1]), g.reshape(b, -1, g.shape[-1])))
-        gx = g @ weight if ctx.needs_input_grad[0] else None
+        gx = g @ weight.to(g.dtype) if ctx.needs_input_grad[0] else None
         return gx, None, None, None, None
 
 
@@ -39,6 +59,7 @@ class _Conv1x1Fn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, slot, scale_by_batch):
+        x, weight, bias = _autocast(x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.slot, ctx.scale_by_batch = slot, scale_by_batch
         return F.conv2d(x, weight, bias)
@@ -51,7 +72,7 @@ class _Conv1x1Fn(torch.autograd.Function):
         ctx.slot.add(b, (x.flatten(2).transpose(1, 2), g.flatten(2).transpose(1, 2)))
         gx = None
         if ctx.needs_input_grad[0]:
-            gx = torch.einsum("bohw,oi->bihw", g, weight.view(o, -1))
+            gx = torch.einsum("bohw,oi->bihw", g, weight.view(o, -1).to(g.dtype))
         return gx, None, None, None, None
 
 
@@ -75,6 +96,7 @@ class _AffineFn(torch.autograd.Function):
         s = b if ctx.scale_by_batch else 1
         gm, xm = (g.reshape(b, -1, c), xhat.reshape(b, -1, c)) if ctx.channel_dim == -1 else \
             (g.reshape(b, c, -1).transpose(1, 2), xhat.reshape(b, c, -1).transpose(1, 2))
+        gm, xm = upcast(gm), upcast(xm)  # the per-sample gradient in float32 whatever autocast ran
         rec = {}
         if ctx.needs_input_grad[1]:
             rec["weight"] = s * (gm * xm).sum(1)
@@ -103,6 +125,7 @@ class _EmbeddingFn(torch.autograd.Function):
         (idx,) = ctx.saved_tensors
         b, d = g.shape[0], g.shape[-1]
         s = b if ctx.scale_by_batch else 1
+        g = upcast(g)
         per_sample = torch.zeros(b, ctx.rows, d, dtype=g.dtype, device=g.device)
         per_sample.scatter_add_(1, idx.reshape(b, -1, 1).expand(-1, -1, d), s * g.reshape(b, -1, d))
         ctx.slot.add(b, {"weight": per_sample})
@@ -151,4 +174,4 @@ def layer_forward(slot, scale_by_batch: bool):
     return fwd
 
 
-__all__ = ["UnsupportedLayer", "layer_kind", "layer_forward"]
+__all__ = ["UnsupportedLayer", "layer_kind", "layer_forward", "upcast"]

@@ -110,9 +110,17 @@ def clipping_path(module: nn.Module, clipping: str = "auto") -> str:
         return "hooks"
 
 
+def check_precision(path: str, precision: str) -> None:
+    """A precision other than fp32 runs on book-keeping only (path: clipping_path's answer)."""
+    if precision != "fp32" and path != "bookkeeping":
+        # Opacus' hooks would form per-sample gradients and their norms in bfloat16: ‖g_i‖ ≤ C no longer exact.
+        raise ConfigError(f"precision {precision!r} needs book-keeping clipping (float32 norms and clipped sum); "
+                          f"this run clips with Opacus' hooks: use precision 'fp32'")
+
+
 def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, sigma: float, clip: float,
               accountant: str = "prv", rng: MechanismRandomness | None = None, steps_per_epoch: int | None = None,
-              clipping: str = "auto", n_public: int | None = None, draws: int = 1):
+              clipping: str = "auto", n_public: int | None = None, draws: int = 1, precision: str = "fp32"):
     """Opacus wrapping with Poisson sampling: (engine, module, optimizer, loader).
 
     The one place DP-SGD is configured; the trainable set must already be frozen/unfrozen. `loader` gives
@@ -120,10 +128,12 @@ def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
     chooses how per-sample gradients are clipped (clipping_path); the sampler, noise and accountant are the
     same on both paths. n_public: the public N q is planned from (default: the dataset's length); each record
     is still sampled with probability q, whatever the exact count. draws: rows per example inside `module`
-    (DiffusionLoss's noise multiplicity); on the hooks path dp_sgd_epoch folds them (average_draws).
+    (DiffusionLoss's noise multiplicity); on the hooks path dp_sgd_epoch folds them (average_draws). precision
+    "bf16": the module's forward runs under bfloat16 autocast, the clipping math in float32 (Tape); book-keeping only.
     """
     rng = rng or MechanismRandomness()
     path = clipping_path(module, clipping)
+    check_precision(path, precision)
     n = n_public or len(loader.dataset)
     q, per_epoch = poisson_plan(n, loader.batch_size, 1)
     if steps_per_epoch is not None and steps_per_epoch != per_epoch:
@@ -136,7 +146,7 @@ def privatize(module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
         # randomness itself (privacy/randomness.py), with --secure-rng for a CSPRNG.
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant=accountant)
-        tape = Tape(module, draws=draws) if path == "bookkeeping" else None
+        tape = Tape(module, draws=draws, precision=precision) if path == "bookkeeping" else None
         try:
             dp_module, dp_optimizer, dp_loader = engine.make_private(
                 module=module, optimizer=optimizer, data_loader=dp_loader, noise_multiplier=sigma,
@@ -210,5 +220,5 @@ def dp_sgd_epoch(dp_module: nn.Module, optimizer, dp_loader: DataLoader, trainab
     return done
 
 
-__all__ = ["PrivacyPlan", "plan_privacy", "privatize", "clipping_path", "dp_sgd_epoch", "poisson_loader",
+__all__ = ["PrivacyPlan", "plan_privacy", "privatize", "clipping_path", "check_precision", "dp_sgd_epoch", "poisson_loader",
            "check_loader", "PoissonSampler", "average_draws", "ConfigError"]
