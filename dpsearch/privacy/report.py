@@ -290,40 +290,6 @@ def solve_plan(space, n: int, eps_total: float, *, trials: Optional[int] = None,
             "rel_tol": rel_tol, "validation": val}
 
 
-def _largest_within(total, eps_total: float, lo: float, g_lo: SearchGuarantee, hi: float,
-                    rel_tol: float) -> tuple[float, SearchGuarantee]:
-    """The largest per-trial ε in [lo, hi] (to rel_tol) whose guarantee is ≤ eps_total, lo known to meet it.
-
-    Each evaluation calibrates σ for every cell of the space (seconds of accountant work), so the root of
-    log(total(ε)/eps_total) in log ε is found with scipy's Brent method, which needs about half the evaluations
-    of plain bisection on this smooth, monotone curve. Only evaluated points are ever returned: the best one that
-    met the total, once an evaluated point that does not lies within rel_tol above it (bisection closes any gap)."""
-    import math
-
-    from scipy.optimize import brentq
-
-    best, above = (lo, g_lo), hi
-    g_hi = total(hi)
-    if g_hi.eps <= eps_total:
-        return hi, g_hi
-    known = {math.log(lo): (lo, g_lo), math.log(hi): (hi, g_hi)}  # Brent starts by evaluating both ends
-
-    def f(x: float) -> float:
-        nonlocal best, above
-        e, g = known.pop(x, None) or (math.exp(x), None)
-        g = g or total(e)
-        if g.eps <= eps_total:
-            best = max(best, (e, g), key=lambda b: b[0])
-        else:
-            above = min(above, e)
-        return math.log(g.eps / eps_total)
-
-    brentq(f, math.log(lo), math.log(hi), xtol=math.log1p(rel_tol) / 2, maxiter=40)
-    while above / best[0] > 1 + rel_tol:  # Brent's bracket ends within xtol of the root, not always on both sides
-        f(math.log(math.sqrt(best[0] * above)))
-    return best
-
-
 def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int] = None,
                         selection: Optional[str] = None, mean_trials: Optional[float] = None,
                         rel_tol: float = 0.01, with_validation: bool = True, batch_scale: float = 1.0,
@@ -337,6 +303,7 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
     import math
 
     from dpsearch.privacy import solve_cache
+    from dpsearch.privacy.root_search import largest_within
 
     def total(e: float) -> SearchGuarantee:
         val = reference_mechanism(space, e, n, delta=delta) if with_validation else None
@@ -364,7 +331,7 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
         raise ConfigError(f"--eps {eps_total:g} cannot be met: even with per-trial ε = {lo:.3g} the released model "
                           f"costs ε = {g_lo.eps:.3f} (δ = {g_lo.delta:g}); the number of trials and δ set a floor. "
                           f"Use fewer trials, a smaller --mean-trials, or a larger total")
-    best = _largest_within(total, eps_total, lo, g_lo, hi, rel_tol)
+    best = largest_within(total, eps_total, lo, g_lo, hi, rel_tol)
     if cache:
         solve_cache.store(key, best[0], plan)
     return best
