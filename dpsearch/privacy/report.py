@@ -296,7 +296,7 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
                         delta: Optional[float] = None, cache: bool = True) -> tuple[float, SearchGuarantee]:
     """The largest per-trial ε whose guarantee is ≤ eps_total. With the validation generator (the composed
     design) it gets the same ε and is composed in; on a disjoint tuning slice it is not (it has its own
-    slice). Bisection on log ε: the bound is monotone in the per-trial ε.
+    slice). A bracketed root search on log ε (root_search.py): the bound is monotone in the per-trial ε.
 
     cache: reuse a remembered answer for the same public plan (privacy/solve_cache.py), checked here by the
     accountant before it is used, and remember a new one."""
@@ -319,7 +319,7 @@ def solve_per_trial_eps(space, n: int, eps_total: float, *, trials: Optional[int
     if hit is not None:
         return hit
     # K runs at total/(2K) each compose to well under the total by any accountant; far smaller starts make
-    # σ calibration fail (σ in the hundreds) before the bisection begins.
+    # σ calibration fail (σ in the hundreds) before the search begins.
     k = trials if trials is not None else 3 * (mean_trials or 1)
     lo, hi = eps_total / (2 * k + (2 if with_validation else 0)), eps_total
     try:
