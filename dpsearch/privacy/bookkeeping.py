@@ -220,6 +220,8 @@ class Tape:
         # A ghost norm is a sum of products and may round a hair below zero.
         return torch.sqrt(sum(s.norms2() for s in self.slots if s.records).clamp_min(0))
 
+    @torch.no_grad()  # Opacus calls this outside no_grad; the records hold activations that require grad, and a graph
+    # built here would keep every physical batch's records alive until the logical step ends
     def clip_and_sum(self, params: list[nn.Parameter], max_norm: float) -> list[torch.Tensor]:
         """Opacus' flat clipping (factor min(1, C / (‖g_i‖ + 1e-6))) summed over the batch, one tensor per param."""
         norms = self.per_sample_norms()

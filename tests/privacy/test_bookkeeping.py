@@ -34,7 +34,11 @@ def test_norms_and_clipped_sum_match_the_reference_without_computing_p_grad(ghos
     assert all(p.grad is None for p in trainable)  # autograd's batch gradient is never formed
     torch.testing.assert_close(tape.per_sample_norms(), grads.norm(dim=1), rtol=1e-4, atol=1e-7)
     clip = grads.norm(dim=1).median().item()  # half the examples are clipped
-    summed = torch.cat([s.flatten() for s in tape.clip_and_sum(trainable, clip)])
+    sums = tape.clip_and_sum(trainable, clip)
+    # no autograd graph behind the clipped sums: one would keep every physical batch's records (activations)
+    # alive until the logical step ends, though grad mode is on where Opacus calls this
+    assert torch.is_grad_enabled() and all(s.grad_fn is None and not s.requires_grad for s in sums)
+    summed = torch.cat([s.flatten() for s in sums])
     _close(summed, _clipped_reference(grads, clip))
     tape.remove()
     assert not any("forward" in mod.__dict__ for mod in module.modules())
