@@ -7,7 +7,6 @@ Metrics measured on the real private test split are *oracle* metrics: they are k
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from dpsearch.classifiers import DigitCNN, build_classifier
 from dpsearch.config import EvaluateConfig
 from dpsearch.data import ImageSet, printed_digits
+from dpsearch.outputs import partial_path
 from dpsearch.paths import home
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def public_feature_extractor(cfg: EvaluateConfig) -> DigitCNN:
     recipe = EvaluateConfig(classifier_epochs=3, seed=7)
     net, _ = train_classifier(printed_digits(10000, seed=7, progress=False), recipe, desc="FID extractor (public)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")  # two trials may train it at once
+    tmp = partial_path(path)  # two trials may train it at once
     torch.save(net.state_dict(), tmp)
     tmp.replace(path)
     return net

@@ -22,10 +22,16 @@ def check_output(path: Path, overwrite: bool) -> Path:
     return path
 
 
+def partial_path(path: Path) -> Path:
+    """A temporary name beside `path` for this process, keeping its suffix (np.savez appends one to a name without
+    it): two processes writing the same file never share a temporary one."""
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
 @contextmanager
 def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path = check_output(Path(path), overwrite)
-    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
+    tmp = partial_path(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -45,6 +51,6 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
 
 def write_json(path: Path, data: dict) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = partial_path(path)
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)

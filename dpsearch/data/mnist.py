@@ -11,7 +11,6 @@ import contextlib
 import gzip
 import io
 import logging
-import os
 import pickle
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from dpsearch.data.imageset import DataError, ImageSet
+from dpsearch.outputs import partial_path
 from dpsearch.paths import data_cache
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def load_mnist(cache: Path | None = None) -> tuple[ImageSet, ImageSet]:
             continue
         cache.mkdir(parents=True, exist_ok=True)
         for s, p in ((train, tr_path), (test, te_path)):
-            tmp = p.with_name(f".{p.stem}.partial-{os.getpid()}.npz")  # two processes may cache at once
+            tmp = partial_path(p)  # two processes may cache at once
             s.save(tmp)
             tmp.replace(p)
         log.info("MNIST: read from the %s source, cached in %s", origin, cache)

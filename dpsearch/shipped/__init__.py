@@ -10,13 +10,12 @@ them. The cache gets a verified copy; a copy that fails its manifest is not used
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from dpsearch.checkpoints import MANIFEST, verify_local
 from dpsearch.config import ConfigError
-from dpsearch.outputs import atomic_dir
+from dpsearch.outputs import atomic_dir, partial_path
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -52,7 +51,7 @@ def install_file(name: str, filename: str, dest: Path) -> bool:
         return False
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")  # two trials may install at once
+    tmp = partial_path(dest)  # two trials may install at once
     shutil.copyfile(src / filename, tmp)
     tmp.replace(dest)
     log.info("installed the shipped %s to %s", name, dest)
