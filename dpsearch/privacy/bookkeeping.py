@@ -224,13 +224,15 @@ class Tape:
     # built here would keep every physical batch's records alive until the logical step ends
     def clip_and_sum(self, params: list[nn.Parameter], max_norm: float) -> list[torch.Tensor]:
         """Opacus' flat clipping (factor min(1, C / (‖g_i‖ + 1e-6))) summed over the batch, one tensor per param."""
-        norms = self.per_sample_norms()
-        c = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        sums: dict[int, torch.Tensor] = {}
-        for slot in self.slots:
-            if slot.records:
-                for name, total in slot.clipped_sum(c).items():
-                    sums[id(slot.module._parameters[name])] = total
+        # float32 whatever autocast region a caller steps in: the bound ‖clipped g_i‖ ≤ C rests on it
+        with torch.autocast(params[0].device.type if params else "cpu", enabled=False):
+            norms = self.per_sample_norms()
+            c = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+            sums: dict[int, torch.Tensor] = {}
+            for slot in self.slots:
+                if slot.records:
+                    for name, total in slot.clipped_sum(c).items():
+                        sums[id(slot.module._parameters[name])] = total
         missing = [i for i, p in enumerate(params) if id(p) not in sums]
         if missing:
             raise RuntimeError(f"{len(missing)} trainable parameter(s) got no per-sample gradient in this backward "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Callable, TYPE_CHECKING
 
+from dpsearch.config import ConfigError
+
 if TYPE_CHECKING:
     from dpsearch.privacy.search_cost import SearchGuarantee
 
@@ -20,15 +22,19 @@ def largest_within(total: Callable[[float], "SearchGuarantee"], eps_total: float
     probe just past a near-root point: each interpolated point is kept at least half the tolerance inside the
     bracket, so a point landing just below the root is followed by one just above it. Only evaluated points are
     returned: the best that met the total, with one that does not within rel_tol above it."""
-    g_hi = total(hi)
-    if g_hi.eps <= eps_total:
+    try:
+        g_hi = total(hi)
+    except (ConfigError, ValueError):  # the whole budget per trial may have no σ an accountant confirms: not a root
+        g_hi = None
+    if g_hi is not None and g_hi.eps <= eps_total:
         return hi, g_hi
     tol = math.log1p(rel_tol)
     a, fa, best = math.log(lo), math.log(g_lo.eps / eps_total), (lo, g_lo)
-    b, fb = math.log(hi), math.log(g_hi.eps / eps_total)
+    b, fb = math.log(hi), None if g_hi is None else math.log(g_hi.eps / eps_total)
     side = 0
     while b - a > tol:
-        x = b - fb * (b - a) / (fb - fa) if fb != fa else (a + b) / 2
+        # fa ≤ 0 < fb, halved or not: never a division by zero; a bisection step until the upper end has a value
+        x = (a + b) / 2 if fb is None else b - fb * (b - a) / (fb - fa)
         x = min(max(x, a + tol / 2), b - tol / 2)
         e = math.exp(x)
         g = total(e)

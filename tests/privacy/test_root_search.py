@@ -36,3 +36,17 @@ def test_a_whole_budget_per_trial_that_meets_the_total_is_returned_as_is():
     total, calls = _curve(0.5)
     e, g = largest_within(total, 5.0, 0.3, total(0.3), 5.0, 0.01)
     assert e == 5.0 and g.eps <= 5.0 and len(calls) == 2
+
+
+def test_an_upper_end_without_a_noise_level_is_bisected_from_instead_of_failing():
+    from dpsearch.config import ConfigError
+
+    inner, calls = _curve(3.0)
+
+    def total(e):
+        if e >= 5.0:
+            raise ConfigError("no σ for so large a per-trial ε")
+        return inner(e)
+    e, g = largest_within(total, 5.0, 5 / 18, total(5 / 18), 5.0, 0.01)
+    root = (5.0 / 3.0) ** (1 / 1.3)
+    assert g.eps <= 5.0 and root / 1.01 <= e <= root * (1 + 1e-9)
