@@ -2,11 +2,11 @@
 
     python bench/objective_noise.py SWEEP_DIR [SWEEP_DIR ...] --eps 10 --n-private 5000
 
-For every finished trial of the given sweeps (their directories with Tune's trial folders, e.g. a copy of a
-bench/search_value.py sweep), the trial's model samples its synthetic set as the trial did (the space's sample
-settings), the downstream CNN trains on it, and the CNN is scored on the real test split (the trials' oracle:
+For every finished trial of the given sweeps (their directories with Tune's trial folders, e.g. those
+`bench/search_value.py --keep DIR` leaves under DIR/sweeps), the trial's model samples its synthetic set as the
+trial did (the space's sample settings), the downstream CNN trains on it, and the CNN is scored on the real test split (the trials' oracle:
 10,000 records) and, per record, on a pool of real records outside the private set (MNIST's 5,000 held-out training
-images). Then, over many random validation slices of n records from that pool, the objective a sweep would see
+images, not a private record). Then, over many random validation slices of n records from that pool, the objective a sweep would see
 (the count of correct predictions plus the count's Gaussian noise at the sweep's σ, or a "soft" count, the sum of
 the CNN's probability of the true label: also sensitivity 1, so the same σ) is rank-correlated with the oracle
 across the sweep's trials. Printed per n: mean Spearman(objective, oracle) over the draws, hard and soft.

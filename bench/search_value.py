@@ -25,6 +25,7 @@ the sweep arm's) and wall_time_arms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -328,6 +329,9 @@ def main(argv=None) -> int:
     p.add_argument("--margin", type=float, default=None,
                    help="objective count: keep the reference unless beaten by this much (default: the shipped space's)")
     p.add_argument("--default-model", action="append", default=[], metavar="EPS=DIR")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="keep the sweeps (trial models, for bench/objective_noise.py) under DIR instead of a temporary "
+                        "directory")
     a = p.parse_args(argv)
     models = {**DEFAULT_MODELS, **{float(k): Path(v) for k, v in (s.split("=", 1) for s in a.default_model)}} \
         if a.task == "mnist" else {}
@@ -339,7 +343,9 @@ def main(argv=None) -> int:
     margin = a.margin if a.margin is not None else shipped.reference_margin
     arm = _objective({"objective": objective, "margin": margin if objective == "count" else 0.0})
     key = lambda r: (r.get("task", "mnist"), r["eps"], r["seed"], _objective(r))  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="search-value-") as d:
+    if a.keep:
+        a.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(a.keep)) if a.keep else tempfile.TemporaryDirectory(prefix="search-value-")) as d:
         for eps in a.eps:
             for seed in a.seeds:
                 earlier = next((r for r in old if key(r) == (a.task, eps, seed, arm)), None)
