@@ -5,13 +5,12 @@
 For every finished trial of the given sweeps (their directories with Tune's trial folders, e.g. those
 `bench/search_value.py --keep DIR` leaves under DIR/sweeps), the trial's model samples its synthetic set as the
 trial did (the space's sample settings), the downstream CNN trains on it, and the CNN is scored on the real test split (the trials' oracle:
-10,000 records) and, per record, on a pool of real records outside the private set (MNIST's 5,000 held-out training
-images, not a private record). Then, over many random validation slices of n records from that pool, the objective a sweep would see
+10,000 records) and, per record, on a pool of real records (the 5,000 MNIST training images outside DPImageBench's
+55,000; a sweep on a record-level share of MNIST may have some of them in its slices: about 1 in 12 at N = 5,000). Then, over many random validation slices of n records from that pool, the objective a sweep would see
 (the count of correct predictions plus the count's Gaussian noise at the sweep's σ, or a "soft" count, the sum of
 the CNN's probability of the true label: also sensitivity 1, so the same σ) is rank-correlated with the oracle
 across the sweep's trials. Printed per n: mean Spearman(objective, oracle) over the draws, hard and soft.
-Nothing here is DP or chooses anything: it reads the real test split and public-side records to measure an
-estimator. Writes bench/results/objective_noise.json.
+Nothing here is DP or chooses anything: it reads real records to measure an estimator, like an oracle metric. Writes bench/results/objective_noise.json.
 """
 
 from __future__ import annotations
