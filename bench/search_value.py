@@ -68,11 +68,17 @@ TASKS = {
 }
 
 
-def task_data(task: str) -> ImageSet:
-    """The default arm's private records: DPImageBench's 55,000, or the first `n` of the same draw."""
+def task_data(task: str) -> tuple[ImageSet, int | None]:
+    """The default arm's private records and the public N its plan uses: DPImageBench's 55,000 (N = its size), or
+    a record-level share of them by the slices' hash rule with a fixed public salt (planned from n, never the
+    share's exact count). A seeded subset of positions would not do: one added record moves many."""
+    from dpsearch.privacy.slices import hash_share
+
     private = private_split()[0]
     n = TASKS[task].n
-    return private if n == len(private) else private.subset(n, seed=0)
+    if n == len(private):
+        return private, None
+    return hash_share(private, n / len(private), salt=f"search-value-{task}"), n
 
 
 def bench_space(path: Path, n_release: int, objective: str | None = None, margin: float | None = None,
@@ -109,8 +115,8 @@ def default_arm(eps: float, seed: int, test: ImageSet, retrain: bool, model_dir:
 
     t = time.time()
     if retrain or model_dir is None or not Path(model_dir).exists():
-        private = task_data(task)
-        ft = load_space("mnist").reference_config(eps, delta=benchmark_delta(len(private)))  # what ships, untuned
+        private, n_public = task_data(task)
+        ft = load_space("mnist").reference_config(eps, delta=benchmark_delta(TASKS[task].n), n_public=n_public)  # untuned
         out = run_pipeline(pretrain(PretrainConfig()), private, ft, progress=True)
         model, privacy, source = out.model, out.privacy, "fine-tuned in this run"
         retrain = True
@@ -194,15 +200,19 @@ def _acc(arm: dict | None) -> float | None:
     return None if arm is None else arm["oracle"]["oracle/accuracy"]
 
 
-def transfer_spearman(task: str, eps: float, seed: int, arm: str) -> float | None:
-    """bench/transfer.py's Spearman(slice objective, full-data oracle) for this sweep, where measured."""
+def transfer_rows() -> list[dict]:
     path = ROOT / "bench" / "results" / "transfer.json"
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    hit = next((r for r in rows if (r.get("task", "mnist"), r["eps"], r["seed"], r["arm"]) == (task, eps, seed, arm)), None)
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def transfer_spearman(transfers: list[dict], task: str, eps: float, seed: int, arm: str) -> float | None:
+    """bench/transfer.py's Spearman(slice objective, full-data oracle) for this sweep, where measured."""
+    hit = next((r for r in transfers if (r.get("task", "mnist"), r["eps"], r["seed"], r["arm"]) == (task, eps, seed, arm)),
+               None)
     return None if hit is None else hit["spearman_slice_objective_vs_full_oracle"]
 
 
-def flat(row: dict) -> dict:
+def flat(row: dict, transfers: list[dict] | None = None) -> dict:
     """The fields scripts read (the issue's names), beside the nested arms."""
     sw = row["sweep"]
     return {**row, "task": row.get("task", "mnist"), "released_eps": sw["released"]["eps"], "delta": sw["released"]["delta"],
@@ -210,7 +220,8 @@ def flat(row: dict) -> dict:
             "default_free_oracle_accuracy": _acc(row.get("default_free")),
             "gain_over_default_free": (None if row.get("default_free") is None
                                        else _acc(sw) - _acc(row["default_free"])),
-            "transfer_spearman": transfer_spearman(row.get("task", "mnist"), row["eps"], row["seed"], _objective(row)),
+            "transfer_spearman": transfer_spearman(transfer_rows() if transfers is None else transfers,
+                                                  row.get("task", "mnist"), row["eps"], row["seed"], _objective(row)),
             "wall_time": sw["seconds"]["sweep_total"],
             "wall_time_arms": {"sweep": sw["seconds"]["sweep_total"],
                                "default_free": (row.get("default_free") or {}).get("seconds", {}).get("sweep_total"),
@@ -360,7 +371,8 @@ def main(argv=None) -> int:
 
 def write_rows(rows: list[dict]) -> None:
     """search_value.json, every row with the flat fields (transfer_spearman refreshed from transfer.json)."""
-    rows = [flat(r) for r in rows]
+    transfers = transfer_rows()
+    rows = [flat(r, transfers) for r in rows]
     OUT.write_text(json.dumps({"protocol": LADDER.describe(), "rows": rows, "summary": summarize(rows)},
                               indent=2, default=str))
 

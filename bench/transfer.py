@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     picked = [t for t in trials if not _is_reference(t)][:a.top] + [t for t in trials if _is_reference(t)][:1]
     free = row["sweep"]["free"]
     _, _, test = private_split()
-    private = task_data(a.task)
+    private, n_public = task_data(a.task)
     space = _shipped_space()
     smp = SampleConfig(per_class=LADDER.n_synthetic // 10, seed=a.seed, **free)
     out = []
@@ -82,7 +82,8 @@ def main(argv=None) -> int:
             full = row["default"]["oracle_at_sweep_free_setting"]
             source = "default arm's model (search_value.py)"
         else:  # as the sweep's final run trains it (the space's clip, EMA, schedule), on all the records
-            ft = space.finetune_config({"clip": space.reference.clip, **t}, a.eps, delta=benchmark_delta(len(private)))
+            ft = space.finetune_config({"clip": space.reference.clip, **t}, a.eps, delta=benchmark_delta(TASKS[a.task].n),
+                                      n_public=n_public)
             res = run_pipeline(pretrain(PretrainConfig()), private, ft, progress=True)
             full = sample_and_score(res.model, smp, test, a.seed)
             source = f"fine-tuned in this run, (ε = {res.privacy['eps']:.3f}, δ = {res.privacy['delta']:.3g})"
