@@ -51,7 +51,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(rev: str, work: Path, extra: list[str]) -> tuple[list[tuple[float, str]], int, float]:
+# Lists every object of the sweeps' storage with its modification time (epoch seconds), run with the clone's venv
+# while the job's embedded S3 still runs. What it reads is what the docs call "not covered" (the storage's own
+# timestamps, readable by whoever can read the sweep's storage): fine for a benchmark on MNIST.
+_LIST = """
+import json, sys, boto3
+c = json.load(open(sys.argv[1]))
+s3 = boto3.client("s3", endpoint_url=sys.argv[2], aws_access_key_id=c["key"], aws_secret_access_key=c["secret"],
+                  region_name="us-east-1")
+out = []
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket="dpsearch", Prefix="sweeps/"):
+    out += [[o["Key"], o["LastModified"].timestamp()] for o in page.get("Contents", [])]
+print(json.dumps(out))
+"""
+
+
+def storage_timeline(repo: Path, work: Path, port: str, t0: float) -> list[dict]:
+    """The final stage's split from the sweep storage's own timestamps (the job prints the stage as one span):
+    the last trial object, the final run's model (final/trained/), the first release file (after the free choice
+    and the release's sampling) and final/result.json (after the release's upload). Seconds from the job's start."""
+    r = subprocess.run([str(repo / ".venv" / "bin" / "python"), "-c", _LIST, str(work / "services" / "credentials.json"),
+                        f"http://127.0.0.1:{port}"], capture_output=True, text=True)
+    if r.returncode:
+        print(f"storage timeline not read: {r.stderr.strip()[-300:]}")
+        return []
+    objs = [(k, t - t0) for k, t in json.loads(r.stdout)]
+
+    def when(pred, agg):
+        ts = [t for k, t in objs if pred(k)]
+        return agg(ts) if ts else None
+    trial_end = when(lambda k: "/dp_trial_" in k, max)
+    trained = when(lambda k: "/final/trained/" in k, max)
+    release = when(lambda k: "/final/release/" in k, min)
+    result = when(lambda k: k.endswith("/final/result.json"), max)
+    marks = [("last trial object written", trial_end), ("final run's model stored", trained),
+             ("first release file (free choice and release sampling done)", release), ("final/result.json", result)]
+    return [{"event": e, "seconds": round(t, 1)} for e, t in marks if t is not None]
+
+
+def run(rev: str, work: Path, extra: list[str]) -> tuple[list[tuple[float, str]], int, float, list[dict]]:
     repo = work / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", rev], check=True)
@@ -80,10 +118,11 @@ def run(rev: str, work: Path, extra: list[str]) -> tuple[list[tuple[float, str]]
         if buf:
             lines.append((time.time() - t0, buf.decode(errors="replace")))
     total = time.time() - t0
+    timeline = storage_timeline(repo, work, env["DPSEARCH_S3_PORT"], t0)
     # The job leaves its embedded servers running (as for a user); this benchmark stops its own.
     subprocess.run([str(repo / ".venv" / "bin" / "dpsearch"), "services", "down", "--dir", str(work / "services")],
                    env=env, capture_output=True)
-    return lines, rc, total
+    return lines, rc, total, timeline
 
 
 def phases(lines: list[tuple[float, str]], total: float) -> list[dict]:
@@ -134,13 +173,15 @@ def main() -> None:
     work = a.workdir or Path(tempfile.mkdtemp(prefix=f"main-job-{a.label}-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"main job at {rev[:10]} in {work} (log: {work / 'main.log'})", flush=True)
-    lines, rc, total = run(rev, work, extra)
+    lines, rc, total, timeline = run(rev, work, extra)
     rows = phases(lines, total)
     table(rows, total, rc)
+    for ev in timeline:
+        print(f"  t = {ev['seconds'] / 60:5.1f} min: {ev['event']}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"main_job-{a.label}.json"
     out.write_text(json.dumps({"rev": rev, "label": a.label, "exit_code": rc, "seconds": total, "phases": rows,
-                               "args": extra, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                               "storage_timeline": timeline, "args": extra, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
                                "log_tail": [text for _, text in lines[-40:]]}, indent=2))
     kept = Path(tempfile.gettempdir()) / f"main_job-{a.label}.log"  # timestamped log, kept outside the repo
     shutil.copy(work / "main.log", kept)

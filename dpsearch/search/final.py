@@ -93,21 +93,23 @@ def _store_trained(store: Store, out) -> None:
 
 
 def choose_free(model, space: SearchSpace, validation: Optional[ImageSet], oracle: Optional[ImageSet], seed: int,
-                count=None) -> tuple[dict, list[dict]]:
+                count=None) -> tuple[dict, list[dict], ImageSet]:
     """The post-processing setting with the best objective: accuracy on the DP validation set, or one noisy
-    count each on the validation slice (planned in the design's composition)."""
+    count each on the validation slice (planned in the design's composition). Also returns the chosen setting's
+    sample, which the release reuses (a sample of the same model at the same setting)."""
     from dpsearch.evaluate import evaluate
     from dpsearch.sample import sample
 
-    rows = []
+    rows, best, kept = [], None, None
     for combo in space.free.combinations():
         smp = space.sample.model_copy(update={**combo, "seed": seed + 31})
-        scores = evaluate(sample(model, smp, progress=False), oracle, space.evaluate, progress=False, validation=validation,
-                          count=count)
+        synthetic = sample(model, smp, progress=False)
+        scores = evaluate(synthetic, oracle, space.evaluate, progress=False, validation=validation, count=count)
         rows.append({**combo, "objective": scores["objective"], "oracle_accuracy": scores.get("oracle/accuracy")})
+        if best is None or rows[-1]["objective"] > best["objective"]:  # the first of equals, as max() picks
+            best, kept = rows[-1], synthetic  # only the best so far is held: a large model's samples are large
         log.info("free setting %s: objective %.4f", combo, scores["objective"])
-    best = max(rows, key=lambda r: r["objective"])
-    return {k: best[k] for k in ("guidance", "steps")}, rows
+    return {k: best[k] for k in ("guidance", "steps")}, rows, kept
 
 
 def run_final(model_files: dict, space_json: str, best: dict, design, validation: Optional[ImageSet],
@@ -135,10 +137,10 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
                 "over_total": rep.get("over_total")}
     # 2. the free choice
     t_free = time.time()
-    chosen, free_rows = choose_free(model, space, validation, oracle, seed, design.count)
+    chosen, free_rows, chosen_sample = choose_free(model, space, validation, oracle, seed, design.count)
     # 3. the release
     config = trial_config(best)
-    n_release = release(model, privacy, released, space, config, chosen, seed, store)
+    n_release = release(model, privacy, released, space, config, chosen, seed, store, reuse=chosen_sample)
     result = {"config": config, "privacy": privacy, "released": released, "free": chosen,
               "free_candidates": free_rows, "n_release": n_release,
               # one total in whole minutes: the final fine-tune's own time tracks its Poisson batch sizes
@@ -149,21 +151,29 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
 
 
 def release(model, privacy: dict, released: dict, space: SearchSpace, config: dict, chosen: dict, seed: int,
-            store: Store) -> int:
+            store: Store, reuse: Optional[ImageSet] = None) -> int:
     """The released model and synthetic data set with its card, and a manifest over both, under final/.
-    Returns the number of images."""
+    reuse: the free choice's sample at the chosen setting (same model): its images are part of the release and only
+    the rest is sampled, with another seed. Returns the number of images."""
     from dpsearch.checkpoints import write_manifest
     from dpsearch.models import save_ldm
     from dpsearch.sample import sample
     from dpsearch.synthetic_release import write_release
 
-    smp = space.sample.model_copy(update={**chosen, "per_class": -(-space.release.n // model.meta["num_classes"]),
-                                          "seed": seed + 97})
-    synthetic = sample(model, smp, progress=False)
+    k = model.meta["num_classes"]
+    per_class = -(-space.release.n // k)
+    reused = min(reuse.class_counts()) if reuse is not None and len(reuse) else 0
+    reused = min(reused, per_class)
+    smp = space.sample.model_copy(update={**chosen, "per_class": per_class - reused, "seed": seed + 97})
+    synthetic = sample(model, smp, progress=False) if smp.per_class > 0 else None
+    if reused:
+        synthetic = _with_reused(reuse, reused, synthetic)
     card_privacy = {"dp": True, "eps": released["eps"], "delta": released["delta"],
                     "accountant": released["accountant"], "covers": released["covers"]}
     configuration = {"finetune": config, "free": chosen, "sample": json.loads(smp.model_dump_json()),
                      "design": released["design"]}
+    if reused:  # the first `reused` images of each class: the free choice's sample (seed + 31), same setting
+        configuration["sample_reused_from_free_choice"] = {"per_class": reused, "seed": seed + 31}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         save_ldm(model.to("cpu"), d / "model", extra={"privacy": privacy})
@@ -175,6 +185,18 @@ def release(model, privacy: dict, released: dict, space: SearchSpace, config: di
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             store.write_bytes(f"{FINAL}/{f.relative_to(d)}", f.read_bytes())
     return len(synthetic)
+
+
+def _with_reused(reuse: ImageSet, per_class: int, rest: Optional[ImageSet]) -> ImageSet:
+    """`per_class` images of each class from `reuse`, then `rest`, grouped by class as sample() orders them."""
+    import torch
+
+    keep = torch.cat([(reuse.labels == c).nonzero().flatten()[:per_class] for c in range(reuse.num_classes)])
+    images, labels = reuse.images[keep], reuse.labels[keep]
+    if rest is not None:
+        images, labels = torch.cat([images, rest.images]), torch.cat([labels, rest.labels])
+    order = torch.sort(labels, stable=True).indices
+    return ImageSet(images[order], labels[order], reuse.num_classes, "synthetic", reuse.class_names)
 
 
 def _without_trial_id(privacy: dict) -> dict:

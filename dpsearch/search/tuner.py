@@ -86,5 +86,8 @@ def tune_config(opts: SweepOptions, space: SearchSpace, first: list[dict] | None
         max_epochs = max(space.params.epochs.values())
         scheduler = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration",
                                   grace_period=1, max_t=int(max_epochs) + 1, reduction_factor=2)
+    # reuse_actors: a finished trial's process runs the next one, which then skips starting a Python process,
+    # importing torch, diffusers and Opacus and fetching the sweep's data and model from Ray's object store
+    # (bench/results/main_job-*.json). Every trial still builds its own model, config and fresh DP randomness.
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.trials,
-                           max_concurrent_trials=opts.concurrency)
+                           max_concurrent_trials=opts.concurrency, reuse_actors=True)
