@@ -300,9 +300,10 @@ class SampleConfig(_Strict):
     # on the oracle (docs/utility.md): 1.0 beat 3.0 on every DP model probed, +3.6 (ε = 10) and +4.9 (ε = 1) points;
     # at 3.0 the digits are cleaner to a person (lower FID) but closer to prototypes. A sweep chooses it on its DP signal.
     guidance: float = Field(1.0, ge=0)
-    # Images per denoising batch (the UNet sees twice as many under guidance). 100 against 500: 1.4-1.6× the
-    # images/s under guidance, 1.2× without, on 2 CPU cores with the default model (docs/performance.md, "Sampling"):
-    # a smaller batch's activations stay in the CPU's caches. A GPU may want more: `sample.batch` in a space.
+    # Images per denoising batch (the UNet sees twice as many under guidance). 100 against 500 on 2 CPU cores with
+    # the default model: 1.2-1.3× the images/s under guidance, the same without (bench/sample_batch.py,
+    # docs/performance.md "Sampling"): a smaller batch's activations stay in the CPU's caches. A GPU may want more:
+    # `sample.batch` in a space.
     batch: int = Field(100, gt=0)
     seed: int = 0
 
