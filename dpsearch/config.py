@@ -324,6 +324,9 @@ class EvaluateConfig(_Strict):
     holdout: float = Field(0.1, gt=0, lt=1)  # part of the synthetic set kept for early stopping
     fid_extractor: Literal["auto", "inception", "public-cnn"] = "auto"
     seed: int = 0
+    # Oracle metrics on the first oracle_n records of the real test split (None: all of it, the protocol's figure).
+    # A smaller oracle is faster and noisier; the smoke space uses it, reported figures use the whole split.
+    oracle_n: Optional[int] = Field(None, gt=0)
 
 
 def validate(model_cls: type[BaseModel], **values):

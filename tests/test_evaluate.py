@@ -42,6 +42,7 @@ def test_fid_of_features_with_a_dead_unit_is_quiet_and_finite(monkeypatch):
         return f
 
     monkeypatch.setattr(ev, "_features", features)
+    monkeypatch.setattr(ev, "_REFERENCE_STATS", {})  # no statistics of a real-extractor run stand in
     a = printed_digits(50, seed=2, progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -49,3 +50,23 @@ def test_fid_of_features_with_a_dead_unit_is_quiet_and_finite(monkeypatch):
     assert np.isfinite(d)
     assert not [w for w in caught if "singular" in str(w.message)]  # (clean-fid's sqrtm(disp=False) DeprecationWarning
     # is hidden by Python's default filters)
+
+
+def test_a_reference_sets_statistics_are_computed_once_and_never_stand_in_for_another_set(monkeypatch):
+    """The real test split (or V) is compared with every trial's and candidate's sample: its features are extracted
+    once per process, keyed by its images, so a different set of the same size gets its own."""
+    from dpsearch import evaluate as ev
+
+    monkeypatch.setattr(ev, "_REFERENCE_STATS", {})
+    a = printed_digits(300, seed=2, progress=False)
+    b = printed_digits(300, seed=3, progress=False)
+    c = ImageSet(b.images.flip(-1), b.labels, 10, "mirrored")  # same size and labels, other images
+    calls = []
+    real = ev._features
+    monkeypatch.setattr(ev, "_features", lambda data, *x, **k: calls.append(len(data)) or real(data, *x, **k))
+    first, _ = fid(a, b, CFG)
+    assert fid(a, b, CFG)[0] == first and calls == [300, 300, 300]  # b's features once, a's each time
+    other, _ = fid(a, c, CFG)
+    assert other != first and len(calls) == 5
+    monkeypatch.setattr(ev, "_REFERENCE_STATS", {})
+    assert fid(a, c, CFG)[0] == other  # what it would be computed afresh

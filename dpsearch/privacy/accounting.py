@@ -64,8 +64,23 @@ def calibrate_sigma(eps: float, delta: float, q: float, steps: int, accountant: 
     evaluation costs seconds and GBs (ε = 1000 ran 14 minutes to 19 GB). So the search runs on
     dp-accounting's PLD, which is fast at every ε accepted here, and the answer is then checked, and
     raised where needed, with the requested Opacus accountant: the final σ is one that accountant accepts.
+
+    A σ found before for the same plan (privacy/sigma_memo.py) is used again once that accountant accepts it: the
+    search is skipped, never the check.
     """
+    from dpsearch.privacy import sigma_memo
+
     check_eps_range(eps)
+    k = sigma_memo.key(eps, delta, q, steps, accountant, prefix)
+    known = sigma_memo.remembered(k)
+    if known is not None and epsilon_for(known, q, steps, delta, accountant, prefix) <= eps:
+        return known
+    sigma = _search_sigma(eps, delta, q, steps, accountant, prefix)
+    sigma_memo.remember(k, sigma)
+    return sigma
+
+
+def _search_sigma(eps: float, delta: float, q: float, steps: int, accountant: str, prefix: float | None) -> float:
     if accountant == "rdp" and prefix is None:  # RDP is cheap at every ε: Opacus' search as it is, over RDP_ALPHAS
         with warnings.catch_warnings():
             # Opacus' search doubles σ upward from 20 until ε fits, then bisects between 0 and there: probes far from
@@ -136,6 +151,7 @@ def history(sigma: float, q: float, steps: int, prefix: float | None = None) -> 
     return ([(prefix, 1.0, 1)] if prefix is not None else []) + [(sigma, q, steps)]
 
 
+@functools.lru_cache(maxsize=4096)  # deterministic in its arguments: calibration's check, then the run's record
 def epsilon_for(sigma: float, q: float, steps: int, delta: float, accountant: str = "prv",
                 prefix: float | None = None) -> float:
     acc = create_accountant(accountant)

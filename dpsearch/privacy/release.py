@@ -26,6 +26,7 @@ RELEASED_FIELDS: dict[str, str] = {
     "oracle/accuracy": "oracle metric on the real test split: not DP, labelled, never used for selection",
     "oracle/fid": "oracle metric on the real test split: not DP, labelled, never used for selection",
     "oracle/note": "the label saying the oracle metrics are not DP",
+    "oracle/n": "public: a setting (the oracle metrics used the first n records of the test split)",
     "privacy/": "the privacy record: σ, q, steps, ε, δ, accountant, trainable parameter counts (public or accounted)",
     # Per-phase seconds (`time/finetune_s`, ...) are not on the list: a fine-tune's time tracks the sum of its Poisson
     # batch sizes, an unnoised count of private records (docs/privacy.md, "What leaves a trial").

@@ -81,13 +81,21 @@ def checked(k: str, eps_total: float, total: Callable[[float], Any]) -> Optional
 
 
 def store(k: str, per_trial_eps: float, plan: dict, path: Optional[Path] = None) -> None:
-    """Adds an answer (atomic replace: concurrent writers lose an entry at worst, never corrupt the file)."""
-    path = path or _user_file()
+    """Adds an answer."""
+    add_entry(path or _user_file(), k, {"per_trial_eps": per_trial_eps, "plan": plan}, "the per-trial ε")
+
+
+def add_entry(path: Path, k: str, entry: dict, what: str, keep: Optional[int] = None) -> None:
+    """Adds one entry to a JSON memo (atomic replace: concurrent writers lose an entry at worst, never corrupt the
+    file); with `keep`, only the newest `keep` entries stay."""
     entries = _read(path)
-    entries[k] = {"per_trial_eps": per_trial_eps, "plan": plan}
+    entries.pop(k, None)
+    entries[k] = entry
+    if keep is not None and len(entries) > keep:
+        entries = dict(list(entries.items())[-keep:])
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(entries, indent=1))
         os.replace(tmp, path)
-    except OSError as e:  # a read-only home: the sweep goes on, it only solves again next time
-        log.warning("could not remember the per-trial ε in %s: %s", path, e)
+    except OSError as e:  # a read-only home: the run goes on, it only searches again next time
+        log.warning("could not remember %s in %s: %s", what, path, e)

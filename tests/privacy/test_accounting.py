@@ -6,6 +6,15 @@ from dpsearch.config import ConfigError, default_delta
 from dpsearch.privacy import calibrate_sigma, epsilon_for, pld_epsilon, poisson_plan
 
 
+@pytest.fixture(autouse=True)
+def _search_not_memo(tmp_path, monkeypatch):
+    """These tests are about calibration's search and the accountants' notices: no σ remembered by an earlier run
+    (privacy/sigma_memo.py) or an earlier test in this process stands in for them."""
+    monkeypatch.setenv("DPSEARCH_HOME", str(tmp_path))
+    calibrate_sigma.cache_clear()
+    epsilon_for.cache_clear()
+
+
 @pytest.mark.parametrize("eps,n,batch,epochs", [(1, 60000, 512, 5), (5, 60000, 512, 10), (10, 60000, 2000, 30), (3, 1000, 50, 4)])
 def test_calibrated_sigma_meets_target_and_pld_agrees(eps, n, batch, epochs):
     delta = default_delta(n)

@@ -1,0 +1,81 @@
+"""Remembered σ: calibration's search is skipped for a plan seen before, never the accountant's check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpsearch.privacy import accounting, sigma_memo
+from dpsearch.privacy.accounting import calibrate_sigma, epsilon_for
+
+PLAN = dict(eps=3.0, delta=1e-5, q=0.02, steps=150, accountant="rdp")  # RDP: the cheap accountant
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSEARCH_HOME", str(tmp_path))
+    _forget_in_process()
+    yield tmp_path
+    _forget_in_process()
+
+
+def _forget_in_process():
+    calibrate_sigma.cache_clear()
+    epsilon_for.cache_clear()
+
+
+def _key():
+    return sigma_memo.key(**PLAN, prefix=None)
+
+
+def _calibrate():
+    return calibrate_sigma(PLAN["eps"], PLAN["delta"], PLAN["q"], PLAN["steps"], PLAN["accountant"])
+
+
+def test_a_calibrated_sigma_is_remembered_and_reused_without_the_search(home, monkeypatch):
+    sigma = _calibrate()
+    assert json.loads((home / sigma_memo.FILE).read_text())[_key()] == {"sigma": sigma}
+    _forget_in_process()  # a new process: only the file remembers
+
+    def no_search(*a, **k):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(accounting, "_search_sigma", no_search)
+    checks = []
+    real = accounting.accountant_epsilon
+    monkeypatch.setattr(accounting, "accountant_epsilon", lambda *a, **k: checks.append(1) or real(*a, **k))
+    assert _calibrate() == sigma
+    assert len(checks) == 1  # the remembered σ was checked by the accountant before it was used
+
+
+def test_a_remembered_sigma_below_what_the_accountant_accepts_is_thrown_away(home):
+    sigma = _calibrate()
+    _forget_in_process()
+    sigma_memo.remember(_key(), sigma / 2)  # tampered: twice the ε
+    assert _calibrate() == pytest.approx(sigma)
+    assert epsilon_for(_calibrate(), PLAN["q"], PLAN["steps"], PLAN["delta"], "rdp") <= PLAN["eps"]
+    assert sigma_memo.remembered(_key()) == pytest.approx(sigma)  # replaced by the search's answer
+
+
+def test_an_unreadable_memo_only_costs_the_search(home):
+    (home / sigma_memo.FILE).write_text("{not json")
+    sigma = _calibrate()
+    assert epsilon_for(sigma, PLAN["q"], PLAN["steps"], PLAN["delta"], "rdp") <= PLAN["eps"]
+    assert sigma_memo.remembered(_key()) == sigma
+
+
+def test_the_key_follows_every_number_of_the_plan():
+    base = _key()
+    for change in ({"eps": 3.1}, {"delta": 2e-5}, {"q": 0.021}, {"steps": 151}, {"accountant": "prv"}):
+        assert sigma_memo.key(**(PLAN | change), prefix=None) != base, change
+    assert sigma_memo.key(**PLAN, prefix=2.0) != base
+    assert _key() == base
+
+
+def test_the_memo_keeps_only_the_newest_entries(home, monkeypatch):
+    monkeypatch.setattr(sigma_memo, "KEEP", 3)
+    for i in range(5):
+        sigma_memo.remember(f"k{i}", 1.0 + i)
+    assert list(json.loads((home / sigma_memo.FILE).read_text())) == ["k2", "k3", "k4"]
+    assert sigma_memo.remembered("k0") is None and sigma_memo.remembered("k4") == 5.0
