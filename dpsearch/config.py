@@ -325,7 +325,8 @@ class EvaluateConfig(_Strict):
     fid_extractor: Literal["auto", "inception", "public-cnn"] = "auto"
     seed: int = 0
     # Oracle metrics on the first oracle_n records of the real test split (None: all of it, the protocol's figure).
-    # A smaller oracle is faster and noisier; the smoke space uses it, reported figures use the whole split.
+    # A smaller oracle is faster and noisier; the smoke space uses it, reported figures use the whole split. The first
+    # n, not a stratified sample: MNIST's test split is not ordered by class (another split sorted by label would skew it).
     oracle_n: Optional[int] = Field(None, gt=0)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from dpsearch.config import ConfigError, FinetuneConfig, parse_layers
 from dpsearch.data import ImageSet
+from dpsearch.finetune_state import FinetuneState, resumed_plan
 from dpsearch.device import autocast
 from dpsearch.models import LDM, attention_modules, diffusion_loss, select_attention_layers
 from dpsearch.models.lora import add_lora, has_lora, lora_adapter, merge_lora
@@ -60,51 +60,6 @@ class FinetuneResult:
     history: list[dict] = field(default_factory=list)  # per epoch: ε spent and steps (public: from the plan)
     adapter: tuple[dict, dict] | None = None  # method lora: the DP adapter (weights, config), already merged into model
     warmup_means: torch.Tensor | None = None  # cfg.warmup: the DP class means released for it ([K, C, H, W] in [0, 1])
-
-
-HISTORY_FIELDS = ("epoch", "eps_spent", "delta", "steps")  # per epoch; all from the privacy plan
-
-
-@dataclass
-class FinetuneState:
-    """What a checkpoint must hold to continue a DP fine-tune exactly where it stopped.
-
-    The privacy plan (σ, q, total steps) is recomputed from the config; only the progress
-    (epochs and DP steps done), the trainable weights and the optimizer state are carried.
-    """
-
-    epoch: int
-    steps: int
-    trainable: dict[str, torch.Tensor]
-    optimizer: dict
-    history: list[dict]
-    ema: dict | None = None  # the EMA's state (cfg.ema), post-processing of the iterates above
-    warmup_sigma: float | None = None  # σ_w of the class-mean release these weights already hold (cfg.warmup)
-    lr: dict | None = None  # {"lr", "lr_schedule"}: a resume must continue the same step-size curve
-
-    def save(self, path) -> None:
-        history = json.loads(json.dumps(self.history, default=float))  # plain floats: numpy scalars need unpickling
-        torch.save({"epoch": self.epoch, "steps": self.steps, "trainable": self.trainable,
-                    "optimizer": self.optimizer, "history": history, "ema": self.ema,
-                    "warmup_sigma": self.warmup_sigma, "lr": self.lr}, path)
-
-    @classmethod
-    def load(cls, path) -> "FinetuneState":
-        import numpy as np
-
-        # weights_only stays on (a checkpoint from storage is untrusted input); states written before the
-        # history was saved as plain floats hold numpy float64 scalars, allowed here by name.
-        allowed = [np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]
-        try:
-            with torch.serialization.safe_globals(allowed):
-                d = torch.load(path, weights_only=True)
-            # States written before the release boundary also held the private training loss: it is dropped.
-            history = [{k: v for k, v in h.items() if k in HISTORY_FIELDS} for h in d["history"]]
-            return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history, d.get("ema"),
-                       d.get("warmup_sigma"), d.get("lr"))
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-            raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
-                              f"delete it to restart the trial from scratch") from e
 
 
 def _ema(trainable: list[nn.Parameter], cfg: FinetuneConfig):
@@ -226,6 +181,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     cfg = cfg.for_data(len(private))  # a sampling rate → its batch B on the plan's N: what the loader and record see
     plan = plan_privacy(cfg, len(private))
     n = cfg.n_public or len(private)  # the public N of the plan: the only size the privacy record carries
+    if resume and resume.sigma is not None and resume.sigma != plan.sigma:
+        plan = resumed_plan(plan, resume.sigma, cfg)
     delta, q, steps, sigma, sigma_w = plan.delta, plan.q, plan.steps, plan.sigma, plan.warmup_sigma
     n_layers = len(attention_modules(model.unet))
     a, b = parse_layers(cfg.layers, n_layers)
@@ -313,7 +270,7 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
             if on_epoch is not None:
                 state = FinetuneState(epoch, done, {k: p.detach().clone() for k, p in named.items()},
                                       optimizer.original_optimizer.state_dict(), list(history),
-                                      ema.state_dict() if ema is not None else None, sigma_w, lr_plan)
+                                      ema.state_dict() if ema is not None else None, sigma_w, lr_plan, sigma)
                 on_epoch(record, state)
     finally:
         bar.close()

@@ -192,6 +192,24 @@ def test_a_state_saved_mid_run_loads_and_the_run_continues_to_the_same_budget(tm
     torch.manual_seed(0)
     res = dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=state)
     assert [h["epoch"] for h in res.history] == [1, 2] and res.privacy.steps == 6 and res.privacy.eps <= 3.0
+    assert state.sigma == res.privacy.sigma  # the state carries the σ its steps ran at
+
+
+def test_a_resume_continues_at_the_sigma_its_first_steps_ran_at_or_refuses_one_the_accountant_rejects(tmp_path):
+    """Calibration may answer differently at the resume (a σ remembered on another node): the accountant's history
+    must be the run's own, so the run goes on at its own σ when the accountant accepts it for the plan."""
+    from dataclasses import replace
+
+    data = printed_digits(60, progress=False)
+    cfg = FinetuneConfig(eps=3.0, layers="2-3", clip=0.1, batch=20, epochs=2, physical_batch=8, lr=1e-2)
+    states = []
+    dp_finetune(build_ldm(CFG), data, cfg, progress=False, on_epoch=lambda rec, st: states.append(st))
+    planned = states[0].sigma
+    noisier = replace(states[0], sigma=planned * 1.05)
+    res = dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=noisier)
+    assert res.privacy.sigma == planned * 1.05 and res.privacy.eps < 3.0
+    with pytest.raises(ConfigError, match="does not accept"):
+        dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=replace(states[0], sigma=planned / 2))
 
 
 def test_the_cosine_schedule_sets_every_dp_step_and_a_resume_picks_it_up_from_the_step_count(tmp_path, monkeypatch):

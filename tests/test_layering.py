@@ -10,7 +10,7 @@ LAYERS = [
     {"paths", "device", "config", "outputs"},
     {"space", "storage", "data", "models", "services", "fingerprints", "classifiers"},
     {"checkpoints", "privacy", "warmup"},
-    {"shipped"},
+    {"shipped", "finetune_state"},
     {"pretrain", "sample", "evaluate", "finetune", "sweep_store"},
     {"protocol", "synthetic_release", "inputs"},
     {"pipeline"},

@@ -9,6 +9,7 @@ set (privacy/class_means.py), composed with the steps in every accountant below.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -18,6 +19,8 @@ from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from dpsearch.config import ConfigError, check_eps_range
+
+log = logging.getLogger(__name__)
 
 
 def poisson_plan(n: int, batch: int, epochs: int) -> tuple[float, int]:
@@ -54,7 +57,8 @@ def accountant_epsilon(acc, delta: float) -> float:
 ACCOUNTANT_REL_TOL, ACCOUNTANT_ABS_TOL = 0.03, 0.01
 
 
-@functools.lru_cache(maxsize=1024)  # deterministic in its arguments; a sweep's report asks for the same σ many times
+@functools.lru_cache(maxsize=1024)  # a sweep's report asks for the same σ many times; every answer passed the accountant
+# (a remembered σ, privacy/sigma_memo.py, may differ from a fresh search's; a resumed run keeps its own σ, finetune.py)
 def calibrate_sigma(eps: float, delta: float, q: float, steps: int, accountant: str = "prv",
                     prefix: float | None = None) -> float:
     """The smallest σ (to 0.2%) for which the run is (ε, δ)-DP by `accountant`, in bounded time and memory.
@@ -65,15 +69,18 @@ def calibrate_sigma(eps: float, delta: float, q: float, steps: int, accountant: 
     dp-accounting's PLD, which is fast at every ε accepted here, and the answer is then checked, and
     raised where needed, with the requested Opacus accountant: the final σ is one that accountant accepts.
 
-    A σ found before for the same plan (privacy/sigma_memo.py) is used again once that accountant accepts it: the
-    search is skipped, never the check.
+    Where N is public, a σ found before for the same plan (privacy/sigma_memo.py) is used again once that
+    accountant accepts it: the search is skipped, never the check.
     """
     from dpsearch.privacy import sigma_memo
 
     check_eps_range(eps)
+    if not sigma_memo.in_use():
+        return _search_sigma(eps, delta, q, steps, accountant, prefix)
     k = sigma_memo.key(eps, delta, q, steps, accountant, prefix)
     known = sigma_memo.remembered(k)
     if known is not None and epsilon_for(known, q, steps, delta, accountant, prefix) <= eps:
+        log.info("σ = %.4f for this plan remembered and accepted by %s (ε ≤ %g): no search", known, accountant.upper(), eps)
         return known
     sigma = _search_sigma(eps, delta, q, steps, accountant, prefix)
     sigma_memo.remember(k, sigma)
@@ -85,7 +92,7 @@ def _search_sigma(eps: float, delta: float, q: float, steps: int, accountant: st
         with warnings.catch_warnings():
             # Opacus' search doubles σ upward from 20 until ε fits, then bisects between 0 and there: probes far from
             # the answer may have an extreme optimal order. A probe only steers the bisection; the ε of the σ returned
-            # is computed again, unfiltered, wherever it is recorded (epsilon_for, accountant_epsilon).
+            # is computed by epsilon_for wherever it is recorded (memoised per process: the same value, its notices once).
             warnings.filterwarnings("ignore", message=_EXTREME_ORDER)
             return float(get_noise_multiplier(target_epsilon=eps, target_delta=delta, sample_rate=q, steps=steps,
                                               accountant="rdp", epsilon_tolerance=min(0.01, 0.002 * eps),

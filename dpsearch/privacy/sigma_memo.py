@@ -6,23 +6,51 @@ stage, and the next sweep asks again. Only the *search* is reused: a remembered 
 accountant on every use (one evaluation), and thrown away when that accountant finds it over the target ε. So a
 stale or tampered entry can cost utility (a σ larger than needed), never privacy.
 
-Kept in `$DPSEARCH_HOME/sigmas.json`, the newest KEEP entries. A key is a digest of the mechanism's public plan
-(ε, δ, q, steps, accountant, warm-up σ_w): the numbers every trial's privacy.json already records.
+Kept in `$DPSEARCH_HOME/sigmas.json`, the newest KEEP entries. A key is a digest of the mechanism's plan (ε, δ, q,
+steps, accountant, warm-up σ_w). q and the steps follow from N, so, as for the solve cache, the memo is used only
+where N is public: inside a sweep whose space declares `n_public` (`allowed`, which the sweep's Ray workers
+inherit through the environment). Elsewhere calibration searches every time and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from dpsearch.privacy.solve_cache import _read, add_entry
+
+log = logging.getLogger(__name__)
 
 FILE = "sigmas.json"
 FORMAT = 1  # raise it when calibration itself changes (its tolerance, the accountants' roles)
 KEEP = 4096
+
+
+ENV = "DPSEARCH_SIGMA_MEMO"  # "1": N is public in this run, the memo may be read and written
+
+
+def in_use() -> bool:
+    return os.environ.get(ENV) == "1"
+
+
+@contextlib.contextmanager
+def allowed(n_is_public: bool) -> Iterator[None]:
+    """The memo on (N public) or off inside the block, for this process and the Ray workers it starts."""
+    saved = os.environ.get(ENV)
+    if n_is_public:
+        os.environ[ENV] = "1"
+    else:
+        os.environ.pop(ENV, None)
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV, None) if saved is None else os.environ.__setitem__(ENV, saved)
 
 
 def key(eps: float, delta: float, q: float, steps: int, accountant: str, prefix: Optional[float]) -> str:
@@ -31,20 +59,31 @@ def key(eps: float, delta: float, q: float, steps: int, accountant: str, prefix:
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _file() -> Path:
+SIGMA_MAX = 1e4  # calibration refuses to plan above it; a remembered σ beyond it is no answer a search gave
+
+
+def _file() -> Optional[Path]:
     from dpsearch.paths import home
 
-    return home() / FILE
+    try:
+        return home() / FILE
+    except OSError as e:  # no writable home: calibration searches, as without the memo
+        log.warning("no σ memo (%s): calibrating every time", e)
+        return None
 
 
 def remembered(k: str) -> Optional[float]:
     """The σ remembered for this key (still to be checked by the caller), or None."""
-    entry = _read(_file()).get(k)
+    path = _file()
+    entry = _read(path).get(k) if path else None
     v = entry.get("sigma") if isinstance(entry, dict) else None
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= SIGMA_MAX:
+        log.debug("σ = %.6g remembered for this plan (%s), to be checked", v, path)
         return float(v)
     return None
 
 
 def remember(k: str, sigma: float) -> None:
-    add_entry(_file(), k, {"sigma": sigma}, "the calibrated σ", keep=KEEP)
+    path = _file()
+    if path is not None:
+        add_entry(path, k, {"sigma": sigma}, "the calibrated σ", keep=KEEP)

@@ -46,9 +46,10 @@ def _user_file() -> Path:
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        entries = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # absent or unreadable: the search runs (the cache is only a speed-up)
+    return entries if isinstance(entries, dict) else {}
 
 
 def candidates(k: str) -> list[float]:

@@ -89,7 +89,8 @@ def trial_resources(opts: SweepOptions) -> dict:
 # Client settings a trial on another node needs to reach the sweep's storage. Credentials are not among
 # them: a runtime_env is visible to anyone who can read the cluster's state; nodes use their own
 # instance profile or AWS config.
-NODE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL")
+NODE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL",
+            "DPSEARCH_SIGMA_MEMO")  # privacy/sigma_memo.py: whether N is public in this sweep
 
 
 def node_env(address: Optional[str]) -> Optional[dict]:

@@ -99,7 +99,10 @@ class Sweep:
         space.params.layers.check_model(n_layers)
         parse_layers(space.reference.layers, n_layers)
         del probe
-        design = plan(opts, space, inputs.private, saved)
+        from dpsearch.privacy.sigma_memo import allowed
+
+        with allowed(bool(space.n_public)):  # calibrated σ remembered only where N is public, as the solve cache
+            design = plan(opts, space, inputs.private, saved)
         for cfg, n in design.probe_configs(space):
             cfg.check_against_data(n)
         return cls(replace(opts, eps=design.eps), space, Path(inputs.model), inputs.private, inputs.test, n_layers,
@@ -120,13 +123,15 @@ class Sweep:
     def run(self) -> SweepResult:
         if self.opts.plan_only:
             return SweepResult(self.name, "", [], {}, None, None, 0.0, {"plan": self.plan_text()})
+        from dpsearch.privacy.sigma_memo import allowed
         from dpsearch.search.ray_session import ray_session
         from dpsearch.search.resources import node_env
 
         self.start()
         t0, status = time.time(), "FAILED"
         try:
-            with ray_session(self.opts.address, runtime_env=node_env(self.opts.address)):
+            with allowed(bool(self.space.n_public)), ray_session(self.opts.address,
+                                                                  runtime_env=node_env(self.opts.address)):
                 self.place()
                 validation, val_privacy = self.validation()
                 grid = self.trials(validation)

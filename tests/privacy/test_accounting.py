@@ -11,6 +11,7 @@ def _search_not_memo(tmp_path, monkeypatch):
     """These tests are about calibration's search and the accountants' notices: no σ remembered by an earlier run
     (privacy/sigma_memo.py) or an earlier test in this process stands in for them."""
     monkeypatch.setenv("DPSEARCH_HOME", str(tmp_path))
+    monkeypatch.delenv("DPSEARCH_SIGMA_MEMO", raising=False)
     calibrate_sigma.cache_clear()
     epsilon_for.cache_clear()
 

@@ -15,6 +15,7 @@ PLAN = dict(eps=3.0, delta=1e-5, q=0.02, steps=150, accountant="rdp")  # RDP: th
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("DPSEARCH_HOME", str(tmp_path))
+    monkeypatch.setenv(sigma_memo.ENV, "1")  # as inside a sweep whose space declares n_public
     _forget_in_process()
     yield tmp_path
     _forget_in_process()
@@ -79,3 +80,15 @@ def test_the_memo_keeps_only_the_newest_entries(home, monkeypatch):
         sigma_memo.remember(f"k{i}", 1.0 + i)
     assert list(json.loads((home / sigma_memo.FILE).read_text())) == ["k2", "k3", "k4"]
     assert sigma_memo.remembered("k0") is None and sigma_memo.remembered("k4") == 5.0
+
+
+def test_where_n_is_not_public_nothing_is_remembered_or_read(home, monkeypatch):
+    """q and the steps follow from N: outside a sweep that declares it, calibration neither writes nor reads."""
+    with sigma_memo.allowed(False):
+        sigma = _calibrate()
+        assert not (home / sigma_memo.FILE).exists()
+        _forget_in_process()
+        sigma_memo.remember(_key(), 2 * sigma)  # would be accepted (more noise) if it were read
+        assert _calibrate() == sigma
+    _forget_in_process()
+    assert _calibrate() == 2 * sigma  # the memo on again: the larger remembered σ passes the check (costs utility only)

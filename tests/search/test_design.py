@@ -18,7 +18,7 @@ def _private(n=3000):
 
 def _space(**update) -> SearchSpace:
     raw = load_space("smoke").model_dump()
-    raw.update({"n_private": None, **update})
+    raw.update({"n_private": None, "n_public": None, **update})  # planned from the toy data below
     return SearchSpace(**raw)
 
 
