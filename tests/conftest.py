@@ -13,6 +13,9 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", … under xd
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 _OFFSET = int(WORKER[2:] or 0) if WORKER.startswith("gw") else 0
+# ... and each worker's sweeps their share of the cores (their own Ray's CPUs, hence their trials' and final stage's
+# threads; CLI sweeps in subprocesses inherit it): two sweeps at 2 threads each on 2 cores ran 1.5x as long as at 1.
+os.environ.setdefault("DPSEARCH_CPUS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

@@ -24,7 +24,9 @@ def test_a_local_ray_needs_the_sweeps_fresh_token_and_leaves_no_token_behind(mon
 
     monkeypatch.setenv("HOME", str(tmp_path))  # where Ray would write ~/.ray/auth_token
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("DPSEARCH_CPUS", "1")  # the cores the sweep's own Ray may use
     with ray_session(None):
+        assert ray.cluster_resources()["CPU"] == 1
         addr = ray.get_runtime_context().gcs_address
         token = os.environ["RAY_AUTH_TOKEN"]
         assert os.environ["RAY_AUTH_MODE"] == "token" and len(token) == 64
@@ -51,3 +53,19 @@ def test_tune_file_loggers_keep_result_files_and_drop_the_tensorboard_hint(monke
     assert not any(isinstance(c, TBXLoggerCallback) for c in callbacks)
     assert [type(c) for c in callbacks if isinstance(c, (CSVLoggerCallback, JsonLoggerCallback))] == [
         CSVLoggerCallback, JsonLoggerCallback]
+
+
+def test_the_cores_a_local_ray_may_use_are_a_whole_number_or_a_clear_error(monkeypatch):
+    import pytest
+
+    from dpsearch.config import ConfigError
+    from dpsearch.search.ray_session import local_cpus
+
+    monkeypatch.delenv("DPSEARCH_CPUS", raising=False)
+    assert local_cpus() is None  # all of them: Ray's default
+    monkeypatch.setenv("DPSEARCH_CPUS", "3")
+    assert local_cpus() == 3
+    for bad in ("0", "-1", "1.5", "two"):
+        monkeypatch.setenv("DPSEARCH_CPUS", bad)
+        with pytest.raises(ConfigError, match="whole number of cores"):
+            local_cpus()

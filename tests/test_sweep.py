@@ -37,8 +37,9 @@ def _no_stray_ray():
 
 
 @pytest.mark.e2e
-def test_sweep_runs_trials_concurrently_under_one_eps_and_survives_a_failing_trial(tiny_model_dir, tmp_path):
+def test_sweep_runs_trials_concurrently_under_one_eps_and_survives_a_failing_trial(tiny_model_dir, tmp_path, monkeypatch):
     # lr 1e30 makes a trial diverge (NaN loss → FloatingPointError); the sweep must record it and go on.
+    monkeypatch.setenv("DPSEARCH_CPUS", "2")  # two trials at once need two of Ray's CPUs (the suite's workers get 1)
     space = _space(tmp_path, lr={"choice": [5e-4, 1e30]})
     res = run_sweep(SweepOptions(eps=5.0, space=space, trials=5, concurrency=2, sampler="random", seed=3,
                                  model=str(tiny_model_dir), storage=str(tmp_path / "sweeps"), name="s", progress=False))

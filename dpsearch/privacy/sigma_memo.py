@@ -6,7 +6,9 @@ stage, and the next sweep asks again. Only the *search* is reused: a remembered 
 accountant on every use (one evaluation), and thrown away when that accountant finds it over the target ε. So a
 stale or tampered entry can cost utility (a σ larger than needed), never privacy.
 
-Kept in `$DPSEARCH_HOME/sigmas.json`, the newest KEEP entries. A key is a digest of the mechanism's plan (ε, δ, q,
+Read from two places in order: the entries that ship with the package (`dpsearch/shipped/sigmas.json`, the grid
+cells of the shipped spaces' shipped solves, made by `python -m dpsearch.search.shipped_solves`) and the user's
+`$DPSEARCH_HOME/sigmas.json` (the newest KEEP entries), to which every new σ is added. A key is a digest of the mechanism's plan (ε, δ, q,
 steps, accountant, warm-up σ_w). q and the steps follow from N, so, as for the solve cache, the memo is used only
 where N is public: inside a sweep whose space declares `n_public` (`allowed`, which the sweep's Ray workers
 inherit through the environment). Elsewhere calibration searches every time and writes nothing.
@@ -28,6 +30,7 @@ from dpsearch.privacy.solve_cache import _read, add_entry
 log = logging.getLogger(__name__)
 
 FILE = "sigmas.json"
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped" / FILE
 FORMAT = 1  # raise it when calibration itself changes (its tolerance, the accountants' roles)
 KEEP = 4096
 
@@ -73,17 +76,17 @@ def _file() -> Optional[Path]:
 
 
 def remembered(k: str) -> Optional[float]:
-    """The σ remembered for this key (still to be checked by the caller), or None."""
-    path = _file()
-    entry = _read(path).get(k) if path else None
-    v = entry.get("sigma") if isinstance(entry, dict) else None
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= SIGMA_MAX:
-        log.debug("σ = %.6g remembered for this plan (%s), to be checked", v, path)
-        return float(v)
+    """The σ remembered for this key, shipped first (still to be checked by the caller), or None."""
+    for path in (SHIPPED, _file()):
+        entry = _read(path).get(k) if path else None
+        v = entry.get("sigma") if isinstance(entry, dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= SIGMA_MAX:
+            log.debug("σ = %.6g remembered for this plan (%s), to be checked", v, path)
+            return float(v)
     return None
 
 
-def remember(k: str, sigma: float) -> None:
-    path = _file()
+def remember(k: str, sigma: float, path: Optional[Path] = None) -> None:
+    path = path or _file()
     if path is not None:
-        add_entry(path, k, {"sigma": sigma}, "the calibrated σ", keep=KEEP)
+        add_entry(path, k, {"sigma": sigma}, "the calibrated σ", keep=None if path == SHIPPED else KEEP)

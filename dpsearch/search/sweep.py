@@ -99,6 +99,10 @@ class Sweep:
         space.params.layers.check_model(n_layers)
         parse_layers(space.reference.layers, n_layers)
         del probe
+        if not opts.address:
+            from dpsearch.search.ray_session import local_cpus
+
+            local_cpus()  # a bad $DPSEARCH_CPUS is refused here, before anything is stored
         from dpsearch.privacy.sigma_memo import allowed
 
         with allowed(bool(space.n_public)):  # calibrated σ remembered only where N is public, as the solve cache

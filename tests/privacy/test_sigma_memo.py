@@ -92,3 +92,27 @@ def test_where_n_is_not_public_nothing_is_remembered_or_read(home, monkeypatch):
         assert _calibrate() == sigma
     _forget_in_process()
     assert _calibrate() == 2 * sigma  # the memo on again: the larger remembered σ passes the check (costs utility only)
+
+
+def test_the_main_jobs_sigmas_ship_for_every_cell_and_are_the_searchs(home, monkeypatch):
+    """`dpsearch sweep --eps 5` on the shipped space: the σ of every grid cell at the shipped per-trial ε (the trials)
+    and at 5 (the final run) ships with the package, and one of them is what the search finds (to its 0.2%)."""
+    from dpsearch.privacy import solve_cache
+    from dpsearch.privacy.accounting import _search_sigma
+    from dpsearch.privacy.report import solve_plan
+    from dpsearch.search.design import slice_solve_args
+    from dpsearch.space import load_space
+
+    space = load_space("mnist")
+    plan = solve_plan(space, **slice_solve_args(space, 5.0, 8))
+    per = json.loads(solve_cache.SHIPPED.read_text())[solve_cache.key(**plan)]["per_trial_eps"]
+    shipped = json.loads(sigma_memo.SHIPPED.read_text())
+    for eps in (per, 5.0):
+        for q, steps in plan["cells"]:
+            assert sigma_memo.key(eps, plan["delta"], q, steps, "prv", None) in shipped, (eps, q, steps)
+    q, steps = plan["cells"][4]
+    found = shipped[sigma_memo.key(per, plan["delta"], q, steps, "prv", None)]["sigma"]
+    assert found == pytest.approx(_search_sigma(per, plan["delta"], q, steps, "prv", None), rel=0.002)
+    monkeypatch.setattr(accounting, "_search_sigma", lambda *a: pytest.fail("searched although shipped"))
+    assert calibrate_sigma(per, plan["delta"], q, steps, "prv") == found  # checked, then used
+    assert not (home / sigma_memo.FILE).exists()  # a shipped answer is not copied to the user's memo
