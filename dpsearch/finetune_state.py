@@ -10,6 +10,7 @@ import torch
 
 from dpsearch.config import ConfigError, FinetuneConfig
 from dpsearch.privacy import check_accountants, epsilon_for
+from dpsearch.privacy.sigma_memo import valid as valid_sigma
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ class FinetuneState:
                 d = torch.load(path, weights_only=True)
             # States written before the release boundary also held the private training loss: it is dropped.
             history = [{k: v for k, v in h.items() if k in HISTORY_FIELDS} for h in d["history"]]
+            sigma = d.get("sigma")
+            if sigma is not None and not valid_sigma(sigma):
+                raise ValueError(f"σ = {sigma!r} is no noise level a calibration gives")
             return cls(int(d["epoch"]), int(d["steps"]), d["trainable"], d["optimizer"], history, d.get("ema"),
-                       d.get("warmup_sigma"), d.get("lr"), d.get("sigma"))
+                       d.get("warmup_sigma"), d.get("lr"), None if sigma is None else float(sigma))
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
             raise ConfigError(f"checkpoint {path} is corrupt or not a dpsearch fine-tune state ({e}); "
                               f"delete it to restart the trial from scratch") from e

@@ -210,6 +210,10 @@ def test_a_resume_continues_at_the_sigma_its_first_steps_ran_at_or_refuses_one_t
     assert res.privacy.sigma == planned * 1.05 and res.privacy.eps < 3.0
     with pytest.raises(ConfigError, match="does not accept"):
         dp_finetune(build_ldm(CFG), data, cfg, progress=False, resume=replace(states[0], sigma=planned / 2))
+    for bad in ("1.0", float("nan"), -1.0, 1e9):  # a checkpoint is untrusted input
+        replace(states[0], sigma=bad).save(tmp_path / "bad.pt")
+        with pytest.raises(ConfigError, match="no noise level"):
+            FinetuneState.load(tmp_path / "bad.pt")
 
 
 def test_the_cosine_schedule_sets_every_dp_step_and_a_resume_picks_it_up_from_the_step_count(tmp_path, monkeypatch):

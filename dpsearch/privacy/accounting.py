@@ -78,10 +78,11 @@ def calibrate_sigma(eps: float, delta: float, q: float, steps: int, accountant: 
     if not sigma_memo.in_use():
         return _search_sigma(eps, delta, q, steps, accountant, prefix)
     k = sigma_memo.key(eps, delta, q, steps, accountant, prefix)
-    known = sigma_memo.remembered(k)
-    if known is not None and epsilon_for(known, q, steps, delta, accountant, prefix) <= eps:
-        log.info("σ = %.4f for this plan remembered and accepted by %s (ε ≤ %g): no search", known, accountant.upper(), eps)
-        return known
+    for known in sigma_memo.candidates(k):  # shipped, then the user's
+        if epsilon_for(known, q, steps, delta, accountant, prefix) <= eps:
+            log.info("σ = %.4f for this plan remembered and accepted by %s (ε ≤ %g): no search", known,
+                     accountant.upper(), eps)
+            return known
     sigma = _search_sigma(eps, delta, q, steps, accountant, prefix)
     sigma_memo.remember(k, sigma)
     return sigma

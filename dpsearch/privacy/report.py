@@ -80,10 +80,21 @@ def stored_sweep_report(saved: dict, rows: list[dict], vp: Optional[dict], start
                         final: Optional[dict] = None, attempts: Optional[dict] = None) -> dict:
     """The privacy report from what a sweep stored (sweep_store.py reads it): sweep.json's content, the
     summary rows, the validation generator's record, one id per trial attempt ever started, the final
-    stage's result and how often each once-per-sweep stage started (attempts.json)."""
+    stage's result and how often each once-per-sweep stage started (attempts.json).
+
+    Its σ come from the memo the sweep's runs used (privacy/sigma_memo.py), on where the sweep's N was public: a
+    fresh search under other library versions can land a little above a shipped σ the runs used (and the accountant
+    accepted), and check_recorded would then refuse a sweep its own report passed."""
+    from dpsearch.privacy.sigma_memo import allowed
     from dpsearch.space import SearchSpace
 
-    opts, space = saved["options"], SearchSpace(**saved["space"])
+    with allowed(bool(saved["space"].get("n_public"))):
+        return _stored_sweep_report(saved, SearchSpace(**saved["space"]), rows, vp, started, final, attempts)
+
+
+def _stored_sweep_report(saved: dict, space, rows: list[dict], vp: Optional[dict], started: list[str],
+                         final: Optional[dict], attempts: Optional[dict]) -> dict:
+    opts = saved["options"]
     if saved.get("design") == "slices":
         return _slices_report(saved, space, rows, vp, started, final, attempts)
     n = saved.get("n_private") or (vp or {}).get("n")

@@ -46,10 +46,7 @@ def in_use() -> bool:
 def allowed(n_is_public: bool) -> Iterator[None]:
     """The memo on (N public) or off inside the block, for this process and the Ray workers it starts."""
     saved = os.environ.get(ENV)
-    if n_is_public:
-        os.environ[ENV] = "1"
-    else:
-        os.environ.pop(ENV, None)
+    os.environ[ENV] = "1" if n_is_public else "0"  # "0" set, not unset: cluster nodes are told it is off (NODE_ENV)
     try:
         yield
     finally:
@@ -77,13 +74,25 @@ def _file() -> Optional[Path]:
 
 def remembered(k: str) -> Optional[float]:
     """The σ remembered for this key, shipped first (still to be checked by the caller), or None."""
+    found = candidates(k)
+    return found[0] if found else None
+
+
+def candidates(k: str) -> list[float]:
+    """Every σ remembered for this key, shipped first: the caller checks them in order."""
+    found = []
     for path in (SHIPPED, _file()):
         entry = _read(path).get(k) if path else None
         v = entry.get("sigma") if isinstance(entry, dict) else None
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= SIGMA_MAX:
+        if valid(v):
             log.debug("σ = %.6g remembered for this plan (%s), to be checked", v, path)
-            return float(v)
-    return None
+            found.append(float(v))
+    return found
+
+
+def valid(v) -> bool:
+    """A number some search could have answered: finite, positive, at most SIGMA_MAX."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= SIGMA_MAX
 
 
 def remember(k: str, sigma: float, path: Optional[Path] = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -116,3 +117,24 @@ def test_the_main_jobs_sigmas_ship_for_every_cell_and_are_the_searchs(home, monk
     monkeypatch.setattr(accounting, "_search_sigma", lambda *a: pytest.fail("searched although shipped"))
     assert calibrate_sigma(per, plan["delta"], q, steps, "prv") == found  # checked, then used
     assert not (home / sigma_memo.FILE).exists()  # a shipped answer is not copied to the user's memo
+
+
+def test_a_shipped_sigma_the_accountant_rejects_falls_through_to_the_users(home, monkeypatch, tmp_path):
+    sigma = _calibrate()
+    _forget_in_process()
+    shipped = tmp_path / "shipped.json"
+    monkeypatch.setattr(sigma_memo, "SHIPPED", shipped)
+    sigma_memo.remember(_key(), sigma / 2, path=shipped)  # shipped, but over ε under this accountant
+    monkeypatch.setattr(accounting, "_search_sigma", lambda *a: pytest.fail("searched although the user's σ passes"))
+    assert sigma_memo.candidates(_key()) == [sigma / 2, sigma]
+    assert _calibrate() == sigma
+
+
+def test_off_is_said_not_left_unset_so_cluster_nodes_hear_it(monkeypatch):
+    monkeypatch.setenv(sigma_memo.ENV, "1")  # e.g. exported on a node
+    with sigma_memo.allowed(False):
+        assert not sigma_memo.in_use() and os.environ[sigma_memo.ENV] == "0"
+        from dpsearch.search.resources import node_env
+
+        assert node_env("127.0.0.1:6379")["env_vars"][sigma_memo.ENV] == "0"
+    assert os.environ[sigma_memo.ENV] == "1"
