@@ -17,6 +17,21 @@ from pathlib import Path
 import psutil
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# sshd in a PID namespace of its own, with its own /proc: whatever runs over its SSH sessions (`ray up`'s `ray start`,
+# `ray down`'s `ray stop`, `--address auto`) sees and stops only the Ray processes started there, never another
+# test's or a user's; and when the namespace's first process (sshd) dies, the kernel ends everything in it.
+_UNSHARE = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def _pid_namespaces() -> bool:
+    """Whether this machine lets us make a PID namespace (root, or a sandbox that allows it)."""
+    try:
+        return subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+PID_NAMESPACES = _pid_namespaces()
 
 
 def free_port() -> int:
@@ -48,6 +63,12 @@ class SSHHost:
                                "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
                                f"{self.user}@127.0.0.1", command], capture_output=True, text=True, timeout=60)
 
+    def stop(self) -> None:
+        """sshd and, in a PID namespace, everything started in it (unshare ignores SIGTERM while its child runs; a
+        SIGKILL makes it kill sshd, the namespace's first process, and the kernel the rest)."""
+        self.proc.kill()
+        self.proc.wait(10)
+
 
 def start_sshd(root: Path) -> SSHHost:
     if not Path(SSHD).exists():
@@ -65,7 +86,8 @@ def start_sshd(root: Path) -> SSHHost:
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory, normally made by systemd
     log = open(root / "sshd.log", "w")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)
+    cmd = [SSHD, "-D", "-e", "-f", str(root / "sshd_config")]
+    proc = subprocess.Popen([*_UNSHARE, *cmd] if PID_NAMESPACES else cmd, stdout=log, stderr=subprocess.STDOUT)
     bin_dir = root / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "ssh"

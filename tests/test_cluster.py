@@ -16,7 +16,7 @@ import ray.autoscaler
 import yaml
 
 from dpsearch.paths import home
-from tests.cluster_hosts import free_port, kill_under, processes_under, short_tmpdir, start_sshd
+from tests.cluster_hosts import PID_NAMESPACES, free_port, kill_under, processes_under, short_tmpdir, start_sshd
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -80,13 +80,26 @@ def ssh_host():
     root = short_tmpdir("dpsr-")
     host = start_sshd(root)
     yield host
-    host.proc.terminate()
-    host.proc.wait(10)
+    host.stop()
     kill_under(root)
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.serial  # `ray down` runs `ray stop` on the head, this machine: every Ray of this user stops with it
+@pytest.mark.skipif(not PID_NAMESPACES, reason="no PID namespace can be made here: the ray up test runs serially")
+def test_the_ssh_hosts_sessions_see_only_their_own_processes(ssh_host):
+    """What lets `ray down` (its `ray stop` lists every process it can see) run beside other tests' Rays."""
+    seen = ssh_host.ssh("ps -e -o pid=,comm=")
+    assert seen.returncode == 0, seen.stderr
+    pids = {int(line.split()[0]) for line in seen.stdout.splitlines()}
+    assert os.getpid() not in pids and 1 in pids  # this test's process is invisible; sshd is the namespace's init
+    assert "sshd" in {line.split()[1] for line in seen.stdout.splitlines() if int(line.split()[0]) == 1}
+    assert len(pids) < 10, seen.stdout
+
+
+# `ray down` runs `ray stop` on the head, this machine: every Ray it can see stops. With the head's sshd in a PID
+# namespace of its own (cluster_hosts.PID_NAMESPACES) it sees only its own, and the test runs beside the others;
+# where no namespace can be made it runs in the serial pass, alone.
+@(pytest.mark.e2e if PID_NAMESPACES else pytest.mark.serial)
 def test_ray_up_over_ssh_runs_a_sweep_then_ray_down_leaves_no_ray_process(ssh_host, tiny_model_dir, monkeypatch):
     """cluster/local.yaml against 127.0.0.1 over SSH: ray up, a smoke sweep through ray exec (MLflow runs on
     the shared server, checkpoints on S3), ray down. Token auth on, its token kept out of the real ~/.ray."""
