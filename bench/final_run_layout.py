@@ -25,20 +25,24 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
 
 
-def _one(threads: int, batch: int, physical: int, layers: str, repeats: int) -> float:
-    """Seconds per DP step, measured in this process (called in a fresh one by _spawn)."""
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).parent))
+def _loaded(threads: int, batch: int):
+    """(dp_step, model, latents, labels): the default model and `batch` random inputs, at `threads` torch threads."""
     import dp_step
+    import torch
 
     from dpsearch.models import load_ldm
 
     torch.set_num_threads(threads)
     model = load_ldm(dp_step._default_model(), "cpu")
-    x, y = dp_step._inputs(model, "default", "random", batch, 256, torch.device("cpu"))
+    return (dp_step, model, *dp_step._inputs(model, "default", "random", batch, 256, torch.device("cpu")))
+
+
+def _one(threads: int, batch: int, physical: int, layers: str, repeats: int) -> float:
+    """Seconds per DP step, measured in this process (called in a fresh one by _spawn)."""
+    dp_step, model, x, y = _loaded(threads, batch)
     return dp_step.bench_mode(model, x, y, layers, batch, physical, "bookkeeping", repeats)
 
 
@@ -60,16 +64,7 @@ def _seconds(proc: subprocess.Popen) -> float:
 
 def _physicals(sizes: list[int], cores: int, batch: int, layers: str, rounds: int, repeats: int) -> dict:
     """Physical batch sizes interleaved in one process: {size: [ms per example per round]}."""
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import dp_step
-
-    from dpsearch.models import load_ldm
-
-    torch.set_num_threads(cores)
-    model = load_ldm(dp_step._default_model(), "cpu")
-    x, y = dp_step._inputs(model, "default", "random", batch, 256, torch.device("cpu"))
+    dp_step, model, x, y = _loaded(cores, batch)
     out = {p: [] for p in sizes}
     for r in range(rounds):
         for p in sizes:

@@ -43,8 +43,9 @@ def count_epsilon(sigma: float, queries: int, delta: float) -> float:
 
 @functools.lru_cache(maxsize=256)
 def count_sigma(queries: int, eps: float, delta: float) -> float:
-    """The smallest σ for which `queries` counts compose to (ε, δ). Memoised per process (a pure function of three
-    public numbers; nothing is written): planning a sweep calibrates it once, 1.5-5 s of dp-accounting's search."""
+    """The smallest σ for which `queries` counts compose to (ε, δ). Memoised per process, in memory only (pure and
+    deterministic in its arguments; δ is public only where the space declares n_public, so nothing is written):
+    planning a sweep calibrates it once, 1.5-5 s of dp-accounting's search."""
     from dp_accounting.mechanism_calibration import calibrate_dp_mechanism
     from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 

@@ -13,6 +13,12 @@ from dpsearch.data import ImageSet
 from dpsearch.privacy.noisy_count import NoisyCount, count_epsilon, count_sigma
 
 
+@pytest.fixture(autouse=True)
+def _search_not_memo():
+    """These tests are about the calibration itself: no σ memoised by an earlier test in this process stands in."""
+    count_sigma.cache_clear()
+
+
 def _gaussian_delta(eps: float, mu: float) -> float:
     """Balle & Wang (2018), Theorem 8: the exact δ(ε) of a Gaussian mechanism with sensitivity/σ = μ."""
     return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2)
