@@ -181,6 +181,8 @@ def run_one(eps: float, seed: int, trials: int, test: ImageSet, retrain: bool, m
     row = dict(earlier or {})
     row.update(task=task, eps=eps, seed=seed, objective=objective, margin=margin if objective == "count" else 0.0,
                trials=trials)
+    if raised_validation(task):
+        row["validation_records"] = raised_validation(task)
     if "sweep" in arms:
         row["sweep"] = sweep_arm(task, eps, seed, trials, test, workdir, objective, margin, "search")
     if "sweep" not in row:
@@ -194,6 +196,18 @@ def run_one(eps: float, seed: int, trials: int, test: ImageSet, retrain: bool, m
     print(f"{task}, ε = {eps:g}, seed {seed}: sweep {_pct(row['sweep']['oracle']['oracle/accuracy'])}, default + free "
           f"{_pct(_acc(row.get('default_free')))}, default {_pct(row['default']['oracle']['oracle/accuracy'])}", flush=True)
     return flat(row)
+
+
+def reused_default(default: dict) -> dict:
+    """Another arm's default run of this task, ε and seed (it reads neither the slices nor the margin); its score at
+    that arm's free setting stays, labelled with that setting."""
+    return {**default, "source": default["source"] + "; reused from another arm's row of this benchmark"}
+
+
+def _at_free(default: dict, sweep: dict) -> float | None:
+    """The default model's score at the sweep's free setting, where it was sampled at that setting."""
+    at = default.get("oracle_at_sweep_free_setting") or {}
+    return at.get("oracle/accuracy") if at.get("free") == sweep["free"] else None
 
 
 def _acc(arm: dict | None) -> float | None:
@@ -229,9 +243,22 @@ def flat(row: dict, transfers: list[dict] | None = None) -> dict:
 
 
 def _objective(r: dict) -> str:
-    """The arm: objective, and under counts the reference margin (rows from before it selected by best objective)."""
+    """The arm: objective, under counts the reference margin (rows from before it selected by best objective), and
+    the validation slice's planned records where the space's min_validation raised its share (rows from before it
+    had none)."""
     obj = r.get("objective", "generator")  # rows from before the counting objective
-    return f"{obj}, margin {r['margin']:g}" if r.get("margin") else obj
+    if r.get("margin") or (r.get("objective") == "count" and r.get("validation_records")):
+        obj = f"{obj}, margin {r.get('margin') or 0:g}"
+    return f"{obj}, validation {r['validation_records']:,}" if r.get("validation_records") else obj
+
+
+def raised_validation(task: str) -> int | None:
+    """The validation slice's planned records where the shipped space's min_validation raises its share for this
+    task's N (None where the plain share already holds them)."""
+    sl = load_space("mnist").slices
+    n = TASKS[task].n
+    f = sl.fractions(n)
+    return None if f["validation"] == sl.validation else int(round(n * f["validation"]))
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -297,7 +324,7 @@ def report() -> str:
             f"| {r.get('task', 'mnist')} | {_objective(r)} | {r['eps']:g} | {r['seed']} | ({sw['released']['eps']:.3f}, "
             f"{sw['released']['delta']:.3g}) | layers {c['layers']}, B {c['batch']}, lr {c['lr']:.2g}, {c['epochs']} epochs"
             f"{_kept(sw)} | guidance {sw['free']['guidance']:g} | {_pct(_acc(sw))} | {fair} | {over} | {_pct(_acc(de))} | "
-            f"{100 * r['gain']:+.2f} | {_pct(de['oracle_at_sweep_free_setting']['oracle/accuracy'])} | {de.get('guidance', 3.0):g} | "
+            f"{100 * r['gain']:+.2f} | {_pct(_at_free(de, sw))} | {de.get('guidance', 3.0):g} | "
             f"{'–' if rho is None else f'{rho:.2f}'} | {'–' if tr is None else f'{tr:.2f}'} | "
             f"{sw['seconds']['sweep_total'] / 60:.0f} min |")
     lines.append("")
@@ -352,7 +379,8 @@ def main(argv=None) -> int:
     objective = a.objective or shipped.objective
     objective = "count" if objective == "auto" else objective  # what auto is under --eps (search/design.py)
     margin = a.margin if a.margin is not None else shipped.reference_margin
-    arm = _objective({"objective": objective, "margin": margin if objective == "count" else 0.0})
+    arm = _objective({"objective": objective, "margin": margin if objective == "count" else 0.0,
+                      "validation_records": raised_validation(a.task)})
     key = lambda r: (r.get("task", "mnist"), r["eps"], r["seed"], _objective(r))  # noqa: E731
     if a.keep:
         a.keep.mkdir(parents=True, exist_ok=True)
@@ -360,6 +388,9 @@ def main(argv=None) -> int:
         for eps in a.eps:
             for seed in a.seeds:
                 earlier = next((r for r in old if key(r) == (a.task, eps, seed, arm)), None)
+                if earlier is None and "default" not in a.arms:  # the default arm does not depend on the search's arm
+                    other = next((r for r in old if key(r)[:3] == (a.task, eps, seed)), None)
+                    earlier = None if other is None else {"default": reused_default(other["default"])}
                 row = run_one(eps, seed, a.trials, test, a.retrain_default, models.get(eps), Path(d), objective, margin,
                               earlier, a.task, tuple(a.arms))
                 old = [r for r in old if key(r) != (a.task, eps, seed, arm)] + [row]

@@ -179,3 +179,17 @@ def test_noise_multiplicity_is_searched_and_ema_and_lr_schedule_reach_every_conf
     with pytest.raises(ConfigError, match="params.multiplicity"):
         (tmp_path / "x").mkdir()
         load_space(_params(tmp_path / "x", multiplicity="{log_uniform: [1, 4]}"))
+
+
+def test_the_validation_slice_holds_enough_records_to_rank_on_small_data():
+    from dpsearch.space import VALIDATION_CAP, Slices
+
+    s = Slices(tuning=0.1, validation=0.05, final=0.85)  # the shipped shares, floor 1,000 records
+    assert s.fractions(60000) == {"tuning": 0.1, "validation": 0.05, "final": 0.85}  # 3,000 already
+    f = s.fractions(5000)
+    assert f["validation"] == pytest.approx(0.2) and f["final"] == pytest.approx(0.7) and f["tuning"] == 0.1
+    assert sum(f.values()) == pytest.approx(1.0)
+    assert s.fractions(1000)["validation"] == pytest.approx(VALIDATION_CAP)  # capped: the final run keeps the rest
+    assert Slices(tuning=0.1, validation=0.05, final=0.85, min_validation=0).fractions(500)["validation"] == 0.05
+    tight = Slices(tuning=0.45, validation=0.05, final=0.5).fractions(1000)  # never below the tuning share
+    assert tight["final"] == pytest.approx(0.45) and tight["validation"] == pytest.approx(0.1)

@@ -201,11 +201,11 @@ class Slices(Design):
                               "slice; drop --val-eps / the space's validation.eps (or use --design composed)")
         total = float(opts.eps_total)
         got = (saved or {}).get("slices") or {}
-        rule = SliceRule(**got["rule"]) if got else SliceRule.new(**space.slices.model_dump())
         # Everything below plans from public numbers only (N and the rule's fractions, fixed once and recorded):
         # adding a record to one slice leaves the other parts' q, batch and σ as they were (docs/privacy.md).
         n_all = int(got.get("n_public") or space.n_public or len(private))
         keep = float(got.get("keep") or share_of(space.n_private, n_all))
+        rule = SliceRule(**got["rule"]) if got else new_rule(space, n_all, keep)
         parts = split(private, rule, keep)
         planned = planned_sizes(n_all, rule, keep)
         delta = space.delta if space.delta is not None else default_delta(n_all)
@@ -249,6 +249,11 @@ class Slices(Design):
 DESIGNS: dict[str, type[Design]] = {d.name: d for d in (PerTrial, Composed, Slices)}
 
 
+def new_rule(space: SearchSpace, n_all: int, keep: float) -> SliceRule:
+    """A new sweep's slices: the space's shares for its planned number of records (public), a fresh salt."""
+    return SliceRule.new(**space.slices.fractions(max(1, int(round(n_all * keep)))))
+
+
 def _tuning_solve(planned: dict, total: float, trials: int, trial_scale: float, delta: float) -> dict:
     """The arguments of the tuning slice's per-trial ε search (its K trials compose to the total there)."""
     return dict(n=planned["tuning"], eps_total=total, trials=trials, with_validation=False, batch_scale=trial_scale,
@@ -260,8 +265,8 @@ def slice_solve_args(space: SearchSpace, total: float, trials: int) -> dict:
     (the shipped solve cache is made from it: privacy/solve_cache.py)."""
     if not space.n_public:
         raise ConfigError(f"space {space.name} declares no n_public: its slices are planned from the data")
-    rule = SliceRule.new(**space.slices.model_dump())
     keep = share_of(space.n_private, space.n_public)
+    rule = new_rule(space, space.n_public, keep)
     delta = space.delta if space.delta is not None else default_delta(space.n_public)
     return _tuning_solve(planned_sizes(space.n_public, rule, keep), total, trials, rule.tuning / rule.final, delta)
 

@@ -70,18 +70,37 @@ class Validation(_Strict):
     reference_margin: float = Field(0.03, ge=0, lt=1)
 
 
+VALIDATION_CAP = 0.25  # the most min_validation may take: the final run keeps at least the rest
+
+
 class Slices(_Strict):
     """Shares of the private records for a disjoint-slice search (privacy/slices.py)."""
 
     tuning: float = Field(0.1, gt=0, lt=1)
     validation: float = Field(0.1, gt=0, lt=1)
     final: float = Field(0.8, gt=0, lt=1)
+    # Records the validation slice holds at least (0: the share as given). The counting objective's sampling error
+    # on n records is about sqrt(p(1-p)/n), 3 points at n = 250: more than the spread of the trials it ranks
+    # (docs/results.md). On small data the share grows to this many records, up to VALIDATION_CAP of them, taken
+    # from the final share; the tuning share is unchanged. A function of the public N only.
+    min_validation: int = Field(1000, ge=0)
 
     @model_validator(mode="after")
     def _sum(self):
         if abs(self.tuning + self.validation + self.final - 1) > 1e-9:
             raise ValueError(f"slices must sum to 1, got {self.tuning + self.validation + self.final:g}")
         return self
+
+    def fractions(self, n: int) -> dict[str, float]:
+        """The shares a sweep on n (public) records cuts: the validation share raised to hold min_validation
+        records where the given share holds fewer, never above VALIDATION_CAP nor leaving the final share below
+        the tuning share."""
+        given = {"tuning": self.tuning, "validation": self.validation, "final": self.final}
+        want = min(self.min_validation / n, VALIDATION_CAP) if n > 0 else 0.0
+        grow = min(want - self.validation, self.final - self.tuning)
+        if grow <= 0:
+            return given
+        return {**given, "validation": self.validation + grow, "final": self.final - grow}
 
 
 class Free(_Strict):
