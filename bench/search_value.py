@@ -255,9 +255,10 @@ def _objective(r: dict) -> str:
 def raised_validation(task: str) -> int | None:
     """The validation slice's planned records where the shipped space's min_validation raises its share for this
     task's N (None where the plain share already holds them)."""
-    sl = load_space("mnist").slices
-    n = TASKS[task].n
-    f = sl.fractions(n)
+    space = load_space("mnist")
+    sl, n = space.slices, TASKS[task].n
+    batches = TASKS[task].params.get("batch", {}).get("choice") or list(space.params.batch.values())
+    f = sl.fractions(n, max([*batches, space.reference.batch]))
     return None if f["validation"] == sl.validation else int(round(n * f["validation"]))
 
 

@@ -7,7 +7,8 @@ Reads one sweep of bench/results/search_value.json (its trials' configurations, 
 oracle accuracies), fine-tunes the reference configuration and the `--top` best trials by objective on all the
 task's private records (55,000 or 5,000) at the sweep's released ε (δ = 1/(N ln N)), samples each at the guidance
 the sweep chose and scores it under the ladder. The reference's full-data model is the default arm's, already
-scored at that guidance by search_value.py. Prints Spearman(slice objective, full-data oracle) and writes
+scored at that guidance by search_value.py. A configuration transfer.json already holds a full-data run of (same
+task, ε and free setting, from any seed's sweep) is reused, labelled so (--fresh trains it again). Prints Spearman(slice objective, full-data oracle) and writes
 bench/results/transfer.json (merged by task, ε, seed and arm; search_value.py reads it as transfer_spearman).
 Oracle figures: real test split, choose nothing.
 """
@@ -49,6 +50,21 @@ def _is_reference(t: dict) -> bool:
     return is_reference({"clip": space.reference.clip, **t}, space.reference, space.params.layers.high)
 
 
+def earlier_runs(task: str, eps: float, free: dict) -> list[dict]:
+    """transfer.json's full-data runs of this task and ε sampled at this free setting (a configuration's full-data
+    oracle does not depend on the sweep that proposed it: same records, same ε, same training)."""
+    if not OUT.exists():
+        return []
+    return [{**c, "seed": r["seed"]} for r in json.loads(OUT.read_text())["rows"]
+            if (r.get("task", "mnist"), r["eps"], r["free"]) == (task, eps, free) for c in r["configs"]
+            if not c["source"].startswith("reused")]
+
+
+def same_config(a: dict, b: dict) -> bool:
+    return (str(a["layers"]), a["batch"], a["epochs"]) == (str(b["layers"]), b["batch"], b["epochs"]) and \
+        abs(a["lr"] - b["lr"]) <= 1e-9 * max(abs(a["lr"]), 1e-12)
+
+
 def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
@@ -62,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--arm", default="count, margin 0.03", help="the search_value.json arm (objective, margin)")
     p.add_argument("--top", type=int, default=3, help="trials beside the reference, best objective first")
+    p.add_argument("--fresh", action="store_true",
+                   help="fine-tune every configuration again, even where transfer.json holds a full-data run of it")
     a = p.parse_args(argv)
     rows = json.loads(SEARCH_VALUE.read_text())["rows"]
     key = (a.task, a.eps, a.seed, a.arm)
@@ -75,12 +93,18 @@ def main(argv=None) -> int:
     private, n_public = task_data(a.task)
     space = _shipped_space()
     smp = SampleConfig(per_class=LADDER.n_synthetic // 10, seed=a.seed, **free)
+    measured = [] if a.fresh else earlier_runs(a.task, a.eps, free)
     out = []
     for t in picked:
         started = time.time()
-        if _is_reference(t):  # the default arm's model, scored at this guidance by search_value.py
-            full = row["default"]["oracle_at_sweep_free_setting"]
+        hit = next((e for e in measured if same_config(e, t)), None)
+        at_free = row["default"].get("oracle_at_sweep_free_setting") or {}
+        if _is_reference(t) and at_free.get("free") == free:  # the default arm's model, at this guidance
+            full = at_free
             source = "default arm's model (search_value.py)"
+        elif hit is not None:  # a full-data DP run of the same configuration, sampled at the same free setting
+            full = {"oracle/accuracy": hit["full_oracle"]}
+            source = f"reused: {hit['source']} (transfer.json, seed {hit['seed']})"
         else:  # as the sweep's final run trains it (the space's clip, EMA, schedule), on all the records
             ft = space.finetune_config({"clip": space.reference.clip, **t}, a.eps, delta=benchmark_delta(TASKS[a.task].n),
                                       n_public=n_public)

@@ -193,3 +193,6 @@ def test_the_validation_slice_holds_enough_records_to_rank_on_small_data():
     assert Slices(tuning=0.1, validation=0.05, final=0.85, min_validation=0).fractions(500)["validation"] == 0.05
     tight = Slices(tuning=0.45, validation=0.05, final=0.5).fractions(1000)  # never below the tuning share
     assert tight["final"] == pytest.approx(0.45) and tight["validation"] == pytest.approx(0.1)
+    held = s.fractions(5000, batch=4000)  # nor too small for the largest batch: the final slice keeps 4,000
+    assert held["final"] == pytest.approx(0.8) and held["validation"] == pytest.approx(0.1)
+    assert s.fractions(5000, batch=4500) == {"tuning": 0.1, "validation": 0.05, "final": 0.85}  # no room: as given

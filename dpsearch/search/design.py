@@ -251,7 +251,8 @@ DESIGNS: dict[str, type[Design]] = {d.name: d for d in (PerTrial, Composed, Slic
 
 def new_rule(space: SearchSpace, n_all: int, keep: float) -> SliceRule:
     """A new sweep's slices: the space's shares for its planned number of records (public), a fresh salt."""
-    return SliceRule.new(**space.slices.fractions(max(1, int(round(n_all * keep)))))
+    largest = max([*space.params.batch.values(), space.reference.batch])
+    return SliceRule.new(**space.slices.fractions(max(1, int(round(n_all * keep))), largest))
 
 
 def _tuning_solve(planned: dict, total: float, trials: int, trial_scale: float, delta: float) -> dict:

@@ -91,13 +91,13 @@ class Slices(_Strict):
             raise ValueError(f"slices must sum to 1, got {self.tuning + self.validation + self.final:g}")
         return self
 
-    def fractions(self, n: int) -> dict[str, float]:
+    def fractions(self, n: int, batch: int = 0) -> dict[str, float]:
         """The shares a sweep on n (public) records cuts: the validation share raised to hold min_validation
         records where the given share holds fewer, never above VALIDATION_CAP nor leaving the final share below
-        the tuning share."""
+        the tuning share or too small for `batch` (the space's largest batch, the reference's included)."""
         given = {"tuning": self.tuning, "validation": self.validation, "final": self.final}
         want = min(self.min_validation / n, VALIDATION_CAP) if n > 0 else 0.0
-        grow = min(want - self.validation, self.final - self.tuning)
+        grow = min(want - self.validation, self.final - max(self.tuning, batch / n if n > 0 else 0.0))
         if grow <= 0:
             return given
         return {**given, "validation": self.validation + grow, "final": self.final - grow}
