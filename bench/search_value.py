@@ -255,11 +255,14 @@ def _objective(r: dict) -> str:
 def raised_validation(task: str) -> int | None:
     """The validation slice's planned records where the shipped space's min_validation raises its share for this
     task's N (None where the plain share already holds them)."""
-    space = load_space("mnist")
-    sl, n = space.slices, TASKS[task].n
-    batches = TASKS[task].params.get("batch", {}).get("choice") or list(space.params.batch.values())
-    f = sl.fractions(n, max([*batches, space.reference.batch]))
-    return None if f["validation"] == sl.validation else int(round(n * f["validation"]))
+    from dpsearch.privacy.slices import planned_sizes, share_of
+    from dpsearch.search.design import new_rule
+
+    with tempfile.TemporaryDirectory() as d:
+        space = load_space(str(bench_space(Path(d) / "space.yaml", LADDER.n_synthetic, task=task)))
+    keep = share_of(space.n_private, space.n_public)
+    rule = new_rule(space, space.n_public, keep)  # what a new sweep of this task's space cuts
+    return None if rule.validation == space.slices.validation else planned_sizes(space.n_public, rule, keep)["validation"]
 
 
 def summarize(rows: list[dict]) -> dict:

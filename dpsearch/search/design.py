@@ -222,7 +222,7 @@ class Slices(Design):
         val_scale = rule.validation / rule.final
         from dpsearch.space import scaled_batch
 
-        for b in space.params.batch.values():  # before the slow ε solve: a batch no slice can hold is refused at once
+        for b in {*space.params.batch.values(), space.reference.batch}:  # before the slow ε solve: refused at once
             for part, scale in (("tuning", trial_scale), ("final", 1.0)):
                 if scaled_batch(b, scale) > planned[part]:
                     raise ConfigError(f"batch size {b} is larger than the private set's {part} slice can hold "

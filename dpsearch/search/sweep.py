@@ -170,7 +170,7 @@ class Sweep:
         salt = self.record.fingerprints.get("salt") if resumed else secrets.token_hex(16)
         data = self.design.fingerprint_data(self.private)
         fingerprints = {"private": private_fingerprint(data.images, data.labels, create_key=not resumed, salt=salt),
-                        "model": files_fingerprint(self.model_files), "space": text_fingerprint(self.space.model_dump_json()),
+                        "model": files_fingerprint(self.model_files), "space": text_fingerprint(space_json(self.space, self.record.space if resumed else None)),
                         "salt": salt}
         if resumed:
             check_resume(self.record.fingerprints, fingerprints, self.name)
@@ -296,3 +296,22 @@ def _parent_params(rec: SweepRecord) -> dict:
             "sampler": o.sampler, "scheduler": o.scheduler, "concurrency": o.concurrency or "auto", "seed": o.seed,
             "private_selection": o.private_selection, "mean_trials": o.mean_trials,
             "n_private": rec.n_private, "storage": o.storage, "model": o.model}
+
+
+def space_json(space: SearchSpace, recorded: Optional[dict] = None) -> str:
+    """The space as its fingerprint reads it. On resume, without the fields a newer dpsearch added since the sweep
+    recorded its space (they took their defaults when the record was read back): a sweep started by an older
+    version still resumes, and any field the record has must still match."""
+    if recorded is None:
+        return space.model_dump_json()
+
+    def absent(now: dict, then: dict):
+        out = {}
+        for k, v in now.items():
+            if k not in then:
+                out[k] = True
+            elif isinstance(v, dict) and isinstance(then[k], dict) and (sub := absent(v, then[k])):
+                out[k] = sub
+        return out
+
+    return space.model_dump_json(exclude=absent(space.model_dump(), recorded) or None)

@@ -57,6 +57,22 @@ def test_small_data_gets_a_validation_slice_that_can_rank_and_a_resume_keeps_the
     assert again.slices["rule"] == d.slices["rule"]  # a resume cuts the slices it recorded, not the space's
 
 
+def test_the_solve_a_new_sweep_looks_up_is_the_one_it_plans_when_the_validation_share_grows():
+    from dpsearch.search.design import _tuning_solve, slice_solve_args
+
+    space = _space(accountant="rdp", n_public=60000, n_private=3000,
+                   slices={"tuning": 0.1, "validation": 0.05, "final": 0.85, "min_validation": 600})
+    d = plan(SweepOptions(eps_total=4.0, trials=3), space, _private())
+    assert d.slices["rule"]["validation"] == pytest.approx(0.2)  # the floor applied
+    assert slice_solve_args(space, 4.0, 3) == _tuning_solve(d.slices["planned"], 4.0, 3, d.trial_batch_scale, d.delta)
+
+
+def test_a_reference_batch_no_slice_can_hold_is_refused_before_the_solve():
+    space = _space(accountant="rdp", reference={**load_space("smoke").reference.model_dump(), "batch": 2900})
+    with pytest.raises(ConfigError, match="batch size 2900 is larger than the private set's"):
+        plan(SweepOptions(eps_total=4.0, trials=3), space, _private())
+
+
 def _tuning_plans(d, space):
     """(q, batch, σ) of every mechanism a tuning trial of this design can run."""
     from dpsearch.privacy.dpsgd import plan_privacy

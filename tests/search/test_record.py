@@ -28,3 +28,23 @@ def test_the_record_round_trips_and_reads_a_file_with_keys_it_does_not_know(tmp_
 def test_a_missing_sweep_is_named_with_where_it_was_looked_for(tmp_path):
     with pytest.raises(ConfigError, match=r"no sweep named 'nope' under .*sweep\.json"):
         SweepRecord.load(Store(str(tmp_path)).child("nope", "dpsearch"), "nope", str(tmp_path))
+
+
+
+def test_a_sweep_recorded_before_a_space_field_existed_resumes_and_a_changed_field_still_refuses():
+    import json
+
+    from dpsearch.search.sweep import space_json
+    from dpsearch.space import SearchSpace, load_space
+
+    space = load_space("mnist")
+    recorded = json.loads(space.model_dump_json())
+    assert space_json(space, recorded) == space.model_dump_json()  # nothing added since: the plain fingerprint
+    older = json.loads(space.model_dump_json())
+    del older["slices"]["min_validation"], older["validation"]["reference_margin"]  # as an older dpsearch wrote it
+    again = SearchSpace(**older)  # read back: the new fields take their defaults
+    assert space_json(again, older) == space.model_dump_json(
+        exclude={"slices": {"min_validation"}, "validation": {"reference_margin"}})
+    changed = SearchSpace(**{**older, "eps": 7.0})
+    assert space_json(changed, older) != space_json(again, older)
+
