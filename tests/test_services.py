@@ -1,7 +1,9 @@
 """The embedded S3 (SeaweedFS) and MLflow servers, real, on loopback."""
 
+import os
 import socket
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -22,6 +24,18 @@ def svc_dir(tmp_path):
     services.down(tmp_path / "svc")
 
 
+def _session_commands(sid: int) -> list[str]:
+    """The command lines of the processes in session `sid`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) == sid:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ProcessLookupError):
+            pass
+    return out
+
+
 def test_up_is_idempotent_serves_s3_and_mlflow_and_down_stops_them(svc_dir, capsys):
     s3, ml = _free_port(), _free_port()
     t = time.time()
@@ -34,6 +48,9 @@ def test_up_is_idempotent_serves_s3_and_mlflow_and_down_stops_them(svc_dir, caps
     assert main(["services", "up", "--dir", str(svc_dir), "--s3-port", str(s3), "--mlflow-port", str(ml)]) == 0
     assert "already running" in capsys.readouterr().out
     assert (services.load(svc_dir).s3_pid, services.load(svc_dir).mlflow_pid) == pids
+    server = _session_commands(s.mlflow_pid)  # the MLflow server and what it started (its own session)
+    assert any("mlflow server" in c for c in server)
+    assert not any("huey" in c or "_job_runner" in c for c in server), server  # MLflow's job runner is off
     env = s.client_env()
     c = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
