@@ -17,7 +17,8 @@ if [ -n "$need" ]; then
   ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null) \
     || { echo "could not install$need (apt-get); install them and run again" >&2; exit 1; }
 fi
-# Two passes: the suite in parallel workers (pytest-xdist; DPSEARCH_TEST_WORKERS, default 2, one per core here),
+# Two passes: the suite in parallel workers (pytest-xdist; DPSEARCH_TEST_WORKERS, default 2, one per core here: three
+# were slower, docs/performance.md),
 # then the tests marked `serial` alone (e.g. `ray up` where its `ray down` could stop other tests' Rays). Extra arguments
 # (paths, -k, -x) go to both passes; the slowest tests are listed to keep CI short.
 # The serial pass runs only when the parallel one set serial tests aside (tests/conftest.py notes it): where the
