@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'composed' runs everything on all the data and composes the parts to the total")
     p.add_argument("--no-release", action="store_true",
                    help="stop after the trials: no final model, no released synthetic data set")
+    p.add_argument("--warm-start", action="store_true",
+                   help="with disjoint slices: start the final run from the selected trial's DP weights instead of "
+                        "the pretrained model (no privacy cost: they are the tuning slice's DP output)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=sweep_commands.cmd_sweep)

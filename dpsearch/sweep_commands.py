@@ -17,10 +17,13 @@ def cmd_sweep(a) -> int:
                         storage=a.storage, model=a.model, prompt=a.prompt, resolution=a.resolution,
                         gpus_per_trial=a.gpus_per_trial,
                         tracking=a.tracking, private_selection=a.private_selection, mean_trials=a.mean_trials, progress=not a.quiet,
-                        design=a.design, release=not a.no_release, plan_only=a.plan)
+                        design=a.design, release=not a.no_release, warm_start=a.warm_start, plan_only=a.plan)
     if a.plan and a.resume:
         raise ConfigError("--plan shows a new sweep's design; a sweep being resumed keeps its own (`dpsearch privacy "
                           "report NAME` shows it)")
+    if a.warm_start and a.resume:
+        raise ConfigError("--warm-start is part of how a sweep was started; a resumed sweep keeps its own (start a new "
+                          "sweep with --warm-start)")
     if a.retry_errored and not a.resume:
         raise ConfigError("--retry-errored only applies with --resume NAME")
     res = run_sweep(opts, resume=a.resume, retry_errored=a.retry_errored)

@@ -94,6 +94,10 @@ def test_sweep_rejects_bad_values_before_starting_ray(tiny_model_dir, tmp_path, 
     assert "--trials must be ≥ 1" in capsys.readouterr().err
     assert main(base + ["--resume", "nope"]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
+    assert main(base + ["--resume", "nope", "--warm-start"]) == 2
+    assert "a resumed sweep keeps its own" in capsys.readouterr().err
+    assert main(base + ["--eps-per-trial", "3", "--warm-start"]) == 2  # no final run to start
+    assert "releases the selected trial's model itself" in capsys.readouterr().err
     big = _space(tmp_path, batch={"choice": [100, 100000]})
     assert main(base[:2] + [big] + base[3:] + ["--eps", "5"]) == 2
     assert "larger than the private set" in capsys.readouterr().err

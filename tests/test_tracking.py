@@ -165,7 +165,8 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     """--eps-total on disjoint slices with the counting objective, against the real S3 and MLflow: the reference
     configuration as trial 1, trials on the tuning slice scored by noisy counts on the validation slice, the
     selected configuration trained again on the final slice, free guidance chosen by counts, the release and
-    its card. (The validation generator is exercised by the --eps sweeps above.)"""
+    its card; the final run warm-started from the selected trial. (The validation generator is exercised by the
+    --eps sweeps above.)"""
     import yaml
     from mlflow import MlflowClient
 
@@ -178,8 +179,13 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     raw["accountant"] = "rdp"  # the per-trial ε solve calibrates σ some thirty times: seconds with RDP, a minute with PRV
     (tmp_path / "counted.yaml").write_text(yaml.safe_dump(raw))
     res = run_sweep(SweepOptions(eps_total=5.0, space=str(tmp_path / "counted.yaml"), trials=2, concurrency=1,
-                                 sampler="random", seed=2, model=str(tiny_model_dir), name="sliced", progress=False))
+                                 sampler="random", seed=2, model=str(tiny_model_dir), name="sliced", progress=False,
+                                 warm_start=True))
     rep, final = res.extra["privacy"], res.extra["final"]
+    # --warm-start: the final run started from the selected trial's DP weights, and the guarantee says so
+    # (tests/search/test_final.py checks the weights themselves)
+    assert final["privacy"]["start"] == "selected trial's DP weights (tuning slice)"
+    assert "trained once from the selected trial's DP weights (tuning slice), (ε = " in rep["statement"]
     assert rep["validation"]["objective"] == "count" and rep["validation"]["queries"] == 2 + 2
     ref = load_space("smoke").reference
     assert any((r["layers"], r["batch"], r["epochs"]) == ("1-7", ref.batch, ref.epochs) and
@@ -217,6 +223,7 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     card = json.loads(release.read_text("card.json"))
     assert final["release"].startswith("s3://dpsearch/sweeps/sliced/") and card["n_images"] == final["n_release"] == 100
     assert card["privacy"]["eps"] == rep["released"]["eps"] and "disjoint slices" in card["privacy"]["covers"]
+    assert card["configuration"]["final_run_start"] == final["privacy"]["start"]
     assert release.exists("synthetic.npz") and release.exists("grid.png") and not release.exists("png")
     # final/privacy.json carries the sweep's figure, for a larger `dpsearch release` of the final model later
     final_dir = Store(final["release"].rsplit("/", 1)[0])

@@ -1,7 +1,8 @@
 """How a sweep ends: the released model, its free post-processing choices, its synthetic data set.
 
 - The model: under disjoint slices, the selected configuration trained once more at the total ε on the
-  final slice (its configuration is post-processing of DP outputs); otherwise the selected trial's model.
+  final slice (its configuration is post-processing of DP outputs), from the pretrained model or, with
+  --warm-start, from the selected trial's DP weights (post-processing as well); otherwise the selected trial's model.
 - Free dimensions (guidance, solver steps): each candidate samples the sweep's usual number of images,
   trains the downstream classifier and is scored on the DP validation set; the best is used. Post-processing
   of DP outputs: no privacy cost. Oracle scores of each candidate are recorded, labelled, and choose nothing.
@@ -36,8 +37,10 @@ def trial_config(best: dict) -> dict:
     return {k: best[k] for k in ("layers", "clip", "batch", "lr", "epochs", "multiplicity") if k in best}
 
 
-def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed: int, device: str, store: Store):
-    """(model, privacy record, seconds): retrained on the final slice, or the selected trial's own model.
+def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed: int, device: str, store: Store,
+                warm_start: bool = False):
+    """(model, privacy record, seconds): retrained on the final slice (from the pretrained model, or from the
+    selected trial's weights with warm_start), or the selected trial's own model.
 
     The retrained model is stored under final/ as soon as it exists, so a final stage that dies later (free
     choice, release) reuses it instead of training on the final slice again; a training run that died is counted
@@ -60,19 +63,32 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed:
                 return load_ldm(local / "model", device), json.loads((local / "privacy.json").read_text()), 0.0
         cfg = space.finetune_config(trial_config(best), design.final_eps, seed, delta=design.delta,
                                     n_public=design.n_public["final"])
+        start = selected_trial_model(best, device)[0] if warm_start else unpack_model(model_files)
         record_attempt(store, "final")
-        out = run_pipeline(unpack_model(model_files), design.final_data, cfg, device=device, progress=False)
+        out = run_pipeline(start, design.final_data, cfg, device=device, progress=False)
+        # The DP record is the final run's own: (ε, δ) on the final slice for any fixed starting weights. Where those
+        # came from is stated beside it; the report reads it (privacy/report.py).
+        out.privacy = {**out.privacy, "start": START_TRIAL if warm_start else START_PRETRAINED}
         _store_trained(store, out)
         return out.model, out.privacy, time.time() - t
+    model, privacy = selected_trial_model(best, device)
+    return model, privacy, time.time() - t
+
+
+START_PRETRAINED = "pretrained model"
+START_TRIAL = "selected trial's DP weights (tuning slice)"
+
+
+def selected_trial_model(best: dict, device: str):
+    """(model, privacy record) of the selected trial's stored checkpoint, verified against its manifest."""
+    from dpsearch.checkpoints import verify_local
+    from dpsearch.models import load_ldm
+
     with tempfile.TemporaryDirectory() as d:
         parent, leaf = best["checkpoint"].rstrip("/").rsplit("/", 1)
         local = Store(parent).download_dir(leaf, Path(d) / "trial")
-        from dpsearch.checkpoints import verify_local
-
         verify_local(local)
-        model = load_ldm(local / "model", device)
-        privacy = json.loads((local / "privacy.json").read_text())
-    return model, privacy, time.time() - t
+        return load_ldm(local / "model", device), json.loads((local / "privacy.json").read_text())
 
 
 def _store_trained(store: Store, out) -> None:
@@ -113,7 +129,8 @@ def choose_free(model, space: SearchSpace, validation: Optional[ImageSet], oracl
 
 
 def run_final(model_files: dict, space_json: str, best: dict, design, validation: Optional[ImageSet],
-              oracle: Optional[ImageSet], sweep_uri: str, name: str, seed: int, threads: int) -> dict:
+              oracle: Optional[ImageSet], sweep_uri: str, name: str, seed: int, threads: int,
+              warm_start: bool = False) -> dict:
     """The Ray task, in three steps: final run → free choice → release, all written to the sweep's
     dpsearch/final/."""
     import time
@@ -127,7 +144,8 @@ def run_final(model_files: dict, space_json: str, best: dict, design, validation
     space = SearchSpace.model_validate_json(space_json)
     store = Store(sweep_uri).child("dpsearch")
     # 1. the final run (or the selected trial's model)
-    model, privacy, ft_s = final_model(model_files, space, best, design, seed, str(pick_device("auto")), store)
+    model, privacy, ft_s = final_model(model_files, space, best, design, seed, str(pick_device("auto")), store,
+                                       warm_start)
     privacy = _without_trial_id(privacy)
     if design.counts:
         record_attempt(store, "free")  # the free candidates' counts, composed over every run of this stage
@@ -172,6 +190,8 @@ def release(model, privacy: dict, released: dict, space: SearchSpace, config: di
                     "accountant": released["accountant"], "covers": released["covers"]}
     configuration = {"finetune": config, "free": chosen, "sample": json.loads(smp.model_dump_json()),
                      "design": released["design"]}
+    if privacy.get("start"):  # what the final run started from (--warm-start)
+        configuration["final_run_start"] = privacy["start"]
     if reused:  # the first `reused` images of each class: the free choice's sample (seed + 31), same setting
         configuration["sample_reused_from_free_choice"] = {"per_class": reused, "seed": seed + 31}
     with tempfile.TemporaryDirectory() as d:
@@ -209,9 +229,9 @@ def _without_trial_id(privacy: dict) -> dict:
 
 def finish(sweep_store: Store, sweep_uri: str, model_files: dict, space: SearchSpace, best: dict, design,
            validation: Optional[ImageSet], oracle: Optional[ImageSet], seed: int, resources: dict,
-           release_name: Optional[str] = None) -> dict:
+           release_name: Optional[str] = None, warm_start: bool = False) -> dict:
     """Runs the final stage once per sweep (a resumed sweep reuses a finished one, and a trained final model) on
-    a whole node. release_name: the data card's title (default: the sweep's name, which carries its start time;
+    a whole node (warm_start: search/sweep.py --warm-start). release_name: the data card's title (default: the sweep's name, which carries its start time;
     under private selection that time, against the release's, would hint at K)."""
     import ray
 
@@ -221,4 +241,5 @@ def finish(sweep_store: Store, sweep_uri: str, model_files: dict, space: SearchS
              else "the selected trial's model")
     task = ray.remote(run_final).options(num_cpus=resources["val_cpu"], num_gpus=resources["gpu"])
     return ray.get(task.remote(model_files, space.model_dump_json(), best, design, validation, oracle, sweep_uri,
-                               release_name or sweep_uri.rstrip("/").rsplit("/", 1)[-1], seed, resources["val_cpu"]))
+                               release_name or sweep_uri.rstrip("/").rsplit("/", 1)[-1], seed, resources["val_cpu"],
+                               warm_start))

@@ -39,6 +39,9 @@ class SweepOptions:
     eps_total: Optional[float] = None
     design: Optional[str] = None  # with --eps: slices (default) | composed; search/design.py
     release: bool = True  # end with the final model's released synthetic data set (search/final.py)
+    # slices: the final run starts from the selected trial's DP weights instead of the pretrained model (search/final.py;
+    # post-processing of the tuning part's output, docs/privacy.md)
+    warm_start: bool = False
     progress: bool = True
     plan_only: bool = False  # --plan: print the design and stop before training
 

@@ -109,6 +109,10 @@ class Sweep:
             design = plan(opts, space, inputs.private, saved)
         for cfg, n in design.probe_configs(space):
             cfg.check_against_data(n)
+        if opts.warm_start and not design.retrains:
+            raise ConfigError(f"--warm-start starts the final run on the final slice from the selected trial's weights; "
+                              f"this sweep's design ({design.describe()}) has no final run and releases the selected "
+                              f"trial's model itself. Use it with --eps and the disjoint-slice design")
         return cls(replace(opts, eps=design.eps), space, Path(inputs.model), inputs.private, inputs.test, n_layers,
                    design, retry_errored)
 
@@ -242,7 +246,7 @@ class Sweep:
         # which against the release's would hint at K.
         title = f"{self.space.name} (private selection)" if self.opts.private_selection else None
         return finish(self.meta, self.sweep_uri, self.model_files, self.space, best, self.design, validation,
-                      self.oracle, self.opts.seed, self.resources, title)
+                      self.oracle, self.opts.seed, self.resources, title, self.opts.warm_start)
 
     def stop(self, t0: float, status: str) -> None:
         """Time across every run of this sweep, interrupted ones included; the parent run ends KILLED unless

@@ -50,3 +50,52 @@ def test_the_release_holds_the_free_choices_sample_and_samples_only_the_rest(tin
     got = z["images"][z["labels"] == 0]
     want = kept.images[kept.labels == 0].numpy()
     assert (got[:4] == want).all() and not (got[4:8] == want).all()
+
+
+def _trial_checkpoint(model_dir, out):
+    """A stored trial as the trainable writes one: model/, privacy.json and a manifest. One frozen weight (outside
+    every attention module, so no final run trains it) is set to a marker value that only this checkpoint holds."""
+    from dpsearch.checkpoints import write_manifest
+    from dpsearch.models import save_ldm
+
+    model = load_ldm(model_dir)
+    conv = model.unet.conv_in.weight
+    with torch.no_grad():
+        conv.fill_(0.125)
+    save_ldm(model, out / "model", extra={"privacy": {"eps": 1.0}})
+    (out / "privacy.json").write_text(json.dumps({"eps": 1.0, "delta": 1e-5}))
+    write_manifest(out)
+    return conv.detach().clone()
+
+
+def test_a_warm_started_final_run_starts_from_the_selected_trials_weights_and_a_cold_one_from_the_pretrained(
+        tiny_model_dir, tmp_path):
+    """--warm-start: the final run's starting weights are the selected trial's stored ones (verified checkpoint),
+    not the pretrained model's; its DP record is its own run's, with where it started stated beside it."""
+    from types import SimpleNamespace
+
+    from dpsearch.data.printed_digits import printed_digits
+    from dpsearch.search.final import START_PRETRAINED, START_TRIAL, final_model
+    from dpsearch.search.model_files import pack_model
+
+    marker = _trial_checkpoint(tiny_model_dir, tmp_path / "trial")
+    pretrained = load_ldm(tiny_model_dir).unet.conv_in.weight.detach()
+    assert not torch.equal(marker, pretrained)
+    best = {"checkpoint": str(tmp_path / "trial"),
+            "config": {"layers": "2-3", "clip": 0.1, "batch": 20, "lr": 1e-3, "epochs": 1}}
+    design = SimpleNamespace(retrains=True, final_eps=3.0, delta=1e-4, n_public={"final": 60},
+                             final_data=printed_digits(60, progress=False))
+    space, files = load_space("smoke"), pack_model(tiny_model_dir)
+    for warm, start, want in ((True, START_TRIAL, marker), (False, START_PRETRAINED, pretrained)):
+        store = Store(tmp_path / f"sweep-{warm}")
+        model, privacy, _ = final_model(files, space, best, design, 0, "cpu", store, warm_start=warm)
+        assert torch.equal(model.unet.conv_in.weight, want)  # frozen in the final run: what it started from
+        assert privacy["start"] == start and 0 < privacy["eps"] <= 3.0 and privacy["n"] == 60
+        assert json.loads(store.read_text("final/trained/privacy.json"))["start"] == start
+    (tmp_path / "trial" / "model" / "dpsearch_model.json").write_text("{}")  # a damaged checkpoint is refused
+    import pytest
+
+    from dpsearch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dpsearch_model.json"):
+        final_model(files, space, best, design, 0, "cpu", Store(tmp_path / "sweep-bad"), warm_start=True)
