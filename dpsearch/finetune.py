@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -191,6 +192,11 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     # No seed is set anywhere in a DP fine-tune. Poisson sampling and the Gaussian noise come from `rng`:
     # fresh OS entropy for this run and again for every resume, never recorded.
     rng = MechanismRandomness(secure=cfg.secure_rng)
+    # The diffusion loss's timesteps, noise and label dropout draw from torch's global generator. Whatever ran before
+    # in this process (a previous trial's secret batch sizes in a reused Ray actor, a validation generator's run, in a
+    # reused Ray worker) leaves that generator in a state that depends on its private input; this run starts it from
+    # fresh OS entropy instead, so its output depends on no other run's data. Never recorded.
+    torch.manual_seed(secrets.randbits(63))
 
     # The autoencoder is public and frozen: encoding is a fixed per-image map, computed once.
     model.vae.requires_grad_(False)

@@ -172,6 +172,28 @@ def test_two_runs_with_identical_arguments_and_global_seed_draw_different_noise(
     assert not torch.equal(weights[0], weights[1])
 
 
+def test_the_loss_draws_start_from_fresh_os_entropy_not_from_the_generator_state_left_before(monkeypatch):
+    """The diffusion loss's noise, timesteps and label dropout use torch's global generator. A DP run must not
+    continue from whatever state earlier work in the process left it in (a previous trial's secret batch sizes, a
+    validation generator's run in a reused Ray worker): the seed in force at its first draw is fresh, every run."""
+    data = printed_digits(60, progress=False)
+    cfg = FinetuneConfig(eps=3.0, layers="2-3", clip=0.1, batch=20, epochs=1, physical_batch=8, lr=1e-2, seed=0)
+    seeds, real = [], torch.randn_like
+
+    def first_draw_seed(x, *a, **k):
+        seeds.append(torch.initial_seed())
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(torch, "randn_like", first_draw_seed)
+    firsts = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        seeds.clear()
+        dp_finetune(build_ldm(CFG), data, cfg, progress=False)
+        firsts.append(seeds[0])
+    assert 0 not in firsts and firsts[0] != firsts[1]
+
+
 def test_a_state_saved_mid_run_loads_and_the_run_continues_to_the_same_budget(tmp_path):
     """A sweep stopped mid-trial resumes from this file; it must load with weights_only (the regression:
     the accountant's numpy ε in the history made every mid-trial resume fail)."""

@@ -184,8 +184,8 @@ def test_slices_sweep_releases_a_model_at_the_total_and_links_it_from_the_parent
     rep, final = res.extra["privacy"], res.extra["final"]
     # --warm-start: the final run started from the selected trial's DP weights, and the guarantee says so
     # (tests/search/test_final.py checks the weights themselves)
-    assert final["privacy"]["start"] == "selected trial's DP weights (tuning slice)"
-    assert "trained once from the selected trial's DP weights (tuning slice), (ε = " in rep["statement"]
+    assert final["privacy"]["start"] == "selected trial's DP weights (an output of the tuning part, covered by its ε)"
+    assert "trained once from the selected trial's DP weights (an output of the tuning part" in rep["statement"]
     assert rep["validation"]["objective"] == "count" and rep["validation"]["queries"] == 2 + 2
     ref = load_space("smoke").reference
     assert any((r["layers"], r["batch"], r["epochs"]) == ("1-7", ref.batch, ref.epochs) and

@@ -63,7 +63,10 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed:
                 return load_ldm(local / "model", device), json.loads((local / "privacy.json").read_text()), 0.0
         cfg = space.finetune_config(trial_config(best), design.final_eps, seed, delta=design.delta,
                                     n_public=design.n_public["final"])
-        start = selected_trial_model(best, device)[0] if warm_start else unpack_model(model_files)
+        start = unpack_model(model_files)
+        if warm_start:
+            start, trial_privacy = selected_trial_model(best, device)
+            check_start(trial_privacy, best, store)
         record_attempt(store, "final")
         out = run_pipeline(start, design.final_data, cfg, device=device, progress=False)
         # The DP record is the final run's own: (ε, δ) on the final slice for any fixed starting weights. Where those
@@ -76,7 +79,26 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed:
 
 
 START_PRETRAINED = "pretrained model"
-START_TRIAL = "selected trial's DP weights (tuning slice)"
+START_TRIAL = "selected trial's DP weights (an output of the tuning part, covered by its ε)"
+
+
+def check_start(trial: dict, best: dict, store: Store) -> None:
+    """The warm start is covered by the tuning part only if its weights are that part's output: the stored model's
+    record must be this sweep's, of the mechanism the selected row reports (σ, q, steps, which the report checks
+    against the tuning grid), without a release the sweep does not compose (a class-mean warm-up)."""
+    from dpsearch.config import ConfigError
+
+    sweep = store.uri().rstrip("/").rsplit("/", 2)[-2]  # <storage>/<sweep>/dpsearch
+    wrong = [k for k in ("sigma", "q", "steps") if best.get(k) is None or trial.get(k) is None or
+             not math.isclose(float(trial[k]), float(best[k]), rel_tol=1e-9)]
+    if (trial.get("sweep") or {}).get("name") != sweep:
+        wrong.append(f"sweep {(trial.get('sweep') or {}).get('name')!r} (this is {sweep!r})")
+    if trial.get("warmup_sigma"):
+        wrong.append("a class-mean warm-up")
+    if wrong:
+        raise ConfigError(f"--warm-start: the selected trial's stored model ({best.get('checkpoint')}) does not record "
+                          f"the selected trial's tuning-slice run ({', '.join(map(str, wrong))}), so the tuning part "
+                          f"would not cover it. Nothing was trained; resume without --warm-start or report it as a bug")
 
 
 def selected_trial_model(best: dict, device: str):

@@ -54,12 +54,8 @@ def dp_trial(config: dict, *, model_files: dict, private: ImageSet, validation: 
     from dpsearch.privacy.release import allowed, release
 
     torch.set_num_threads(threads)
-    # Trials share a process (reuse_actors): torch's global generator (the diffusion loss's noise, timesteps and label
-    # dropout) starts every trial from fresh OS entropy, never from the state a previous trial's secret batch sizes
-    # left it in. Never recorded.
-    import secrets
-
-    torch.manual_seed(secrets.randbits(63))
+    # Trials share a process (reuse_actors): dp_finetune starts torch's global generator from fresh OS entropy, so no
+    # trial's draws depend on the state a previous trial's secret batch sizes left it in.
     space = SearchSpace.model_validate_json(space_json)
     # on a tuning slice: batch scaled, δ of the sweep, q planned from the slice's public size
     ft = space.finetune_config(config, eps, seed, batch_scale, delta, n_public)

@@ -1,6 +1,7 @@
 """The final stage's release: the free choice's sample at the chosen setting is part of it, the rest is sampled."""
 
 import json
+import re
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ def test_the_release_holds_the_free_choices_sample_and_samples_only_the_rest(tin
     assert (got[:4] == want).all() and not (got[4:8] == want).all()
 
 
+RUN = {"sigma": 0.9, "q": 0.25, "steps": 4}  # the selected trial's mechanism, as its row and its record hold it
+
+
 def _trial_checkpoint(model_dir, out):
     """A stored trial as the trainable writes one: model/, privacy.json and a manifest. One frozen weight (outside
     every attention module, so no final run trains it) is set to a marker value that only this checkpoint holds."""
@@ -63,7 +67,7 @@ def _trial_checkpoint(model_dir, out):
     with torch.no_grad():
         conv.fill_(0.125)
     save_ldm(model, out / "model", extra={"privacy": {"eps": 1.0}})
-    (out / "privacy.json").write_text(json.dumps({"eps": 1.0, "delta": 1e-5}))
+    (out / "privacy.json").write_text(json.dumps({**RUN, "eps": 1.0, "delta": 1e-5, "sweep": {"name": "t"}}))
     write_manifest(out)
     return conv.detach().clone()
 
@@ -81,21 +85,28 @@ def test_a_warm_started_final_run_starts_from_the_selected_trials_weights_and_a_
     marker = _trial_checkpoint(tiny_model_dir, tmp_path / "trial")
     pretrained = load_ldm(tiny_model_dir).unet.conv_in.weight.detach()
     assert not torch.equal(marker, pretrained)
-    best = {"checkpoint": str(tmp_path / "trial"),
+    best = {"checkpoint": str(tmp_path / "trial"), **RUN,
             "config": {"layers": "2-3", "clip": 0.1, "batch": 20, "lr": 1e-3, "epochs": 1}}
     design = SimpleNamespace(retrains=True, final_eps=3.0, delta=1e-4, n_public={"final": 60},
                              final_data=printed_digits(60, progress=False))
     space, files = load_space("smoke"), pack_model(tiny_model_dir)
     for warm, start, want in ((True, START_TRIAL, marker), (False, START_PRETRAINED, pretrained)):
-        store = Store(tmp_path / f"sweep-{warm}")
+        store = Store(tmp_path / f"arm-{warm}" / "t").child("dpsearch")  # as run_final: <storage>/<sweep>/dpsearch
         model, privacy, _ = final_model(files, space, best, design, 0, "cpu", store, warm_start=warm)
         assert torch.equal(model.unet.conv_in.weight, want)  # frozen in the final run: what it started from
         assert privacy["start"] == start and 0 < privacy["eps"] <= 3.0 and privacy["n"] == 60
         assert json.loads(store.read_text("final/trained/privacy.json"))["start"] == start
-    (tmp_path / "trial" / "model" / "dpsearch_model.json").write_text("{}")  # a damaged checkpoint is refused
     import pytest
 
     from dpsearch.config import ConfigError
 
+    # a start that is not the selected row's tuning-slice run is refused before anything is trained
+    for other, what in (({**best, "sigma": 1.2}, "sigma"), (best, "sweep 't' (this is 'u')")):
+        store = Store(tmp_path / "arm-other" / ("t" if what == "sigma" else "u")).child("dpsearch")
+        with pytest.raises(ConfigError, match=re.escape(what)):
+            final_model(files, space, other, design, 0, "cpu", store, warm_start=True)
+        assert not store.exists("attempts.json") and not store.exists("final")
+    (tmp_path / "trial" / "model" / "dpsearch_model.json").write_text("{}")  # a damaged checkpoint is refused
     with pytest.raises(ConfigError, match="dpsearch_model.json"):
-        final_model(files, space, best, design, 0, "cpu", Store(tmp_path / "sweep-bad"), warm_start=True)
+        final_model(files, space, best, design, 0, "cpu", Store(tmp_path / "bad" / "t").child("dpsearch"),
+                    warm_start=True)
