@@ -189,7 +189,8 @@ def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], sta
         f"  tuning slice (planned {sizes['tuning']} records): {k_run} trials composed, (ε = {tuning.eps:.3f}) by "
         f"{tuning.accountant};",
         f"  validation slice (planned {sizes['validation']}): {scoring}, (ε = {parts[1].eps:.3f}) by {parts[1].accountant};",
-        f"  final slice (planned {sizes['final']}): the selected configuration trained once"
+        f"  final slice (planned {sizes['final']}): the selected configuration trained "
+        f"{'once' if _runs(attempts, 'final') == 1 else str(_runs(attempts, 'final')) + ' times (runs composed)'}"
         f"{' from the ' + fp['start'] if fp and fp.get('start') else ''}, (ε = {parts[2].eps:.3f}) by {parts[2].accountant}.",
         "covered: the released model, its synthetic data set, every trial's outputs, the objective and the choices made "
         "on it (configuration, guidance, solver steps). The whole tracking store is covered by the same figure.",

@@ -179,6 +179,8 @@ def test_a_final_run_trained_twice_is_composed_over_both_runs():
     final = twice["released"]["parts"][2]
     assert final["eps"] == pytest.approx(Mechanism(2.0, 0.05, 200).pld_eps(2, delta)) and final["eps"] > 1.98
     assert "2 runs composed" in final["accountant"]
+    assert "configuration trained 2 times (runs composed)" in twice["statement"]
+    assert "configuration trained once, (ε = 1.980)" in once["statement"]
     # before the rerun has finished: the space's worst final mechanism at the total, composed twice
     pending = stored_sweep_report(saved, [], vp, [], None, {"final": 2})
     assert pending["released"]["parts"][2]["eps"] > total and "final part costs" in pending["over_total"]
