@@ -81,6 +81,15 @@ def run_seed(space: Path, eps: float, seed: int, trials: int, work: Path, test) 
     return row
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per task, ε and margin: the mean, least and largest gain (warm − cold) over its seeds."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["eps"], r.get("margin")), []).append(r["gain"])
+    return [{"task": t, "eps": e, "margin": m, "seeds": len(g), "mean_gain": statistics.mean(g), "min_gain": min(g),
+             "max_gain": max(g)} for (t, e, m), g in sorted(groups.items(), key=str)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=sorted(TASKS), default="mnist-small")
@@ -104,11 +113,8 @@ def main(argv=None) -> int:
             row = {"task": a.task, "margin": a.margin, **run_seed(space, a.eps, seed, a.trials, work / f"s{seed}", test)}
             old = [r for r in old if (r["task"], r["eps"], r["seed"], r.get("margin")) !=
                    (a.task, a.eps, seed, a.margin)] + [row]
-            gains = [r["gain"] for r in old if (r["task"], r["eps"], r.get("margin")) == (a.task, a.eps, a.margin)]
-            OUT.write_text(json.dumps({"protocol": LADDER.describe(), "rows": old, "summary": {
-                "task": a.task, "eps": a.eps, "margin": a.margin, "seeds": len(gains),
-                "mean_gain": statistics.mean(gains), "min_gain": min(gains), "max_gain": max(gains)}},
-                indent=2, default=str))
+            OUT.write_text(json.dumps({"protocol": LADDER.describe(), "rows": old, "summary": summarize(old)},
+                                      indent=2, default=str))
             print(f"{a.task}, ε = {a.eps:g}, seed {seed}: cold {row['cold_oracle_accuracy']:.4f}, warm "
                   f"{row['warm_oracle_accuracy']:.4f}, gain {row['gain']:+.4f}", flush=True)
     return 0
