@@ -189,8 +189,8 @@ def dp_finetune(model: LDM, private: ImageSet, cfg: FinetuneConfig, progress: bo
     a, b = parse_layers(cfg.layers, n_layers)
     device = model.device
     start_epoch = resume.epoch if resume else 0
-    # No seed is set anywhere in a DP fine-tune. Poisson sampling and the Gaussian noise come from `rng`:
-    # fresh OS entropy for this run and again for every resume, never recorded.
+    # No recorded or reusable seed is set anywhere in a DP fine-tune. Poisson sampling and the Gaussian noise come
+    # from `rng`: fresh OS entropy for this run and again for every resume, never recorded.
     rng = MechanismRandomness(secure=cfg.secure_rng)
     # The diffusion loss's timesteps, noise and label dropout draw from torch's global generator. Whatever ran before
     # in this process (a previous trial's secret batch sizes in a reused Ray actor, a validation generator's run, in a
