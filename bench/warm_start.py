@@ -60,8 +60,7 @@ def run_seed(space: Path, eps: float, seed: int, trials: int, work: Path, test) 
     trials_res = run_sweep(SweepOptions(eps_total=eps, space=str(space), trials=trials, seed=seed, tracking="none",
                                         storage=str(work / "base"), name=name, progress=False, release=False))
     row = {"released_eps": None, "seed": seed, "eps": eps, "trials_seconds": time.time() - t,
-           "selected_config": trials_res.extra.get("selection") and {
-               k: trials_res.best.get(k) for k in ("layers", "batch", "lr", "epochs")}}
+           "selected_config": {k: trials_res.best.get(k) for k in ("layers", "batch", "lr", "epochs")}}
     for arm, warm in ARMS:
         final, seconds = _final_arm(work / "base", work / arm, name, warm)
         released = final["released"]

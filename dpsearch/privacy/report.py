@@ -176,9 +176,10 @@ def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], sta
             parts.append(PartGuarantee("validation", vp["eps"], vp["delta"], vp["accountant"]) if vp else
                          PartGuarantee("validation", total, delta, "planned (not run yet)"))
         scoring = "the validation generator" + (f" ({v_runs} runs: it was made again after a crash)" if v_runs > 1 else "")
-    parts.append(_final_part(space, (final or {}).get("privacy"), _runs(attempts, "final"), total, int(sizes["final"]),
-                             delta))
-    fp = (final or {}).get("privacy")
+    fp, final_runs = (final or {}).get("privacy"), _runs(attempts, "final")
+    parts.append(_final_part(space, fp, final_runs, total, int(sizes["final"]), delta))
+    trained = "once" if final_runs == 1 else f"{final_runs} times (runs composed)"
+    start = f" from the {fp['start']}" if fp and fp.get("start") else ""
     g, over = released_guarantee(parts, total)
     released = {"eps": g.eps, "delta": g.delta, "mode": "slices", "accountant": g.accountant,
                 "trial_eps_worst": tuning.trial_eps_worst, "trials": k_run, "parts": [vars(p) for p in parts],
@@ -189,9 +190,8 @@ def _slices_report(saved: dict, space, rows: list[dict], vp: Optional[dict], sta
         f"  tuning slice (planned {sizes['tuning']} records): {k_run} trials composed, (ε = {tuning.eps:.3f}) by "
         f"{tuning.accountant};",
         f"  validation slice (planned {sizes['validation']}): {scoring}, (ε = {parts[1].eps:.3f}) by {parts[1].accountant};",
-        f"  final slice (planned {sizes['final']}): the selected configuration trained "
-        f"{'once' if _runs(attempts, 'final') == 1 else str(_runs(attempts, 'final')) + ' times (runs composed)'}"
-        f"{' from the ' + fp['start'] if fp and fp.get('start') else ''}, (ε = {parts[2].eps:.3f}) by {parts[2].accountant}.",
+        f"  final slice (planned {sizes['final']}): the selected configuration trained {trained}{start}, "
+        f"(ε = {parts[2].eps:.3f}) by {parts[2].accountant}.",
         "covered: the released model, its synthetic data set, every trial's outputs, the objective and the choices made "
         "on it (configuration, guidance, solver steps). The whole tracking store is covered by the same figure.",
         "noise and Poisson sampling of every DP run come from fresh OS entropy (never a recorded seed); not covered: "

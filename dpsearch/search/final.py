@@ -63,10 +63,11 @@ def final_model(model_files: dict, space: SearchSpace, best: dict, design, seed:
                 return load_ldm(local / "model", device), json.loads((local / "privacy.json").read_text()), 0.0
         cfg = space.finetune_config(trial_config(best), design.final_eps, seed, delta=design.delta,
                                     n_public=design.n_public["final"])
-        start = unpack_model(model_files)
         if warm_start:
             start, trial_privacy = selected_trial_model(best, device)
             check_start(trial_privacy, best, store)
+        else:
+            start = unpack_model(model_files)
         record_attempt(store, "final")
         out = run_pipeline(start, design.final_data, cfg, device=device, progress=False)
         # The DP record is the final run's own: (ε, δ) on the final slice for any fixed starting weights. Where those
