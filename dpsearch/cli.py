@@ -10,8 +10,7 @@ from pathlib import Path
 from dpsearch import commands as cmd
 from dpsearch import privacy_commands, sweep_commands
 from dpsearch.config import DEFAULT_Q, ConfigError, FinetuneConfig, SampleConfig, batch_from_rate
-from dpsearch.data import DataError
-from dpsearch.models.ldm import ModelError
+from dpsearch.errors import DataError, ModelError
 from dpsearch.outputs import OutputExists
 
 DEFAULT_FT = FinetuneConfig(eps=5.0)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from dpsearch.config import DEFAULT_Q, ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, SampleConfig, \
     load_yaml, method_label, validate
-from dpsearch.data import ImageSet
-from dpsearch.privacy.accounting import poisson_plan
+
+# torch, diffusers and Opacus are imported by the verbs that use them, not here: `dpsearch --help`, `services` and
+# `ui` answer in a second instead of the eight that importing them takes.
 
 
 def _ft_config(a) -> FinetuneConfig:
@@ -55,6 +56,8 @@ def _resolve_batch(cfg: FinetuneConfig, n: int) -> FinetuneConfig:
     if cfg.batch is None:
         given = cfg.q is not None
         q, n_plan = cfg.q if given else DEFAULT_Q, cfg.n_public or n
+        from dpsearch.privacy.accounting import poisson_plan
+
         cfg = cfg.for_data(n)
         runs = poisson_plan(n_plan, cfg.batch, 1)[0]
         print(f"batch B = {cfg.batch}: sampling rate q = {runs:.4g} = 1/{round(1 / runs)} on N = {n_plan} "
@@ -154,7 +157,7 @@ def cmd_sample(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from dpsearch.data import load_dataset
+    from dpsearch.data import ImageSet, load_dataset
     from dpsearch.evaluate import evaluate
 
     path = Path(a.synthetic)

@@ -62,3 +62,25 @@ def test_layers_prints_table(tiny_model_dir, capsys):
 def test_retry_errored_needs_a_sweep_to_resume(capsys):
     assert main(["sweep", "--retry-errored", "--quiet"]) == 2
     assert "--retry-errored only applies with --resume" in capsys.readouterr().err
+
+
+def test_help_and_the_parser_import_neither_torch_nor_diffusers_nor_opacus():
+    """`dpsearch --help` (and `services`, `ui`) answer in a fraction of a second: the verbs import the heavy
+    libraries they use, the CLI module does not (importing them took eight seconds here)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dpsearch.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\n"
+            "print('HEAVY', sorted({'torch', 'diffusers', 'opacus', 'ray', 'mlflow'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "sweep" in out.stdout and out.stdout.strip().endswith("HEAVY []"), out.stdout[-500:]
+
+
+def test_the_errors_the_cli_catches_are_the_ones_the_data_and_model_code_raise():
+    from dpsearch.data import DataError as data_error
+    from dpsearch.errors import DataError, ModelError
+    from dpsearch.models import ModelError as model_error
+
+    assert data_error is DataError and model_error is ModelError

@@ -9,9 +9,7 @@ import zipfile
 import numpy as np
 import torch
 
-
-class DataError(RuntimeError):
-    """A dataset is missing, corrupt, or does not have the expected shape."""
+from dpsearch.errors import DataError
 
 
 @dataclass(frozen=True)

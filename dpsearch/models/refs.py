@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dpsearch.errors import ModelError
+
 META_FILE = "dpsearch_model.json"
-
-
-class ModelError(RuntimeError):
-    """A model directory is missing, incomplete or corrupt."""
 
 
 def is_local(ref: str) -> bool:
