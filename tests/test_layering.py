@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dpsearch"
 
 # Lowest first. A new top-level module must be placed here (the test fails until it is).
 LAYERS = [
-    {"paths", "device", "config", "outputs"},
+    {"paths", "device", "config", "outputs", "errors"},
     {"space", "storage", "data", "models", "services", "fingerprints", "classifiers"},
     {"checkpoints", "privacy", "warmup"},
     {"shipped", "finetune_state"},
