@@ -54,10 +54,10 @@ def _resolve_batch(cfg: FinetuneConfig, n: int) -> FinetuneConfig:
     """Without --batch, the rate (--q, else DEFAULT_Q) becomes B = ⌈N/m⌉ on the plan's N, said once with the rate
     that runs (1/m); everything after this (the privacy plan, the loader, privacy.json) sees the int batch."""
     if cfg.batch is None:
-        given = cfg.q is not None
-        q, n_plan = cfg.q if given else DEFAULT_Q, cfg.n_public or n
         from dpsearch.privacy.accounting import poisson_plan
 
+        given = cfg.q is not None
+        q, n_plan = cfg.q if given else DEFAULT_Q, cfg.n_public or n
         cfg = cfg.for_data(n)
         runs = poisson_plan(n_plan, cfg.batch, 1)[0]
         print(f"batch B = {cfg.batch}: sampling rate q = {runs:.4g} = 1/{round(1 / runs)} on N = {n_plan} "
